@@ -1,0 +1,314 @@
+#pragma once
+/// gla/core.hpp: tensor aliases, gla::Error, the options/result structs of every GLA operator and the
+/// small internals (shape checks, sequence layout, strided block maps) that the operators share.
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace gla {
+
+using Index = Eigen::Index;
+
+/// Row-major owned tensor; every layout in this library is row-major like PyTorch's contiguous tensors.
+template <class T, int R>
+using Tensor = Eigen::Tensor<T, R, Eigen::RowMajor, Eigen::Index>;
+/// Mutable view over a caller's contiguous row-major buffer (outputs of the `*_into` core API).
+template <class T, int R>
+using TensorMap = Eigen::TensorMap<Tensor<T, R>>;
+/// Read-only view; every input is taken this way so owned tensors and caller buffers both work.
+template <class T, int R>
+using ConstTensorMap = Eigen::TensorMap<const Tensor<T, R>>;
+
+/// The one exception type of the library: the message names the function, the argument, expected vs actual.
+class Error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// Accumulation type for an input scalar: double stays double, float/bf16/half accumulate in float.
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <class T>
+inline constexpr bool is_supported_scalar_v =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, Eigen::bfloat16> ||
+    std::is_same_v<T, Eigen::half>;
+
+/// A read-only view of an owned tensor or of a mutable view (Eigen has no implicit map→const-map conversion).
+template <class T, int R>
+ConstTensorMap<T, R> view(const Tensor<T, R>& t) {
+  return ConstTensorMap<T, R>(t.data(), t.dimensions());
+}
+template <class T, int R>
+ConstTensorMap<T, R> view(const TensorMap<T, R>& t) {
+  return ConstTensorMap<T, R>(t.data(), t.dimensions());
+}
+template <class T, int R>
+ConstTensorMap<T, R> view(const ConstTensorMap<T, R>& t) {
+  return t;
+}
+/// A mutable view of an owned tensor (for the `*_into` API).
+template <class T, int R>
+TensorMap<T, R> mut_view(Tensor<T, R>& t) {
+  return TensorMap<T, R>(t.data(), t.dimensions());
+}
+
+/// Options of the GLA operators; field names are fla's keyword arguments.
+///
+/// Views held in std::optional: assigning a new tensor to an engaged `std::optional<TensorMap>` would call
+/// Eigen's `TensorMap::operator=`, which copies data instead of re-pointing. Use `set_initial_state()`
+/// (or `initial_state.reset(); initial_state.emplace(t);`). The viewed buffer must outlive the call.
+struct GLAOptions {
+  /// Multiplier of q; default 1/sqrt(K). An explicit 0 is kept (as fla).
+  std::optional<float> scale;
+  /// h0 float [N,H,K,V] (or [N,H,V,K] with state_v_first); N = B, or the number of sequences with cu_seqlens.
+  std::optional<ConstTensorMap<float, 4>> initial_state;
+  /// Return the state after the last token of every sequence, float [N,H,K,V] (or V-first).
+  bool output_final_state = false;
+  /// Store initial/final states (and their gradients) as [N,H,V,K], the layout of fla's layer caches.
+  bool state_v_first = false;
+  /// FlashAttention-style packed batch boundaries [N+1] (B must be 1); empty = fixed-length batch.
+  std::vector<std::int64_t> cu_seqlens;
+  /// Run time backwards (fused_recurrent_gla only).
+  bool reverse = false;
+  /// Tokens per chunk of the chunked algorithms: a power of two, at least 16.
+  int chunk_size = 64;
+
+  // fused_chunk_gla extras.
+  /// A sequence longer than this is rejected with gla::Error (unset: no limit).
+  std::optional<std::int64_t> max_seqlen;
+  /// A sequence no longer than one chunk takes the recurrent path (the same numbers, less work).
+  bool heuristic_fallback = true;
+
+  // fused_recurrent_gla extras (unset: results are exactly fla's).
+  /// Extra per-step decay multiplied into the state after the gates: empty = none, 1 value = every head,
+  /// H values = per head.
+  std::vector<float> gamma;
+  /// Clamp every state entry after each step.
+  std::optional<float> state_clamp_min;
+  std::optional<float> state_clamp_max;
+
+  /// Re-point the initial state at another buffer (see the note on views above).
+  GLAOptions& set_initial_state(ConstTensorMap<float, 4> h0) {
+    initial_state.reset();
+    initial_state.emplace(h0);
+    return *this;
+  }
+  GLAOptions& set_initial_state(const Tensor<float, 4>& h0) { return set_initial_state(view(h0)); }
+};
+
+/// Output of a forward operator: o [B,T,H,V] in the input scalar; final_state float [N,H,K,V] (or V-first)
+/// when requested.
+template <class T>
+struct GLAResult {
+  Tensor<T, 4> o;
+  std::optional<Tensor<float, 4>> final_state;
+};
+
+namespace detail {
+
+template <class S>
+using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class S>
+using RowVec = Eigen::Matrix<S, 1, Eigen::Dynamic>;
+/// A [rows × cols] block of a [B,T,H,D] tensor for one (b,h): consecutive rows are H·D apart.
+template <class S>
+using StridedMap = Eigen::Map<RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class S>
+using ConstStridedMap = Eigen::Map<const RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <class Dims>
+std::string shape_str(const Dims& d) {
+  std::ostringstream s;
+  s << '[';
+  for (std::size_t i = 0; i < static_cast<std::size_t>(d.size()); ++i) s << (i ? "," : "") << d[i];
+  s << ']';
+  return s.str();
+}
+
+[[noreturn]] inline void fail(const std::string& fn, const std::string& what) { throw Error(fn + ": " + what); }
+
+/// One expected dimension: a label and a value (< 0: any positive size).
+struct Dim {
+  const char* label;
+  Index value;
+};
+
+inline std::string expected_str(std::initializer_list<Dim> dims) {
+  std::ostringstream s;
+  s << '[';
+  bool first = true;
+  for (const Dim& d : dims) {
+    s << (first ? "" : ",") << d.label;
+    if (d.value >= 0) s << '=' << d.value;
+    first = false;
+  }
+  s << ']';
+  return s.str();
+}
+
+/// Throws `fn: name is [actual], expected [B=2,T=64,H=4,V]` unless the dims match (free dims must be > 0).
+template <class Dims>
+void expect_dims(const std::string& fn, const std::string& name, const Dims& actual, std::initializer_list<Dim> dims) {
+  bool ok = static_cast<std::size_t>(actual.size()) == dims.size();
+  std::size_t i = 0;
+  for (const Dim& d : dims) {
+    if (!ok) break;
+    ok = d.value >= 0 ? actual[i] == d.value : actual[i] > 0;
+    ++i;
+  }
+  if (!ok) fail(fn, name + " is " + shape_str(actual) + ", expected " + expected_str(dims));
+}
+
+inline bool is_power_of_two(std::int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+
+inline void check_chunk_size(const std::string& fn, std::int64_t chunk_size) {
+  if (chunk_size < 16 || !is_power_of_two(chunk_size))
+    fail(fn, "chunk_size is " + std::to_string(chunk_size) + ", expected a power of two >= 16");
+}
+
+/// One sequence of a (fixed-length or packed) batch: batch row b, first token t0, length len.
+struct Seq {
+  Index b;
+  Index t0;
+  Index len;
+};
+
+/// Throws unless cu_seqlens starts at 0, never decreases and ends at total (zero-length sequences allowed).
+inline void check_cu_seqlens(const std::string& fn, const std::vector<std::int64_t>& cu, Index total) {
+  if (cu.size() < 2)
+    fail(fn, "cu_seqlens has " + std::to_string(cu.size()) + " entries, expected at least 2 ([0, ..., T])");
+  if (cu.front() != 0) fail(fn, "cu_seqlens[0] is " + std::to_string(cu.front()) + ", expected 0");
+  for (std::size_t i = 1; i < cu.size(); ++i)
+    if (cu[i] < cu[i - 1])
+      fail(fn, "cu_seqlens is not non-decreasing: cu_seqlens[" + std::to_string(i) + "] = " + std::to_string(cu[i]) +
+                   " < cu_seqlens[" + std::to_string(i - 1) + "] = " + std::to_string(cu[i - 1]));
+  if (cu.back() != total)
+    fail(fn, "cu_seqlens[N] is " + std::to_string(cu.back()) + ", expected T = " + std::to_string(total) +
+                 " (the packed length)");
+}
+
+/// The sequences of a batch: B rows of length T, or the packed sequences of cu_seqlens (B == 1).
+inline std::vector<Seq> make_sequences(Index B, Index T, const std::vector<std::int64_t>& cu) {
+  std::vector<Seq> seqs;
+  if (cu.empty()) {
+    for (Index b = 0; b < B; ++b) seqs.push_back({b, 0, T});
+  } else {
+    for (std::size_t n = 0; n + 1 < cu.size(); ++n) seqs.push_back({0, cu[n], cu[n + 1] - cu[n]});
+  }
+  return seqs;
+}
+
+/// The problem size shared by every operator: q/k [B,T,H,K], v [B,T,H,V], N sequences.
+struct OpShape {
+  Index B = 0, T = 0, H = 0, K = 0, V = 0, N = 0;
+  std::vector<Seq> seqs;
+};
+
+/// Checks q, k, v and the options every GLA operator shares (fla's checks plus ours); returns the shape.
+template <class QD, class KD, class VD>
+OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& vd, const GLAOptions& opts) {
+  OpShape s;
+  if (qd[0] <= 0 || qd[1] < 0 || qd[2] <= 0 || qd[3] <= 0)
+    fail(fn, "q is " + shape_str(qd) + ", expected [B,T,H,K] with B, H, K > 0");
+  s.B = qd[0];
+  s.T = qd[1];
+  s.H = qd[2];
+  s.K = qd[3];
+  expect_dims(fn, "k", kd, {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
+  if (vd[0] != s.B || vd[1] != s.T || vd[2] != s.H || vd[3] <= 0)
+    fail(fn, "v is " + shape_str(vd) + ", expected " + expected_str({{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", -1}}));
+  s.V = vd[3];
+  if (!opts.cu_seqlens.empty()) {
+    if (s.B != 1)
+      fail(fn, "the batch size is " + std::to_string(s.B) + ", expected 1 when cu_seqlens is given");
+    check_cu_seqlens(fn, opts.cu_seqlens, s.T);
+  }
+  s.seqs = make_sequences(s.B, s.T, opts.cu_seqlens);
+  s.N = static_cast<Index>(s.seqs.size());
+  if (opts.initial_state) {
+    const auto& d = opts.initial_state->dimensions();
+    if (d[0] != s.N)
+      fail(fn, "initial_state has " + std::to_string(d[0]) + " states, expected N = " + std::to_string(s.N) +
+                   (opts.cu_seqlens.empty() ? " (the batch size)" : " (the number of sequences in cu_seqlens)"));
+    if (opts.state_v_first)
+      expect_dims(fn, "initial_state (state_v_first)", d, {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
+    else
+      expect_dims(fn, "initial_state", d, {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
+  }
+  if (opts.scale && !std::isfinite(*opts.scale))
+    fail(fn, "scale is " + std::to_string(*opts.scale) + ", expected a finite number");
+  return s;
+}
+
+/// The options a kernel does not support must be left at their defaults.
+inline void reject_option(const std::string& fn, bool set, const char* what) {
+  if (set) fail(fn, std::string(what) + " is not supported here");
+}
+
+/// Shape of a final-state output: [N,H,K,V] or [N,H,V,K].
+inline std::array<Index, 4> state_dims(const OpShape& s, bool v_first) {
+  return v_first ? std::array<Index, 4>{s.N, s.H, s.V, s.K} : std::array<Index, 4>{s.N, s.H, s.K, s.V};
+}
+
+/// Input data as the accumulation scalar: a pointer into the caller's buffer when the types agree,
+/// otherwise an owned converted copy (bf16/half inputs).
+template <class Acc, class T>
+class AccInput {
+ public:
+  AccInput() = default;
+  AccInput(const T* p, Index n) {
+    if constexpr (std::is_same_v<Acc, T>) {
+      ptr_ = p;
+    } else {
+      owned_.resize(static_cast<std::size_t>(n));
+      for (Index i = 0; i < n; ++i) owned_[static_cast<std::size_t>(i)] = static_cast<Acc>(p[i]);
+      ptr_ = owned_.data();
+    }
+  }
+  template <int R>
+  explicit AccInput(const ConstTensorMap<T, R>& t) : AccInput(t.data(), t.size()) {}
+  const Acc* data() const { return ptr_; }
+  explicit operator bool() const { return ptr_ != nullptr; }
+
+ private:
+  const Acc* ptr_ = nullptr;
+  std::vector<Acc> owned_;
+};
+
+/// Loads a float state [K×V] (or its V-first transpose) into a K×V accumulator matrix.
+template <class Acc>
+void load_state(RowMat<Acc>& S, const float* p, Index K, Index V, bool v_first) {
+  for (Index i = 0; i < K; ++i)
+    for (Index j = 0; j < V; ++j) S(i, j) = static_cast<Acc>(v_first ? p[j * K + i] : p[i * V + j]);
+}
+
+/// Stores a K×V accumulator state as float [K,V] (or [V,K] when v_first).
+template <class Acc, class Out>
+void store_state(const RowMat<Acc>& S, Out* p, Index K, Index V, bool v_first) {
+  for (Index i = 0; i < K; ++i)
+    for (Index j = 0; j < V; ++j) (v_first ? p[j * K + i] : p[i * V + j]) = static_cast<Out>(S(i, j));
+}
+
+/// Converts a row of accumulator values into the output scalar.
+template <class T, class Derived>
+void store_row(T* dst, const Eigen::MatrixBase<Derived>& row) {
+  for (Index j = 0; j < row.size(); ++j) dst[j] = static_cast<T>(row(j));
+}
+
+}  // namespace detail
+}  // namespace gla
