@@ -1,0 +1,160 @@
+#pragma once
+/// gla/chunk_h.hpp: chunk_fwd_h, the inter-chunk state recurrence of the chunked GLA algorithm
+/// (fla's ops/common/chunk_h.py) with the gate modes g, g_gamma, gk and gv, in the natural-log domain.
+
+#include <gla/detail/chunk_kernels.hpp>
+#include <gla/varlen.hpp>
+
+namespace gla {
+
+/// The gates of chunk_fwd_h, each optional and combinable, all natural-log CHUNK-LOCAL CUMSUMS computed with
+/// the same chunk_size (what chunk_local_cumsum returns with no scale), except g_gamma:
+///   g  float [B,T,H]   scalar gate per head;      gk float [B,T,H,K]  gate on the state's K axis;
+///   gv float [B,T,H,V] gate on the state's V axis; g_gamma float [H]  constant per-step log decay per head.
+/// fla's kernels take log2-domain values (× 1/ln 2); ours take natural logs (spec §3; do not rescale).
+struct ChunkHGates {
+  std::optional<ConstTensorMap<float, 3>> g;
+  std::optional<ConstTensorMap<float, 1>> g_gamma;
+  std::optional<ConstTensorMap<float, 4>> gk;
+  std::optional<ConstTensorMap<float, 4>> gv;
+};
+
+/// Result of chunk_fwd_h: h float [B,NT,H,K,V] (varlen [1,ΣNT,H,K,V]; [..,V,K] with state_v_first), the state
+/// BEFORE each chunk, each sequence's chunks aligned to its start; final_state float [N,H,K,V] when requested.
+struct ChunkHResult {
+  Tensor<float, 5> h;
+  std::optional<Tensor<float, 4>> final_state;
+};
+
+namespace detail {
+
+/// Pointers to the whole-tensor gates in the accumulator type (nullptr = absent).
+template <class Acc>
+struct FullGates {
+  const Acc* g = nullptr;   // [B,T,H]
+  const Acc* gk = nullptr;  // [B,T,H,K]
+  const Acc* gv = nullptr;  // [B,T,H,V]
+  const std::vector<Acc>* gamma = nullptr;  // [H]
+
+  /// The gates of chunk [c0, c0+L) of sequence sq, head h.
+  ChunkGates<Acc> chunk(const OpShape& s, const Seq& sq, Index h, Index c0) const {
+    ChunkGates<Acc> cg;
+    const Index row = sq.b * s.T + sq.t0 + c0;
+    if (g) {
+      cg.g = g + row * s.H + h;
+      cg.ldg = s.H;
+    }
+    if (gk) {
+      cg.gk = gk + (row * s.H + h) * s.K;
+      cg.ldgk = s.H * s.K;
+    }
+    if (gv) {
+      cg.gv = gv + (row * s.H + h) * s.V;
+      cg.ldgv = s.H * s.V;
+    }
+    if (gamma) cg.gamma = (*gamma)[static_cast<std::size_t>(h)];
+    return cg;
+  }
+};
+
+/// Index of each sequence's first chunk in the packed chunk list [N+1].
+inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
+  std::vector<Index> off{0};
+  for (const Seq& sq : s.seqs) off.push_back(off.back() + (sq.len + BT - 1) / BT);
+  return off;
+}
+
+/// Rows of one (sequence, head) block of a [B,T,H,D] tensor starting at token t0 + c0.
+template <class Acc>
+ConstStridedMap<Acc> rows(const Acc* base, const OpShape& s, const Seq& sq, Index h, Index c0, Index L, Index D) {
+  return ConstStridedMap<Acc>(base + ((sq.b * s.T + sq.t0 + c0) * s.H + h) * D, L, D, Eigen::OuterStride<>(s.H * D));
+}
+
+/// The state recurrence over chunks for every (sequence, head), in parallel over the pairs:
+/// writes h (the state before each chunk, [ΣNT,H,K,V] or V-first with h_v_first, may be null) and the final
+/// state ([N,H,K,V] or V-first with v_first, may be null). h0 float [N,H,K,V] (or V-first) or null.
+template <class Acc, class HOut>
+void chunk_fwd_h_impl(const OpShape& s, Index BT, const Acc* k, const Acc* v, const FullGates<Acc>& gates,
+                      const float* h0, bool v_first, HOut* h, bool h_v_first, float* ht) {
+  const Index K = s.K, V = s.V, H = s.H;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  const Index pairs = s.N * H;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(num_threads_for(pairs))
+#endif
+  {
+    ChunkWorkspace<Acc> ws;
+    ws.reserve(BT, K, V);
+    RowMat<Acc> S(K, V);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index p = 0; p < pairs; ++p) {
+      const Index n = p / H, hh = p % H;
+      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+      if (h0)
+        load_state(S, h0 + p * K * V, K, V, v_first);
+      else
+        S.setZero();
+      Index c = 0;
+      for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+        const Index L = std::min(BT, sq.len - c0);
+        if (h) store_state(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, h_v_first);
+        chunk_state_update(S, rows(k, s, sq, hh, c0, L, K), rows(v, s, sq, hh, c0, L, V),
+                           gates.chunk(s, sq, hh, c0), L, ws);
+      }
+      if (ht) store_state(S, ht + p * K * V, K, V, v_first);
+    }
+  }
+}
+
+}  // namespace detail
+
+/// States of the chunked recurrence S ← diag(e^{gk}) S diag(e^{gv}) e^{g + γ} + k vᵀ, stored before every chunk.
+/// k [B,T,H,K] and v [B,T,H,V] in T (float, double, bf16, half; accumulated in acc_t<T>); gates as ChunkHGates;
+/// uses opts.initial_state, output_final_state, state_v_first, cu_seqlens and chunk_size (the chunk size the
+/// gate cumsums were computed with). Threads: OpenMP over (sequence, head); deterministic.
+template <class T>
+ChunkHResult chunk_fwd_h(ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v, const ChunkHGates& gates,
+                         const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<T>, "chunk_fwd_h: unsupported scalar type");
+  using Acc = acc_t<T>;
+  const std::string fn = "chunk_fwd_h";
+  const detail::OpShape s = detail::check_qkv(fn, k.dimensions(), k.dimensions(), v.dimensions(), opts);
+  detail::check_chunk_size(fn, opts.chunk_size);
+  detail::reject_option(fn, opts.reverse, "reverse");
+  detail::reject_option(fn, !opts.gamma.empty() || opts.state_clamp_min || opts.state_clamp_max,
+                        "gamma/state_clamp_min/state_clamp_max (fused_recurrent_gla only)");
+  if (gates.g) detail::expect_dims(fn, "g", gates.g->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}});
+  if (gates.gk) detail::expect_dims(fn, "gk", gates.gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
+  if (gates.gv) detail::expect_dims(fn, "gv", gates.gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
+  if (gates.g_gamma) detail::expect_dims(fn, "g_gamma", gates.g_gamma->dimensions(), {{"H", s.H}});
+
+  const Index BT = opts.chunk_size;
+  const std::vector<Index> off = detail::chunk_offsets(s, BT);
+  const Index NT = opts.cu_seqlens.empty() ? (s.T + BT - 1) / BT : off.back();
+  ChunkHResult r;
+  if (opts.state_v_first)
+    r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.V, s.K);
+  else
+    r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.K, s.V);
+  if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
+
+  const detail::AccInput<Acc, T> ka(k), va(v);
+  detail::AccInput<Acc, float> ga, gka, gva;
+  std::vector<Acc> gamma;
+  detail::FullGates<Acc> fg;
+  if (gates.g) fg.g = (ga = detail::AccInput<Acc, float>(*gates.g)).data();
+  if (gates.gk) fg.gk = (gka = detail::AccInput<Acc, float>(*gates.gk)).data();
+  if (gates.gv) fg.gv = (gva = detail::AccInput<Acc, float>(*gates.gv)).data();
+  if (gates.g_gamma) {
+    for (Index h = 0; h < s.H; ++h) gamma.push_back(static_cast<Acc>((*gates.g_gamma)(h)));
+    fg.gamma = &gamma;
+  }
+  detail::chunk_fwd_h_impl<Acc, float>(s, BT, ka.data(), va.data(), fg,
+                                       opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
+                                       r.h.data(), opts.state_v_first, r.final_state ? r.final_state->data() : nullptr);
+  return r;
+}
+
+}  // namespace gla

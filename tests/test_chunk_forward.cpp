@@ -1,0 +1,235 @@
+// chunk_gla and fused_chunk_gla forward against the float64 recurrence: shapes around chunk boundaries,
+// non-power-of-two head dims, varlen with length-0/1 and chunk-straddling sequences, gate strengths, h0,
+// scale, state_v_first, state carry, and every scalar type.
+
+#include <gla/chunk.hpp>
+#include <gla/fused_chunk.hpp>
+#include <gla/naive.hpp>
+
+#include "support/catch.hpp"
+#include "support/test_utils.hpp"
+
+using namespace gla;
+using gla::test::compare;
+
+namespace {
+
+enum class Op { Chunk, FusedChunk, FusedChunkNoFallback };
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::Chunk: return "chunk_gla";
+    case Op::FusedChunk: return "fused_chunk_gla";
+    default: return "fused_chunk_gla(no fallback)";
+  }
+}
+
+/// Inputs of one case in double (the reference's precision) plus their conversion to the tested scalar.
+struct Case {
+  Index B = 1, T = 64, H = 1, K = 16, V = 16;
+  double gate_norm = 1.0;  // logsigmoid(U)/gate_norm; <= 0 → strong decay
+  bool h0 = true;
+  std::vector<std::int64_t> cu;
+  std::optional<float> scale;
+  bool v_first = false;
+  int chunk_size = 64;
+  std::uint64_t seed = 1;
+};
+
+struct Inputs {
+  Tensor<double, 4> q, k, v, g;
+  Tensor<float, 4> h0;
+};
+
+Inputs make_inputs(const Case& c) {
+  auto rng = gla::test::rng(c.seed);
+  Inputs in;
+  in.q = Tensor<double, 4>(c.B, c.T, c.H, c.K);
+  in.k = Tensor<double, 4>(c.B, c.T, c.H, c.K);
+  in.v = Tensor<double, 4>(c.B, c.T, c.H, c.V);
+  in.g = Tensor<double, 4>(c.B, c.T, c.H, c.K);
+  gla::test::fill_uniform(in.q, rng);
+  gla::test::fill_uniform(in.k, rng);
+  gla::test::fill_normal(in.v, rng);
+  if (c.gate_norm > 0)
+    gla::test::fill_gate(in.g, rng, c.gate_norm);
+  else
+    gla::test::fill_strong_gate(in.g, rng);
+  const Index N = c.cu.empty() ? c.B : static_cast<Index>(c.cu.size()) - 1;
+  in.h0 = c.v_first ? Tensor<float, 4>(N, c.H, c.V, c.K) : Tensor<float, 4>(N, c.H, c.K, c.V);
+  gla::test::fill_normal(in.h0, rng);
+  return in;
+}
+
+GLAOptions options(const Case& c, const Inputs& in) {
+  GLAOptions o;
+  o.scale = c.scale;
+  if (c.h0) o.set_initial_state(in.h0);
+  o.output_final_state = true;
+  o.state_v_first = c.v_first;
+  o.cu_seqlens = c.cu;
+  o.chunk_size = c.chunk_size;
+  return o;
+}
+
+template <class T>
+void run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v, const Tensor<T, 4>& g,
+            GLAOptions o, Tensor<T, 4>& out, Tensor<float, 4>& fs) {
+  gla::test::fill_nan(out);
+  gla::test::fill_nan(fs);
+  std::optional<TensorMap<float, 4>> fsv;
+  fsv.emplace(mut_view(fs));
+  if (op == Op::Chunk) {
+    chunk_gla_into<T>(q, k, v, g, o, mut_view(out), fsv);
+  } else {
+    o.heuristic_fallback = op == Op::FusedChunk;
+    fused_chunk_gla_into<T>(q, k, v, g, o, mut_view(out), fsv);
+  }
+}
+
+/// Runs op in scalar T against the float64 reference; returns the relative RMS errors of o and final state.
+template <class T>
+std::pair<gla::test::Diff, gla::test::Diff> check_case(Op op, const Case& c) {
+  const Inputs in = make_inputs(c);
+  const GLAOptions o = options(c, in);
+  // The reference sees exactly the values the tested scalar holds.
+  const Tensor<T, 4> q = in.q.cast<T>(), k = in.k.cast<T>(), v = in.v.cast<T>(), g = in.g.cast<T>();
+  const Tensor<double, 4> qd = q.template cast<double>(), kd = k.template cast<double>(),
+                          vd = v.template cast<double>(), gd = g.template cast<double>();
+  const auto ref = naive_recurrent_gla<double>(qd, kd, vd, view(gd), std::nullopt, o);
+  Tensor<T, 4> out(v.dimensions());
+  Tensor<float, 4> fs(in.h0.dimensions());
+  run_op<T>(op, q, k, v, g, o, out, fs);
+  return {compare(out, ref.o), compare(fs, ref.final_state)};
+}
+
+double tol_for_float = 1e-5;
+
+}  // namespace
+
+TEST_CASE("chunk forward: float against the float64 reference around chunk boundaries", "[chunk][forward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk, Op::FusedChunkNoFallback);
+  const Index T = GENERATE(1, 15, 16, 17, 63, 64, 65, 127, 128, 129);
+  const auto [K, V] = GENERATE(std::pair<Index, Index>{16, 60}, std::pair<Index, Index>{100, 64});
+  const double norm = GENERATE(0.1, 1.0, 16.0);
+  Case c;
+  c.T = T;
+  c.K = K;
+  c.V = V;
+  c.gate_norm = norm;
+  c.B = 2;
+  c.H = 3;
+  c.seed = static_cast<std::uint64_t>(T * 7 + K + norm * 10);
+  const auto [eo, es] = check_case<float>(op, c);
+  INFO(op_name(op) << " T=" << T << " K=" << K << " V=" << V << " norm=" << norm << "\n o: " << eo.str()
+                   << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, tol_for_float));
+  CHECK(gla::test::ok(es, tol_for_float));
+}
+
+TEST_CASE("chunk forward: long sequence, K=V=128 and K=64,V=100", "[chunk][forward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  const auto [K, V] = GENERATE(std::pair<Index, Index>{128, 128}, std::pair<Index, Index>{64, 100});
+  Case c;
+  c.T = 1000;
+  c.K = K;
+  c.V = V;
+  c.H = 1;
+  c.gate_norm = 16.0;
+  const auto [eo, es] = check_case<float>(op, c);
+  INFO(op_name(op) << " o: " << eo.str() << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, tol_for_float));
+  CHECK(gla::test::ok(es, tol_for_float));
+}
+
+TEST_CASE("chunk forward: strong decay stays finite and accurate", "[chunk][forward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  const Index T = GENERATE(64, 65, 300);
+  Case c;
+  c.T = T;
+  c.K = 60;
+  c.V = 32;
+  c.H = 2;
+  c.gate_norm = -1;  // per-step log gate near −5
+  const auto [eo, es] = check_case<float>(op, c);
+  INFO(op_name(op) << " T=" << T << " o: " << eo.str() << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, tol_for_float));
+  CHECK(gla::test::ok(es, tol_for_float));
+}
+
+TEST_CASE("chunk forward: varlen with zero-length, length-1 and chunk-straddling sequences", "[chunk][forward][varlen]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk, Op::FusedChunkNoFallback);
+  const std::vector<std::int64_t> cu = GENERATE(std::vector<std::int64_t>{0, 0, 16},
+                                                std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
+                                                std::vector<std::int64_t>{0, 15, 100, 257, 400});
+  const bool h0 = GENERATE(true, false);
+  Case c;
+  c.T = cu.back();
+  c.cu = cu;
+  c.K = 60;
+  c.V = 100;
+  c.H = 3;
+  c.h0 = h0;
+  const auto [eo, es] = check_case<float>(op, c);
+  INFO(op_name(op) << " cu.size=" << cu.size() << " o: " << eo.str() << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, tol_for_float));
+  CHECK(gla::test::ok(es, tol_for_float));
+}
+
+TEST_CASE("chunk forward: scale, state_v_first, chunk sizes 16 and 128", "[chunk][forward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  const int chunk = GENERATE(16, 32, 128);
+  const bool v_first = GENERATE(false, true);
+  Case c;
+  c.T = 200;
+  c.K = 64;
+  c.V = 16;
+  c.H = 3;
+  c.scale = 0.3f;
+  c.v_first = v_first;
+  c.chunk_size = chunk;
+  const auto [eo, es] = check_case<float>(op, c);
+  INFO(op_name(op) << " chunk=" << chunk << " v_first=" << v_first << " o: " << eo.str() << "\n fs: " << es.str());
+  CHECK(gla::test::ok(eo, tol_for_float));
+  CHECK(gla::test::ok(es, tol_for_float));
+}
+
+TEST_CASE("chunk forward: double within 1e-12", "[chunk][forward][double]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  const Index T = GENERATE(1, 63, 65, 129);
+  const double norm = GENERATE(0.1, 16.0);
+  Case c;
+  c.T = T;
+  c.B = 2;
+  c.H = 3;
+  c.K = 60;
+  c.V = 16;
+  c.gate_norm = norm;
+  const auto [eo, es] = check_case<double>(op, c);
+  INFO(op_name(op) << " T=" << T << " o: " << eo.str() << "\n fs: " << es.str());
+  CHECK(gla::test::ok(eo, 1e-12));
+  // States are float in this library (as fla's): the final state is as exact as a float can be.
+  CHECK(gla::test::ok(es, 1e-7));
+}
+
+TEST_CASE("chunk forward: bf16 and half inputs within 5e-3", "[chunk][forward][lowp]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  Case c;
+  c.T = 130;
+  c.B = 2;
+  c.H = 2;
+  c.K = 64;
+  c.V = 32;
+  {
+    const auto [eo, es] = check_case<Eigen::bfloat16>(op, c);
+    INFO("bf16 " << op_name(op) << " o: " << eo.str() << " fs: " << es.str());
+    CHECK(gla::test::ok(eo, 5e-3));
+    CHECK(gla::test::ok(es, 5e-3));
+  }
+  {
+    const auto [eo, es] = check_case<Eigen::half>(op, c);
+    INFO("half " << op_name(op) << " o: " << eo.str() << " fs: " << es.str());
+    CHECK(gla::test::ok(eo, 5e-3));
+    CHECK(gla::test::ok(es, 5e-3));
+  }
+}
