@@ -1,0 +1,363 @@
+#pragma once
+/// gla/modules/norms.hpp: fla's RMSNorm and FusedRMSNormGated over the last dimension of a tensor, with fla's
+/// residual/prenorm options, float math for float/bf16/half inputs and double math for double inputs.
+
+#include <gla/core.hpp>
+#include <gla/modules/activations.hpp>
+
+#include <string>
+#include <string_view>
+
+namespace gla {
+
+/// Output of a prenorm call: y [..., D] T the normalized rows and residual [..., D] R = x + residual (the sum
+/// before normalization, rounded to R once), which the next block adds its output to.
+template <class T, class R, int Rank>
+struct PrenormResult {
+  Tensor<T, Rank> y;
+  Tensor<R, Rank> residual;
+};
+
+namespace detail {
+
+/// The gate a fused norm multiplies in after the weight: none (RMSNorm), g·σ(g) (swish/silu) or σ(g).
+enum class NormGate { None, Swish, Sigmoid };
+
+/// The pointers and sizes of one norm call; null pointers are absent tensors.
+template <class T, class R, class P>
+struct NormArgs {
+  Index rows = 0, D = 0;
+  const T* x = nullptr;
+  const T* g = nullptr;
+  const R* residual = nullptr;
+  R* residual_out = nullptr;
+  T* y = nullptr;
+  const P* weight = nullptr;
+  const P* bias = nullptr;
+  double eps = 0;
+  NormGate gate = NormGate::None;
+};
+
+/// Per row, in acc_t<T>: x' = x (+ residual); y = x'·rsqrt(mean(x'²) + eps) (·weight) (+bias) (·gate(g)).
+/// y may be x and residual_out may be residual (each row is read fully before it is written).
+template <class T, class R, class P>
+void rms_norm_rows(const NormArgs<T, R, P>& a) {
+  using A = acc_t<T>;
+  using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
+  const Index D = a.D;
+  Arr w, b;
+  if (a.weight) w = Eigen::Map<const Eigen::Array<P, Eigen::Dynamic, 1>>(a.weight, D).template cast<A>();
+  if (a.bias) b = Eigen::Map<const Eigen::Array<P, Eigen::Dynamic, 1>>(a.bias, D).template cast<A>();
+  const A eps = static_cast<A>(a.eps);
+  Arr xr(D), gr;
+  if (a.g) gr.resize(D);
+  for (Index r = 0; r < a.rows; ++r) {
+    const Index off = r * D;
+    for (Index j = 0; j < D; ++j) xr(j) = static_cast<A>(a.x[off + j]);
+    if (a.residual)
+      for (Index j = 0; j < D; ++j) xr(j) += static_cast<A>(a.residual[off + j]);
+    if (a.residual_out)
+      for (Index j = 0; j < D; ++j) a.residual_out[off + j] = static_cast<R>(xr(j));
+    // fla: var = sum(x²)/D; rstd = 1/sqrt(var + eps); eps inside the sqrt, sum then divide.
+    const A rstd = A(1) / std::sqrt(xr.square().sum() / static_cast<A>(D) + eps);
+    xr *= rstd;
+    if (a.weight) xr *= w;
+    if (a.bias) xr += b;
+    if (a.g) {
+      for (Index j = 0; j < D; ++j) gr(j) = static_cast<A>(a.g[off + j]);
+      if (a.gate == NormGate::Swish)
+        xr *= gr.unaryExpr([](A z) { return silu(z); });
+      else
+        xr *= gr.unaryExpr([](A z) { return sigmoid(z); });
+    }
+    for (Index j = 0; j < D; ++j) a.y[off + j] = static_cast<T>(xr(j));
+  }
+}
+
+/// Throws `fn: name is [actual], expected [rows=..,D=..]` unless a 2-D view is exactly that shape (rows may be 0).
+template <class Dims>
+void expect_rows(const std::string& fn, const std::string& name, const Dims& d, Index rows, Index D) {
+  if (d[0] != rows || d[1] != D)
+    fail(fn, name + " is " + shape_str(d) + ", expected [rows=" + std::to_string(rows) + ",D=" + std::to_string(D) + "]");
+}
+
+/// The rows of a rank-`Rank` tensor normalized over its last dimension: size / D, after checking that dimension.
+template <class Dims>
+Index rows_of(const std::string& fn, const std::string& name, const Dims& d, Index D) {
+  if (static_cast<Index>(d.size()) < 1 || d[d.size() - 1] != D)
+    fail(fn, name + " is " + shape_str(d) + ", expected [...,D=" + std::to_string(D) + "] (normalized over the last dim)");
+  Index rows = 1;
+  for (std::size_t i = 0; i + 1 < static_cast<std::size_t>(d.size()); ++i) rows *= d[i];
+  return rows;
+}
+
+template <class DA, class DB>
+void expect_same_shape(const std::string& fn, const std::string& name, const DA& got, const DB& want,
+                       const std::string& want_name) {
+  bool same = got.size() == want.size();
+  for (std::size_t i = 0; same && i < static_cast<std::size_t>(got.size()); ++i) same = got[i] == want[i];
+  if (!same) fail(fn, name + " is " + shape_str(got) + ", expected the shape of " + want_name + " " + shape_str(want));
+}
+
+/// Checks an optional [D] parameter tensor (it is a public member, so a caller may have replaced it).
+template <class P>
+void check_param(const std::string& fn, const char* name, const std::optional<Tensor<P, 1>>& p, Index D) {
+  if (p && p->dimension(0) != D)
+    fail(fn, std::string(name) + " is " + shape_str(p->dimensions()) + ", expected [D=" + std::to_string(D) + "]");
+}
+
+inline void check_norm_config(const std::string& fn, Index D, double eps) {
+  if (D <= 0) fail(fn, "hidden_size is " + std::to_string(D) + ", expected > 0");
+  if (!(eps >= 0) || !std::isfinite(eps)) {
+    std::ostringstream s;  // std::to_string would print 1e-7 as 0.000000
+    s << "eps is " << eps << ", expected a finite number >= 0";
+    fail(fn, s.str());
+  }
+}
+
+}  // namespace detail
+
+/// fla.modules.RMSNorm: y = x'·rsqrt(mean(x'²) + eps)·weight + bias over the last dim, x' = x (+ residual).
+/// P is the scalar the parameters are stored in (fla keeps the layer's g_norm weight in fp32; any supported
+/// scalar works and is converted to the compute type).
+template <class P = float>
+class RMSNorm {
+ public:
+  /// weight [D] P, ones; present when elementwise_affine (nullopt otherwise, as fla's None).
+  std::optional<Tensor<P, 1>> weight;
+  /// bias [D] P, zeros; present when bias and elementwise_affine (fla creates it only with the weight).
+  std::optional<Tensor<P, 1>> bias;
+
+  explicit RMSNorm(Index hidden_size, bool elementwise_affine = true, bool with_bias = false, double eps = 1e-5)
+      : D_(hidden_size), eps_(eps) {
+    detail::check_norm_config("RMSNorm", D_, eps_);
+    if (elementwise_affine) {
+      weight.emplace(D_);
+      weight->setConstant(P(1));
+      if (with_bias) {
+        bias.emplace(D_);
+        bias->setZero();
+      }
+    }
+  }
+
+  Index hidden_size() const { return D_; }
+  double eps() const { return eps_; }
+
+  /// Core: y [rows,D] T ← norm(x [rows,D] T (+ residual [rows,D] R)); residual_out [rows,D] R ← x + residual
+  /// (prenorm). T ∈ {float, double, bf16, half}, math in acc_t<T>. y may be x (in place); residual_out may be
+  /// residual. rows may be 0.
+  template <class T, class R = T>
+  void forward_into(ConstTensorMap<T, 2> x, TensorMap<T, 2> y,
+                    std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
+                    std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
+    run<T, R>("RMSNorm::forward_into", x.data(), nullptr, y.data(), residual ? residual->data() : nullptr,
+        residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
+          detail::expect_rows(fn, "x", x.dimensions(), x.dimension(0), D_);
+          detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+          if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+          if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+        });
+  }
+
+  /// y [..., D] T = norm(x [..., D] T), any rank ≥ 1.
+  template <class T, int Rank>
+  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x) const {
+    Tensor<T, Rank> y(x.dimensions());
+    const std::string fn = "RMSNorm::forward";
+    run<T, T>(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+        detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+    return y;
+  }
+  /// y [..., D] T = norm(x + residual), residual [..., D] R (fla's prenorm=False with a residual).
+  template <class T, class R, int Rank>
+  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<R, Rank> residual) const {
+    Tensor<T, Rank> y(x.dimensions());
+    const std::string fn = "RMSNorm::forward";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    run<T, R>(fn, x.data(), nullptr, y.data(), residual.data(), static_cast<R*>(nullptr), rows,
+        [](const std::string&, Index) {});
+    return y;
+  }
+  /// fla's prenorm=True with a residual: {y = norm(x + residual), residual = x + residual in R}.
+  template <class T, class R, int Rank>
+  PrenormResult<T, R, Rank> forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<R, Rank> residual) const {
+    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
+    const std::string fn = "RMSNorm::forward_prenorm";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    run<T, R>(fn, x.data(), nullptr, out.y.data(), residual.data(), out.residual.data(), rows,
+        [](const std::string&, Index) {});
+    return out;
+  }
+  /// fla's prenorm=True without a residual: the residual returned is x in R (default T; R = float is fla's
+  /// residual_in_fp32=True), e.g. `norm.forward_prenorm<float>(x)`.
+  template <class R = void, class T, int Rank>
+  auto forward_prenorm(ConstTensorMap<T, Rank> x) const {
+    using Out = std::conditional_t<std::is_void_v<R>, T, R>;
+    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
+    const std::string fn = "RMSNorm::forward_prenorm";
+    run<T, Out>(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(),
+        detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+    return out;
+  }
+
+ private:
+  Index D_;
+  double eps_;
+
+  template <class T, class R, class Check>
+  void run(const std::string& fn, const T* x, const T* g, T* y, const R* residual, R* residual_out, Index rows,
+           Check&& check_shapes) const {
+    static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
+    static_assert(is_supported_scalar_v<R>, "the residual must be float, double, Eigen::bfloat16 or Eigen::half");
+    check_shapes(fn, rows);
+    detail::check_param(fn, "weight", weight, D_);
+    detail::check_param(fn, "bias", bias, D_);
+    detail::NormArgs<T, R, P> a;
+    a.rows = rows;
+    a.D = D_;
+    a.x = x;
+    a.g = g;
+    a.residual = residual;
+    a.residual_out = residual_out;
+    a.y = y;
+    a.weight = weight ? weight->data() : nullptr;
+    a.bias = bias ? bias->data() : nullptr;
+    a.eps = eps_;
+    detail::rms_norm_rows(a);
+  }
+};
+
+/// fla.modules.FusedRMSNormGated: y = x'·rsqrt(mean(x'²) + eps)·weight, THEN ·g·σ(g) (swish/silu) or ·σ(g)
+/// (sigmoid), over the last dim; x' = x (+ residual). The gate g is not normalized. No bias (as fla).
+template <class P = float>
+class FusedRMSNormGated {
+ public:
+  /// weight [D] P, ones; present when elementwise_affine.
+  std::optional<Tensor<P, 1>> weight;
+
+  /// activation must be Activation::SiLU (= Swish) or Activation::Sigmoid, else gla::Error.
+  explicit FusedRMSNormGated(Index hidden_size, bool elementwise_affine = true, double eps = 1e-5,
+                             Activation activation = Activation::SiLU)
+      : D_(hidden_size), eps_(eps), act_(activation) {
+    const std::string fn = "FusedRMSNormGated";
+    detail::check_norm_config(fn, D_, eps_);
+    if (act_ != Activation::SiLU && act_ != Activation::Sigmoid)
+      detail::fail(fn, std::string("activation '") + activation_name(act_) +
+                           "' is not supported, expected one of swish, silu, sigmoid");
+    if (elementwise_affine) {
+      weight.emplace(D_);
+      weight->setConstant(P(1));
+    }
+  }
+  /// The same with fla's activation name: 'swish', 'silu' or 'sigmoid', else gla::Error.
+  FusedRMSNormGated(Index hidden_size, bool elementwise_affine, double eps, std::string_view activation)
+      : FusedRMSNormGated(hidden_size, elementwise_affine, eps, parse_gate(activation)) {}
+
+  Index hidden_size() const { return D_; }
+  double eps() const { return eps_; }
+  /// Activation::SiLU (swish/silu) or Activation::Sigmoid.
+  Activation activation() const { return act_; }
+
+  /// Core: y [rows,D] T ← norm(x [rows,D] T (+ residual [rows,D] R))·weight·gate(g [rows,D] T); residual_out
+  /// [rows,D] R ← x + residual. y may be x or g (in place); residual_out may be residual. rows may be 0.
+  template <class T, class R = T>
+  void forward_into(ConstTensorMap<T, 2> x, ConstTensorMap<T, 2> g, TensorMap<T, 2> y,
+                    std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
+                    std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
+    run<T, R>("FusedRMSNormGated::forward_into", x.data(), g.data(), y.data(), residual ? residual->data() : nullptr,
+        residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
+          detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
+          detail::expect_rows(fn, "g", g.dimensions(), rows, D_);
+          detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+          if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+          if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+        });
+  }
+
+  /// y [..., D] T = norm(x [..., D] T)·weight·gate(g [..., D] T), any rank ≥ 1.
+  template <class T, int Rank>
+  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g) const {
+    Tensor<T, Rank> y(x.dimensions());
+    const std::string fn = "FusedRMSNormGated::forward";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    run<T, T>(fn, x.data(), g.data(), y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows,
+        [](const std::string&, Index) {});
+    return y;
+  }
+  /// y = norm(x + residual)·weight·gate(g), residual [..., D] R (prenorm=False with a residual).
+  template <class T, class R, int Rank>
+  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g, ConstTensorMap<R, Rank> residual) const {
+    Tensor<T, Rank> y(x.dimensions());
+    const std::string fn = "FusedRMSNormGated::forward";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    run<T, R>(fn, x.data(), g.data(), y.data(), residual.data(), static_cast<R*>(nullptr), rows,
+        [](const std::string&, Index) {});
+    return y;
+  }
+  /// prenorm=True with a residual: {y, residual = x + residual in R}.
+  template <class T, class R, int Rank>
+  PrenormResult<T, R, Rank> forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g,
+                                            ConstTensorMap<R, Rank> residual) const {
+    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
+    const std::string fn = "FusedRMSNormGated::forward_prenorm";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    run<T, R>(fn, x.data(), g.data(), out.y.data(), residual.data(), out.residual.data(), rows,
+        [](const std::string&, Index) {});
+    return out;
+  }
+  /// prenorm=True without a residual: residual = x in R (default T; float is residual_in_fp32=True).
+  template <class R = void, class T, int Rank>
+  auto forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g) const {
+    using Out = std::conditional_t<std::is_void_v<R>, T, R>;
+    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
+    const std::string fn = "FusedRMSNormGated::forward_prenorm";
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    run<T, Out>(fn, x.data(), g.data(), out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows,
+        [](const std::string&, Index) {});
+    return out;
+  }
+
+ private:
+  Index D_;
+  double eps_;
+  Activation act_;
+
+  static Activation parse_gate(std::string_view name) {
+    if (name == "swish" || name == "silu") return Activation::SiLU;
+    if (name == "sigmoid") return Activation::Sigmoid;
+    detail::fail("FusedRMSNormGated", "activation '" + std::string(name) +
+                                          "' is not supported, expected one of swish, silu, sigmoid");
+  }
+
+  template <class T, class R, class Check>
+  void run(const std::string& fn, const T* x, const T* g, T* y, const R* residual, R* residual_out, Index rows,
+           Check&& check_shapes) const {
+    static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
+    static_assert(is_supported_scalar_v<R>, "the residual must be float, double, Eigen::bfloat16 or Eigen::half");
+    check_shapes(fn, rows);
+    detail::check_param(fn, "weight", weight, D_);
+    detail::NormArgs<T, R, P> a;
+    a.rows = rows;
+    a.D = D_;
+    a.x = x;
+    a.g = g;
+    a.residual = residual;
+    a.residual_out = residual_out;
+    a.y = y;
+    a.weight = weight ? weight->data() : nullptr;
+    a.eps = eps_;
+    a.gate = act_ == Activation::Sigmoid ? detail::NormGate::Sigmoid : detail::NormGate::Swish;
+    detail::rms_norm_rows(a);
+  }
+};
+
+}  // namespace gla
