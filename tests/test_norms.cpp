@@ -4,6 +4,7 @@
 #include <gla/modules/norms.hpp>
 
 #include "support/catch.hpp"
+#include "support/golden.hpp"
 #include "support/test_utils.hpp"
 
 #include <string>
@@ -353,4 +354,39 @@ TEST_CASE("norm calls reject mismatched shapes", "[norms][errors]") {
   gated.weight = Tensor<float, 1>(3);
   require_error([&] { gated.forward(gla::view(x), gla::view(g)); },
                 {"FusedRMSNormGated::forward", "weight is [3]", "[D=8]"});
+}
+
+// ---- fla's outputs (tests/data/fla/modules.safetensors) ----
+
+TEST_CASE("norms match fla's outputs in modules.safetensors", "[norms][golden]") {
+  const gla::test::Golden gold("modules");
+  int checked = 0;
+  for (const std::string& c : gold.cases()) {
+    const bool plain = c.rfind("rmsnorm", 0) == 0, gated = c.rfind("norm_gated", 0) == 0;
+    if (!plain && !gated) continue;  // the ShortConvolution cases are tested in test_short_conv.cpp
+    const nlohmann::json m = gold.meta(c);
+    const Index D = m.at("D").get<Index>();
+    const double eps = m.at("eps").get<double>();
+    const bool affine = gold.has(c + ".weight");
+    const Tensor<float, 2> x = gold.get<float, 2>(c + ".x");
+    const Tensor<float, 2> y_fla = gold.get<float, 2>(c + ".y");
+    Tensor<float, 2> y(x.dimensions());
+    gla::test::fill_nan(y);
+    if (plain) {
+      gla::RMSNorm<float> norm(D, affine, gold.has(c + ".bias"), eps);
+      if (affine) norm.weight = gold.get<float, 1>(c + ".weight");
+      if (norm.bias) norm.bias = gold.get<float, 1>(c + ".bias");
+      norm.forward_into(gla::view(x), gla::mut_view(y));
+    } else {
+      gla::FusedRMSNormGated<float> norm(D, affine, eps, m.at("activation").get<std::string>());
+      if (affine) norm.weight = gold.get<float, 1>(c + ".weight");
+      const Tensor<float, 2> g = gold.get<float, 2>(c + ".g");
+      norm.forward_into(gla::view(x), gla::view(g), gla::mut_view(y));
+    }
+    const auto d = gla::test::compare(y, y_fla);
+    INFO("modules." << c << " y vs fla: " << d.str());
+    CHECK(gla::test::ok(d, 2e-5));
+    ++checked;
+  }
+  CHECK(checked == 3);  // rmsnorm, norm_gated_swish, norm_gated_sigmoid
 }
