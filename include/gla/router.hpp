@@ -1,0 +1,130 @@
+#pragma once
+/// gla/router.hpp: the mode router: one entry point, gla_forward, that unpads a masked batch, picks the
+/// kernel (chunk, fused_chunk or fused_recurrent) as fla's layer does, and pads the output back with zeros.
+
+#include <gla/chunk.hpp>
+#include <gla/fused_chunk.hpp>
+#include <gla/fused_recurrent.hpp>
+#include <gla/varlen.hpp>
+
+#include <string_view>
+
+namespace gla {
+
+/// Which GLA kernel runs: Auto picks FusedRecurrent for short inputs and Chunk otherwise.
+enum class Mode { Auto, Chunk, FusedChunk, FusedRecurrent };
+
+/// fla's mode names: "auto", "chunk", "fused_chunk", "fused_recurrent"; anything else → gla::Error.
+inline Mode parse_mode(std::string_view name) {
+  if (name == "auto") return Mode::Auto;
+  if (name == "chunk") return Mode::Chunk;
+  if (name == "fused_chunk") return Mode::FusedChunk;
+  if (name == "fused_recurrent") return Mode::FusedRecurrent;
+  detail::fail("parse_mode", "mode is '" + std::string(name) +
+                                 "', expected one of 'auto', 'chunk', 'fused_chunk', 'fused_recurrent'");
+}
+
+inline std::string_view to_string(Mode m) {
+  switch (m) {
+    case Mode::Auto: return "auto";
+    case Mode::Chunk: return "chunk";
+    case Mode::FusedChunk: return "fused_chunk";
+    case Mode::FusedRecurrent: return "fused_recurrent";
+  }
+  return "unknown";
+}
+
+/// fla's layer rule: Auto → FusedRecurrent when seq_len <= chunk_threshold, else Chunk; explicit modes kept.
+inline Mode select_gla_mode(Mode mode, std::int64_t seq_len, std::int64_t chunk_threshold = 64) {
+  if (seq_len < 0) detail::fail("select_gla_mode", "seq_len is " + std::to_string(seq_len) + ", expected >= 0");
+  if (mode != Mode::Auto) return mode;
+  return seq_len <= chunk_threshold ? Mode::FusedRecurrent : Mode::Chunk;
+}
+
+namespace detail {
+
+/// Gathers the valid tokens of x [B,T,H,D] into a packed [1,total,H,D].
+template <class T>
+Tensor<T, 4> pack_tokens(const ConstTensorMap<T, 4>& x, const std::vector<std::int64_t>& indices) {
+  const Index B = x.dimension(0), T_ = x.dimension(1), H = x.dimension(2), D = x.dimension(3);
+  const ConstTensorMap<T, 3> flat(x.data(), B * T_, H, D);
+  const Tensor<T, 3> packed = index_first_axis<T, 3>(flat, indices);
+  Tensor<T, 4> out(1, static_cast<Index>(indices.size()), H, D);
+  std::copy_n(packed.data(), packed.size(), out.data());
+  return out;
+}
+
+}  // namespace detail
+
+/// One GLA forward for any mode, batch form and gate set:
+///   q, k [B,T,H,K]; v [B,T,H,V]; gk [B,T,H,K] optional (absent = no decay on K); gv [B,T,H,V] optional;
+///   attention_mask int64 [B,S] with S >= T (1 = token, 0 = padding; the last T columns are used, as fla's
+///   layer does), exclusive with opts.cu_seqlens.
+/// With a mask the valid tokens are packed into one varlen batch (each row a sequence: N = B), run, and the
+/// output is padded back with exact zeros. The mode is select_gla_mode(mode, T), T = q.dimension(1) (the padded
+/// or packed length). gv or opts.reverse need the recurrent kernel: Auto routes them there; explicit Chunk or
+/// FusedChunk → gla::Error. Without gk the chunk kernels run with a zero gate (plain linear attention).
+template <class T>
+GLAResult<T> gla_forward(Mode mode, ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
+                         std::optional<ConstTensorMap<T, 4>> gk, const GLAOptions& opts = {},
+                         std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
+                         std::optional<ConstTensorMap<T, 4>> gv = std::nullopt) {
+  const std::string fn = "gla_forward";
+  const detail::OpShape s = detail::check_qkv(fn, q.dimensions(), k.dimensions(), v.dimensions(), opts);
+  if (gk) detail::expect_dims(fn, "gk", gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
+  if (gv) detail::expect_dims(fn, "gv", gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
+  const bool needs_recurrent = gv.has_value() || opts.reverse || !opts.gamma.empty() || opts.state_clamp_min ||
+                               opts.state_clamp_max;
+  Mode m = select_gla_mode(mode, s.T);
+  if (needs_recurrent) {
+    if (mode == Mode::Chunk || mode == Mode::FusedChunk)
+      detail::fail(fn, "mode is '" + std::string(to_string(mode)) +
+                           "', but gv, reverse, gamma or state clamps need 'fused_recurrent' (or 'auto')");
+    m = Mode::FusedRecurrent;
+  }
+
+  // Runs the selected kernel on (possibly packed) inputs.
+  auto run = [&](ConstTensorMap<T, 4> q_, ConstTensorMap<T, 4> k_, ConstTensorMap<T, 4> v_,
+                 std::optional<ConstTensorMap<T, 4>> gk_, std::optional<ConstTensorMap<T, 4>> gv_,
+                 const GLAOptions& o) -> GLAResult<T> {
+    if (m == Mode::FusedRecurrent) return fused_recurrent_gla<T>(q_, k_, v_, gk_, gv_, o);
+    Tensor<T, 4> zero_gate;
+    if (!gk_) {
+      zero_gate = Tensor<T, 4>(q_.dimensions());
+      zero_gate.setZero();
+      gk_.emplace(view(zero_gate));
+    }
+    return m == Mode::Chunk ? chunk_gla<T>(q_, k_, v_, *gk_, o) : fused_chunk_gla<T>(q_, k_, v_, *gk_, o);
+  };
+
+  if (!attention_mask) return run(q, k, v, gk, gv, opts);
+
+  const auto& md = attention_mask->dimensions();
+  if (md[0] != s.B || md[1] < s.T)
+    detail::fail(fn, "attention_mask is " + detail::shape_str(md) + ", expected [B=" + std::to_string(s.B) +
+                         ",S] with S >= T=" + std::to_string(s.T));
+  if (!opts.cu_seqlens.empty()) detail::fail(fn, "attention_mask and cu_seqlens were both given, expected one");
+  // The last T columns of the mask, as fla's layer uses.
+  Tensor<std::int64_t, 2> last(s.B, s.T);
+  for (Index b = 0; b < s.B; ++b)
+    for (Index t = 0; t < s.T; ++t) last(b, t) = (*attention_mask)(b, md[1] - s.T + t);
+  const UnpadData u = get_unpad_data<std::int64_t>(view(last));
+  const Tensor<T, 4> qp = detail::pack_tokens(q, u.indices), kp = detail::pack_tokens(k, u.indices),
+                     vp = detail::pack_tokens(v, u.indices);
+  Tensor<T, 4> gkp, gvp;
+  std::optional<ConstTensorMap<T, 4>> gk_view, gv_view;
+  if (gk) gk_view.emplace(view(gkp = detail::pack_tokens(*gk, u.indices)));
+  if (gv) gv_view.emplace(view(gvp = detail::pack_tokens(*gv, u.indices)));
+  GLAOptions o = opts;
+  o.cu_seqlens = u.cu_seqlens;
+  GLAResult<T> packed = run(view(qp), view(kp), view(vp), gk_view, gv_view, o);
+
+  GLAResult<T> r;
+  const ConstTensorMap<T, 3> flat(packed.o.data(), static_cast<Index>(u.indices.size()), s.H, s.V);
+  const Tensor<T, 4> padded = pad_input<T, 3>(flat, u.indices, s.B, s.T);
+  r.o = padded;
+  r.final_state = std::move(packed.final_state);
+  return r;
+}
+
+}  // namespace gla
