@@ -320,6 +320,15 @@ TEST_CASE("norm calls reject mismatched shapes", "[norms][errors]") {
                           std::optional<TensorMap<float, 2>>(gla::mut_view(y4)));
       },
       {"RMSNorm::forward_into", "residual_out is [4,8]"});
+  // Validation precedes every write: the failed call left y untouched.
+  gla::test::fill_nan(y);
+  require_error(
+      [&] {
+        norm.forward_into(gla::view(x), gla::mut_view(y), std::optional<ConstTensorMap<float, 2>>(gla::view(r)),
+                          std::optional<TensorMap<float, 2>>(gla::mut_view(y4)));
+      },
+      {"RMSNorm::forward_into", "residual_out"});
+  CHECK(gla::test::compare(y, y).non_finite == y.size());
   require_error([&] { norm.forward(gla::view(x7)); }, {"RMSNorm::forward", "x is [3,7]", "[...,D=8]"});
   require_error([&] { norm.forward(gla::view(x), gla::view(r2)); },
                 {"RMSNorm::forward", "residual is [2,8]", "shape of x [3,8]"});

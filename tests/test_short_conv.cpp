@@ -384,6 +384,11 @@ TEST_CASE("ShortConvolution rejects bad configurations and arguments", "[short_c
                 {"ShortConvolution::forward_into:", "y is [2,4,64]", "[B=2,T=5,D=64]"});
   require_error([&] { conv.forward_into(gla::view(x), gla::mut_view(y), gla::view(cache), gla::mut_view(fin_bad)); },
                 {"ShortConvolution::forward_into:", "final_state is [2,64,5]", "[N=2,D=64,W=4]"});
+  // Validation precedes every write: the failed calls left y untouched.
+  gla::test::fill_nan(y);
+  require_error([&] { conv.forward_into(gla::view(x), gla::mut_view(y), gla::view(cache_w3)); },
+                {"ShortConvolution::forward_into:", "cache is [2,64,3]"});
+  CHECK(gla::test::compare(y, y).non_finite == y.size());
 
   // Public parameters replaced with the wrong shape are caught at the call.
   gla::ShortConvolution<float> badw(64, 4);
@@ -413,6 +418,13 @@ TEST_CASE("ShortConvolution rejects bad configurations and arguments", "[short_c
                 {"ShortConvolution::step:", "residual is [2,8]", "[N=2,D=64]"});
   require_error([&] { conv.step_into(gla::view(xs), gla::mut_view(cache), gla::mut_view(ys_bad)); },
                 {"ShortConvolution::step_into:", "y is [3,64]", "[N=2,D=64]"});
+  // A failed step leaves the cache as it was.
+  Tensor<float, 3> cache_rand(2, 64, 4);
+  auto g = gla::test::rng(5601);
+  gla::test::fill_normal(cache_rand, g);
+  const Tensor<float, 3> cache_before = cache_rand;
+  require_error([&] { conv.step(gla::view(xs), cache_rand, gla::view(rs_bad)); }, {"ShortConvolution::step:"});
+  CHECK(gla::test::compare(cache_rand, cache_before).max_abs == 0);
 }
 
 // ---- fla's outputs (tests/data/fla/modules.safetensors) ----
