@@ -1,0 +1,641 @@
+#pragma once
+/// gla/layers/gated_linear_attention.hpp: fla's GatedLinearAttention layer (fla/layers/gla.py): its config, its
+/// per-layer decoding cache, fla state_dict loading/export, fla-style random init, and the forward over padded,
+/// masked or packed batches.
+
+#include <gla/chunk.hpp>
+#include <gla/core.hpp>
+#include <gla/fused_chunk.hpp>
+#include <gla/fused_recurrent.hpp>
+#include <gla/io/safetensors.hpp>
+#include <gla/modules/activations.hpp>
+#include <gla/modules/norms.hpp>
+#include <gla/modules/short_conv.hpp>
+#include <gla/varlen.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace gla {
+
+namespace detail {
+/// Whether a config field is optional (from_json maps JSON null to unset for those).
+template <class X>
+struct is_optional : std::false_type {};
+template <class X>
+struct is_optional<std::optional<X>> : std::true_type {};
+}  // namespace detail
+
+/// fla's GatedLinearAttention constructor arguments, with fla's defaults (spec §8). validate() applies fla's checks
+/// (mode, divisibility) and ours (sizes > 0, num_heads % num_kv_heads, known activation names) as gla::Error.
+struct GatedLinearAttentionConfig {
+  /// "chunk", "fused_chunk" or "fused_recurrent": the kernel for inputs longer than 64 (padded) tokens.
+  std::string mode = "chunk";
+  std::int64_t hidden_size = 1024;
+  /// key_dim = int(hidden_size·expand_k), value_dim = int(hidden_size·expand_v), as Python's int() truncates.
+  double expand_k = 0.5;
+  double expand_v = 1.0;
+  std::int64_t num_heads = 4;
+  /// Unset: num_heads (no GQA). Query head i reads kv head i / (num_heads / num_kv_heads).
+  std::optional<std::int64_t> num_kv_heads;
+  /// An ACT2FN name applied to q and k after the head repeat (e.g. "relu"); unset: none.
+  std::optional<std::string> feature_map;
+  bool use_short_conv = false;
+  std::int64_t conv_size = 4;
+  bool conv_bias = false;
+  bool use_output_gate = true;
+  /// ACT2FN name of the output gate; "swish" with fuse_norm takes the fused FusedRMSNormGated path.
+  std::string gate_fn = "swish";
+  bool elementwise_affine = true;
+  double norm_eps = 1e-5;
+  /// gk = logsigmoid(gk_proj(x)) / gate_logit_normalizer.
+  double gate_logit_normalizer = 16;
+  std::int64_t gate_low_rank_dim = 16;
+  /// Lower bound applied to gk after the normalizer; unset: none.
+  std::optional<double> clamp_min;
+  bool fuse_norm = true;
+  /// Kept for parity with fla; a GatedLinearAttentionCache belongs to one layer, so the layer does not use it.
+  std::optional<std::int64_t> layer_idx;
+
+  std::int64_t kv_heads() const { return num_kv_heads ? *num_kv_heads : num_heads; }
+  std::int64_t num_kv_groups() const { return num_heads / kv_heads(); }
+  std::int64_t key_dim() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * expand_k); }
+  std::int64_t value_dim() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * expand_v); }
+  std::int64_t key_dim_per_group() const { return key_dim() / num_kv_groups(); }
+  std::int64_t value_dim_per_group() const { return value_dim() / num_kv_groups(); }
+  std::int64_t head_k_dim() const { return key_dim() / num_heads; }
+  std::int64_t head_v_dim() const { return value_dim() / num_heads; }
+  /// fla's fuse_norm_and_gate: the FusedRMSNormGated module named g_norm_swish_gate.
+  bool fused_norm_gate() const { return gate_fn == "swish" && fuse_norm && use_output_gate; }
+
+  /// Throws gla::Error naming the field, expected vs actual, for the first invalid setting.
+  void validate() const {
+    const std::string fn = "GatedLinearAttentionConfig";
+    auto positive = [&](const char* name, std::int64_t v) {
+      if (v <= 0) detail::fail(fn, std::string(name) + " is " + std::to_string(v) + ", expected > 0");
+    };
+    if (mode != "chunk" && mode != "fused_recurrent" && mode != "fused_chunk")
+      detail::fail(fn, "mode is '" + mode + "', expected one of 'chunk', 'fused_recurrent', 'fused_chunk'");
+    positive("hidden_size", hidden_size);
+    positive("num_heads", num_heads);
+    if (num_kv_heads) positive("num_kv_heads", *num_kv_heads);
+    positive("conv_size", conv_size);
+    positive("gate_low_rank_dim", gate_low_rank_dim);
+    if (!(expand_k > 0) || !std::isfinite(expand_k)) detail::fail(fn, "expand_k is " + num(expand_k) + ", expected > 0");
+    if (!(expand_v > 0) || !std::isfinite(expand_v)) detail::fail(fn, "expand_v is " + num(expand_v) + ", expected > 0");
+    if (num_heads % kv_heads() != 0)
+      detail::fail(fn, "num_heads = " + std::to_string(num_heads) + " is not divisible by num_kv_heads = " +
+                           std::to_string(kv_heads()) + ", expected num_heads % num_kv_heads == 0");
+    if (key_dim() <= 0 || key_dim() % num_heads != 0)
+      detail::fail(fn, "key_dim = int(hidden_size * expand_k) = " + std::to_string(key_dim()) +
+                           ", expected a positive multiple of num_heads = " + std::to_string(num_heads));
+    if (value_dim() <= 0 || value_dim() % num_heads != 0)
+      detail::fail(fn, "value_dim = int(hidden_size * expand_v) = " + std::to_string(value_dim()) +
+                           ", expected a positive multiple of num_heads = " + std::to_string(num_heads));
+    if (feature_map) checked_activation("feature_map", *feature_map);
+    // fla looks gate_fn up only on the unfused path, but every name other than 'swish' takes that path, so an
+    // unknown name is always an error there (KeyError).
+    checked_activation("gate_fn", gate_fn);
+    if (!(norm_eps >= 0) || !std::isfinite(norm_eps))
+      detail::fail(fn, "norm_eps is " + num(norm_eps) + ", expected a finite number >= 0");
+    // A non-positive normalizer makes the log gates positive (growing states) or infinite: outside GLA's domain.
+    if (!(gate_logit_normalizer > 0) || !std::isfinite(gate_logit_normalizer))
+      detail::fail(fn, "gate_logit_normalizer is " + num(gate_logit_normalizer) + ", expected a finite number > 0");
+    if (clamp_min && std::isnan(*clamp_min)) detail::fail(fn, "clamp_min is nan, expected a number");
+  }
+
+  /// The config from a JSON object with fla's keyword names (e.g. a golden file's or a model config's parameters);
+  /// absent keys keep their defaults, null sets an optional to unset, keys that are not layer options are
+  /// ignored (such dicts carry more, e.g. shapes or model settings). A wrongly typed value → gla::Error. The result
+  /// is validated.
+  static GatedLinearAttentionConfig from_json(const nlohmann::json& j) {
+    const std::string fn = "GatedLinearAttentionConfig::from_json";
+    if (!j.is_object()) detail::fail(fn, "the config is JSON " + std::string(j.type_name()) + ", expected an object");
+    GatedLinearAttentionConfig c;
+    auto get = [&](const char* key, auto& field) {
+      const auto it = j.find(key);
+      if (it == j.end()) return;
+      using F = std::decay_t<decltype(field)>;
+      try {
+        if constexpr (detail::is_optional<F>::value) {
+          if (it->is_null())
+            field.reset();
+          else
+            field = it->template get<typename F::value_type>();
+        } else {
+          field = it->template get<F>();
+        }
+      } catch (const nlohmann::json::exception&) {
+        detail::fail(fn, std::string(key) + " is JSON " + it->dump() + ", which has the wrong type");
+      }
+    };
+    get("mode", c.mode);
+    get("hidden_size", c.hidden_size);
+    get("expand_k", c.expand_k);
+    get("expand_v", c.expand_v);
+    get("num_heads", c.num_heads);
+    get("num_kv_heads", c.num_kv_heads);
+    get("feature_map", c.feature_map);
+    get("use_short_conv", c.use_short_conv);
+    get("conv_size", c.conv_size);
+    get("conv_bias", c.conv_bias);
+    get("use_output_gate", c.use_output_gate);
+    get("gate_fn", c.gate_fn);
+    get("elementwise_affine", c.elementwise_affine);
+    get("norm_eps", c.norm_eps);
+    get("gate_logit_normalizer", c.gate_logit_normalizer);
+    get("gate_low_rank_dim", c.gate_low_rank_dim);
+    get("clamp_min", c.clamp_min);
+    get("fuse_norm", c.fuse_norm);
+    get("layer_idx", c.layer_idx);
+    c.validate();
+    return c;
+  }
+
+ private:
+  static std::string num(double v) {
+    std::ostringstream s;
+    s << v;
+    return s.str();
+  }
+  static Activation checked_activation(const char* field, const std::string& name) {
+    try {
+      return parse_activation(name);
+    } catch (const Error& e) {
+      detail::fail("GatedLinearAttentionConfig", std::string(field) + ": " + e.what());
+    }
+  }
+};
+
+/// The decoding cache of one GatedLinearAttention layer (one entry of fla's per-layer cache). Every tensor is unset
+/// until a forward with use_cache writes it; unset tensors mean "start from zeros", as fla's None.
+///   recurrent_state [N,H,V,K] float  the GLA state after each sequence, fla's state_v_first layout (exchangeable
+///                                    with fla's cache); H = num_heads (after the head repeat), K/V = head dims;
+///   conv_state_q    [N,key_dim,W] T, conv_state_k [N,key_dim/G,W] T, conv_state_v [N,value_dim/G,W] T  the last W
+///                                    raw conv inputs of each sequence, newest in slot W−1 (use_short_conv only);
+///   seen_tokens                      fla's offset: padded tokens processed so far (the T of each cached call).
+/// N is the batch size (or the number of cu_seqlens sequences) and must stay the same across calls.
+template <class T>
+struct GatedLinearAttentionCache {
+  std::optional<Tensor<float, 4>> recurrent_state;
+  std::optional<Tensor<T, 3>> conv_state_q, conv_state_k, conv_state_v;
+  std::int64_t seen_tokens = 0;
+
+  bool empty() const { return !recurrent_state && !conv_state_q && !conv_state_k && !conv_state_v; }
+  void reset() { *this = GatedLinearAttentionCache(); }
+};
+
+/// fla.layers.GatedLinearAttention for T = float or double (all math in T; the recurrent state in float as fla).
+/// x [B,T,hidden] → y [B,T,hidden]:
+///   unpad (by attention_mask, or cu_seqlens) → q,k,v = x·Wᵀ (→ short conv each, with cache) → gk =
+///   logsigmoid(gk_proj(x))/normalizer (→ clamp_min) → repeat kv heads (query head i ← kv head i/G) → feature map
+///   → GLA kernel (fused_recurrent when the padded T ≤ 64, else config.mode) → per-head RMSNorm with the output
+///   gate → o_proj → repad with exact zeros.
+/// Parameters are stored transposed ([in,out], so x·W is a plain row-major GEMM; decode is 2.4× faster this way,
+/// see PERF_NOTES) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
+/// A default-constructed layer has zero linear weights: call load_state_dict() or init_random().
+/// Threads: Eigen's GEMMs and the kernels' OpenMP loops. forward() is const and may run concurrently on
+/// different caches.
+template <class T = float>
+class GatedLinearAttention {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "GatedLinearAttention supports float and double");
+
+ public:
+  using Config = GatedLinearAttentionConfig;
+  using Cache = GatedLinearAttentionCache<T>;
+  using Mat = detail::RowMat<T>;
+
+  explicit GatedLinearAttention(const Config& config) : cfg_(validated(config)) {
+    const Index hidden = cfg_.hidden_size, r = cfg_.gate_low_rank_dim;
+    wq_ = Mat::Zero(hidden, cfg_.key_dim());
+    wk_ = Mat::Zero(hidden, cfg_.key_dim_per_group());
+    wv_ = Mat::Zero(hidden, cfg_.value_dim_per_group());
+    if (cfg_.use_output_gate) wg_ = Mat::Zero(hidden, cfg_.value_dim());
+    wgk0_ = Mat::Zero(hidden, r);
+    wgk1_ = Mat::Zero(r, cfg_.key_dim_per_group());
+    bgk1_ = detail::RowVec<T>::Zero(cfg_.key_dim_per_group());
+    wo_ = Mat::Zero(cfg_.value_dim(), hidden);
+    if (cfg_.use_short_conv) {
+      conv_q_.emplace(cfg_.key_dim(), cfg_.conv_size, cfg_.conv_bias, Activation::SiLU);
+      conv_k_.emplace(cfg_.key_dim_per_group(), cfg_.conv_size, cfg_.conv_bias, Activation::SiLU);
+      conv_v_.emplace(cfg_.value_dim_per_group(), cfg_.conv_size, cfg_.conv_bias, Activation::SiLU);
+    }
+    if (cfg_.fused_norm_gate())
+      fused_norm_.emplace(cfg_.head_v_dim(), cfg_.elementwise_affine, cfg_.norm_eps, Activation::SiLU);
+    else
+      norm_.emplace(cfg_.head_v_dim(), cfg_.elementwise_affine, false, cfg_.norm_eps);
+    if (cfg_.use_output_gate && !cfg_.fused_norm_gate()) gate_act_ = parse_activation(cfg_.gate_fn);
+    if (cfg_.feature_map) feature_map_ = parse_activation(*cfg_.feature_map);
+  }
+
+  const Config& config() const { return cfg_; }
+
+  /// fla's parameter names and shapes ([out,in] for linears, [D,1,W] for convs) for this config, sorted by name.
+  std::map<std::string, std::vector<Index>> parameter_shapes() const {
+    const Index hidden = cfg_.hidden_size, r = cfg_.gate_low_rank_dim, W = cfg_.conv_size;
+    std::map<std::string, std::vector<Index>> s;
+    s["q_proj.weight"] = {cfg_.key_dim(), hidden};
+    s["k_proj.weight"] = {cfg_.key_dim_per_group(), hidden};
+    s["v_proj.weight"] = {cfg_.value_dim_per_group(), hidden};
+    if (cfg_.use_output_gate) s["g_proj.weight"] = {cfg_.value_dim(), hidden};
+    s["gk_proj.0.weight"] = {r, hidden};
+    s["gk_proj.1.weight"] = {cfg_.key_dim_per_group(), r};
+    s["gk_proj.1.bias"] = {cfg_.key_dim_per_group()};
+    s["o_proj.weight"] = {hidden, cfg_.value_dim()};
+    if (cfg_.use_short_conv) {
+      const std::pair<const char*, Index> convs[] = {
+          {"q_conv1d", cfg_.key_dim()}, {"k_conv1d", cfg_.key_dim_per_group()}, {"v_conv1d", cfg_.value_dim_per_group()}};
+      for (const auto& [name, D] : convs) {
+        s[std::string(name) + ".weight"] = {D, 1, W};
+        if (cfg_.conv_bias) s[std::string(name) + ".bias"] = {D};
+      }
+    }
+    if (cfg_.elementwise_affine)
+      s[cfg_.fused_norm_gate() ? "g_norm_swish_gate.weight" : "g_norm.weight"] = {cfg_.head_v_dim()};
+    return s;
+  }
+
+  /// Loads fla's tensors named prefix + <fla name> (e.g. prefix "model.layers.0.attn."). Strict, as PyTorch's
+  /// default: every parameter of this config must be present with fla's shape, and no other tensor may start with
+  /// prefix; otherwise gla::Error lists every missing, unexpected and mis-shaped name. Stored F32/F16/BF16/F64 are
+  /// converted to T; I64 is rejected. On error the layer is unchanged.
+  void load_state_dict(const io::StateDict& dict, const std::string& prefix = "") {
+    const std::string fn = "GatedLinearAttention::load_state_dict";
+    const auto expected = parameter_shapes();
+    std::vector<std::string> missing, unexpected, bad;
+    for (const auto& [name, shape] : expected) {
+      const std::string full = prefix + name;
+      if (!dict.contains(full)) {
+        missing.push_back(full);
+        continue;
+      }
+      if (dict.shape(full) != shape)
+        bad.push_back(full + " is " + detail::shape_str(dict.shape(full)) + ", expected " + detail::shape_str(shape));
+      else if (dict.dtype(full) == io::DType::I64)
+        bad.push_back(full + " is I64, expected a floating dtype (F32, F16, BF16, F64)");
+    }
+    for (const std::string& full : dict.names())
+      if (full.compare(0, prefix.size(), prefix) == 0 && !expected.count(full.substr(prefix.size())))
+        unexpected.push_back(full);
+    if (!missing.empty() || !unexpected.empty() || !bad.empty()) {
+      std::string msg = "the state dict does not fit this config (prefix '" + prefix + "'):";
+      auto list = [&](const char* what, const std::vector<std::string>& v) {
+        if (v.empty()) return;
+        msg += std::string(" ") + what + ": ";
+        for (std::size_t i = 0; i < v.size(); ++i) msg += (i ? ", " : "") + v[i];
+        msg += ";";
+      };
+      list("missing", missing);
+      list("unexpected", unexpected);
+      list("wrong shape or dtype", bad);
+      detail::fail(fn, msg);
+    }
+    // Everything is checked: build a copy and swap it in, so a conversion failure cannot leave half a layer.
+    GatedLinearAttention next(*this);
+    auto linear = [&](const char* name, Mat& dst) {
+      const Tensor<T, 2> w = dict.get<T, 2>(prefix + name);
+      dst = Eigen::Map<const Mat>(w.data(), w.dimension(0), w.dimension(1)).transpose();
+    };
+    linear("q_proj.weight", next.wq_);
+    linear("k_proj.weight", next.wk_);
+    linear("v_proj.weight", next.wv_);
+    if (cfg_.use_output_gate) linear("g_proj.weight", next.wg_);
+    linear("gk_proj.0.weight", next.wgk0_);
+    linear("gk_proj.1.weight", next.wgk1_);
+    linear("o_proj.weight", next.wo_);
+    const Tensor<T, 1> b = dict.get<T, 1>(prefix + "gk_proj.1.bias");
+    next.bgk1_ = Eigen::Map<const detail::RowVec<T>>(b.data(), b.size());
+    if (cfg_.use_short_conv) {
+      auto conv = [&](const char* name, ShortConvolution<T>& c) {
+        c.weight = dict.get<T, 3>(prefix + name + ".weight");
+        if (cfg_.conv_bias) c.bias = dict.get<T, 1>(prefix + name + ".bias");
+      };
+      conv("q_conv1d", *next.conv_q_);
+      conv("k_conv1d", *next.conv_k_);
+      conv("v_conv1d", *next.conv_v_);
+    }
+    if (cfg_.elementwise_affine) {
+      if (next.fused_norm_)
+        next.fused_norm_->weight = dict.get<T, 1>(prefix + "g_norm_swish_gate.weight");
+      else
+        next.norm_->weight = dict.get<T, 1>(prefix + "g_norm.weight");
+    }
+    *this = std::move(next);
+  }
+
+  /// The parameters under fla's names (prefix + name), in T's dtype and fla's [out,in] / [D,1,W] layouts.
+  io::StateDict state_dict(const std::string& prefix = "") const {
+    io::StateDict d;
+    auto linear = [&](const char* name, const Mat& wt) {
+      Tensor<T, 2> w(wt.cols(), wt.rows());
+      Eigen::Map<Mat>(w.data(), wt.cols(), wt.rows()) = wt.transpose();
+      d.set(prefix + name, w);
+    };
+    linear("q_proj.weight", wq_);
+    linear("k_proj.weight", wk_);
+    linear("v_proj.weight", wv_);
+    if (cfg_.use_output_gate) linear("g_proj.weight", wg_);
+    linear("gk_proj.0.weight", wgk0_);
+    linear("gk_proj.1.weight", wgk1_);
+    linear("o_proj.weight", wo_);
+    Tensor<T, 1> b(bgk1_.size());
+    std::copy_n(bgk1_.data(), bgk1_.size(), b.data());
+    d.set(prefix + "gk_proj.1.bias", b);
+    if (cfg_.use_short_conv) {
+      auto conv = [&](const char* name, const ShortConvolution<T>& c) {
+        d.set(prefix + name + ".weight", c.weight);
+        if (c.bias) d.set(prefix + name + ".bias", *c.bias);
+      };
+      conv("q_conv1d", *conv_q_);
+      conv("k_conv1d", *conv_k_);
+      conv("v_conv1d", *conv_v_);
+    }
+    if (fused_norm_ && fused_norm_->weight) d.set(prefix + "g_norm_swish_gate.weight", *fused_norm_->weight);
+    if (norm_ && norm_->weight) d.set(prefix + "g_norm.weight", *norm_->weight);
+    return d;
+  }
+
+  /// fla's GLAPreTrainedModel._init_weights: every linear and conv weight ~ N(0, std), biases 0, norm weights 1.
+  /// Deterministic for a seed: tensors are drawn in state_dict name order from one std::mt19937_64(seed).
+  void init_random(std::uint64_t seed, double std = 0.02) {
+    std::mt19937_64 gen(seed);
+    std::normal_distribution<double> normal(0.0, std);
+    io::StateDict d;
+    for (const auto& [name, shape] : parameter_shapes()) {
+      const bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+      const bool is_norm = name.rfind("g_norm", 0) == 0;
+      Index n = 1;
+      for (Index s : shape) n *= s;
+      std::vector<T> vals(static_cast<std::size_t>(n));
+      for (T& v : vals) v = is_norm ? T(1) : is_bias ? T(0) : static_cast<T>(normal(gen));
+      std::vector<std::uint8_t> bytes(vals.size() * sizeof(T));
+      std::memcpy(bytes.data(), vals.data(), bytes.size());
+      d.set_raw(name, std::is_same_v<T, float> ? io::DType::F32 : io::DType::F64, shape, std::move(bytes));
+    }
+    load_state_dict(d);
+  }
+
+  /// fla's forward(hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens=...):
+  ///   x              [B,T,hidden] T      input;
+  ///   attention_mask [B,S] int64         optional, S >= T, 1 = token, 0 = padding; only the last T columns are
+  ///                                      used (so in decode only the newest column matters, Part II §C);
+  ///   cache                              optional: its tensors are the initial states (unset = zeros) and, with
+  ///                                      use_cache, are replaced by the final ones and seen_tokens += T;
+  ///   cu_seqlens     [N+1]               optional packed batch (B = 1); wins over attention_mask, as fla.
+  /// Returns y [B,T,hidden] T, exactly 0 at padded positions. Padding tokens never enter the conv or the
+  /// recurrence; a row whose newest mask entry is 0 during decode is a zero-length sequence whose state passes
+  /// through. Unlike fla, use_cache without a cache is an error, and a cache with use_cache = false is only read
+  /// (fla would overwrite its conv state with None, Part II §H). Throws gla::Error before touching the cache.
+  Tensor<T, 3> forward(ConstTensorMap<T, 3> x,
+                       std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
+                       Cache* cache = nullptr, bool use_cache = false,
+                       const std::vector<std::int64_t>& cu_seqlens = {}) const {
+    const std::string fn = "GatedLinearAttention::forward";
+    const Index hidden = cfg_.hidden_size;
+    const auto& xd = x.dimensions();
+    if (xd[0] <= 0 || xd[1] < 0 || xd[2] != hidden)
+      detail::fail(fn, "x is " + detail::shape_str(xd) + ", expected [B,T,hidden_size=" + std::to_string(hidden) +
+                           "] with B > 0");
+    const Index B = xd[0], Tq = xd[1];
+    if (use_cache && !cache) detail::fail(fn, "use_cache is true but no cache was given");
+
+    // 1. Unpad once for the whole layer: the token rows that enter the layer and the batch form of the kernels.
+    std::vector<std::int64_t> cu, indices;
+    bool packed = false;
+    if (!cu_seqlens.empty()) {
+      if (B != 1)
+        detail::fail(fn, "the batch size is " + std::to_string(B) + ", expected 1 when cu_seqlens is given");
+      detail::check_cu_seqlens(fn, cu_seqlens, Tq);
+      cu = cu_seqlens;
+    } else if (attention_mask) {
+      const auto& md = attention_mask->dimensions();
+      if (md[0] != B || md[1] < Tq)
+        detail::fail(fn, "attention_mask is " + detail::shape_str(md) + ", expected [B=" + std::to_string(B) +
+                             ",S] with S >= T=" + std::to_string(Tq));
+      Tensor<std::int64_t, 2> last(B, Tq);
+      for (Index b = 0; b < B; ++b)
+        for (Index t = 0; t < Tq; ++t) last(b, t) = (*attention_mask)(b, md[1] - Tq + t);
+      UnpadData u = get_unpad_data<std::int64_t>(view(last));
+      cu = std::move(u.cu_seqlens);
+      indices = std::move(u.indices);
+      packed = true;
+    }
+    const Index N = cu.empty() ? B : static_cast<Index>(cu.size()) - 1;
+    const Index Bk = cu.empty() ? B : 1;
+    const Index ntok = packed ? static_cast<Index>(indices.size()) : B * Tq;
+    const Index Tk = cu.empty() ? Tq : ntok;
+    if (cache) check_cache(fn, *cache, N);
+
+    Mat X(ntok, hidden);
+    if (packed) {
+      for (Index i = 0; i < ntok; ++i)
+        std::copy_n(x.data() + indices[static_cast<std::size_t>(i)] * hidden, hidden, X.data() + i * hidden);
+    } else {
+      std::copy_n(x.data(), ntok * hidden, X.data());
+    }
+
+    // 2. Projections and short convolutions (before the head repeat, so conv widths are per kv group).
+    const Index H = cfg_.num_heads, G = cfg_.num_kv_groups(), Kh = cfg_.head_k_dim(), Vh = cfg_.head_v_dim();
+    Mat q(ntok, cfg_.key_dim()), k(ntok, cfg_.key_dim_per_group()), v(ntok, cfg_.value_dim_per_group());
+    q.noalias() = X * wq_;
+    k.noalias() = X * wk_;
+    v.noalias() = X * wv_;
+    std::optional<Tensor<T, 3>> fin_q, fin_k, fin_v;
+    if (cfg_.use_short_conv) {
+      conv(*conv_q_, q, Bk, Tk, cu, cache ? &cache->conv_state_q : nullptr, use_cache, fin_q);
+      conv(*conv_k_, k, Bk, Tk, cu, cache ? &cache->conv_state_k : nullptr, use_cache, fin_k);
+      conv(*conv_v_, v, Bk, Tk, cu, cache ? &cache->conv_state_v : nullptr, use_cache, fin_v);
+    }
+    Mat gk(ntok, cfg_.key_dim_per_group());
+    {
+      Mat low(ntok, cfg_.gate_low_rank_dim);
+      low.noalias() = X * wgk0_;
+      gk.noalias() = low * wgk1_;
+      gk.rowwise() += bgk1_;
+      const T inv_norm = static_cast<T>(cfg_.gate_logit_normalizer);
+      const bool clamp = cfg_.clamp_min.has_value();
+      const T lo = clamp ? static_cast<T>(*cfg_.clamp_min) : T(0);
+      for (Index i = 0; i < gk.size(); ++i) {
+        T z = logsigmoid(gk.data()[i]) / inv_norm;
+        if (clamp && z < lo) z = lo;
+        gk.data()[i] = z;
+      }
+    }
+    // The feature map is elementwise, so applying it to k before the repeat equals fla's order.
+    if (feature_map_) {
+      detail::activate_ptr(*feature_map_, q.data(), q.data(), q.size());
+      detail::activate_ptr(*feature_map_, k.data(), k.data(), k.size());
+    }
+    if (G > 1) {
+      k = repeat_heads(k, G, Kh);
+      gk = repeat_heads(gk, G, Kh);
+      v = repeat_heads(v, G, Vh);
+    }
+
+    // 3. The GLA kernel on [Bk,Tk,H,D] views of the token rows; the cache state is [N,H,V,K] (state_v_first).
+    Mat o(ntok, cfg_.value_dim());
+    std::optional<Tensor<float, 4>> fin_state;
+    if (ntok > 0) {
+      GLAOptions opts;
+      opts.state_v_first = true;
+      opts.output_final_state = use_cache;
+      opts.cu_seqlens = cu;
+      if (cache && cache->recurrent_state) opts.set_initial_state(*cache->recurrent_state);
+      const ConstTensorMap<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh),
+          gm(gk.data(), Bk, Tk, H, Kh), vm(v.data(), Bk, Tk, H, Vh);
+      const TensorMap<T, 4> om(o.data(), Bk, Tk, H, Vh);
+      std::optional<TensorMap<float, 4>> fs;
+      if (use_cache) {
+        fin_state.emplace(N, H, Vh, Kh);
+        fs.emplace(mut_view(*fin_state));
+      }
+      switch (kernel_mode(Tq)) {
+        case Kernel::FusedRecurrent: fused_recurrent_gla_into<T>(qm, km, vm, gm, std::nullopt, opts, om, fs); break;
+        case Kernel::Chunk: chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
+        case Kernel::FusedChunk: fused_chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
+      }
+    } else if (use_cache) {
+      // No token at all (every row padded): every state passes through unchanged.
+      fin_state.emplace(N, H, Vh, Kh);
+      if (cache->recurrent_state)
+        *fin_state = *cache->recurrent_state;
+      else
+        fin_state->setZero();
+    }
+
+    // 4. Per-head norm with the output gate, then o_proj.
+    {
+      const ConstTensorMap<T, 2> o_rows(o.data(), ntok * H, Vh);
+      const TensorMap<T, 2> o_out(o.data(), ntok * H, Vh);
+      if (fused_norm_) {
+        Mat g(ntok, cfg_.value_dim());
+        g.noalias() = X * wg_;
+        fused_norm_->forward_into(o_rows, ConstTensorMap<T, 2>(g.data(), ntok * H, Vh), o_out);
+      } else {
+        norm_->forward_into(o_rows, o_out);
+        if (cfg_.use_output_gate) {
+          Mat g(ntok, cfg_.value_dim());
+          g.noalias() = X * wg_;
+          detail::activate_ptr(*gate_act_, g.data(), g.data(), g.size());
+          o.array() *= g.array();
+        }
+      }
+    }
+    Mat y(ntok, hidden);
+    y.noalias() = o * wo_;
+
+    // 5. Repad with exact zeros, then commit the cache (nothing above touched it).
+    Tensor<T, 3> out(B, Tq, hidden);
+    if (packed) {
+      out.setZero();
+      for (Index i = 0; i < ntok; ++i)
+        std::copy_n(y.data() + i * hidden, hidden, out.data() + indices[static_cast<std::size_t>(i)] * hidden);
+    } else {
+      std::copy_n(y.data(), ntok * hidden, out.data());
+    }
+    if (use_cache) {
+      cache->recurrent_state = std::move(fin_state);
+      if (cfg_.use_short_conv) {
+        cache->conv_state_q = std::move(fin_q);
+        cache->conv_state_k = std::move(fin_k);
+        cache->conv_state_v = std::move(fin_v);
+      }
+      cache->seen_tokens += Tq;
+    }
+    return out;
+  }
+
+  /// forward() on an owned input tensor.
+  Tensor<T, 3> forward(const Tensor<T, 3>& x, std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
+                       Cache* cache = nullptr, bool use_cache = false,
+                       const std::vector<std::int64_t>& cu_seqlens = {}) const {
+    return forward(view(x), attention_mask, cache, use_cache, cu_seqlens);
+  }
+
+  /// One decode step: x [B,hidden] T (one new token per row) → y [B,hidden] T, advancing the cache. The optional
+  /// attention_mask [B,S] int64 is read only in its last column (0 = that row has no token this step: its output
+  /// is 0 and its state passes through).
+  Tensor<T, 2> step(ConstTensorMap<T, 2> x, Cache& cache,
+                    std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt) const {
+    const auto& xd = x.dimensions();
+    if (xd[0] <= 0 || xd[1] != cfg_.hidden_size)
+      detail::fail("GatedLinearAttention::step", "x is " + detail::shape_str(xd) + ", expected [B,hidden_size=" +
+                                                     std::to_string(cfg_.hidden_size) + "]");
+    Tensor<T, 3> y = forward(ConstTensorMap<T, 3>(x.data(), xd[0], 1, xd[1]), attention_mask, &cache, true);
+    Tensor<T, 2> out(xd[0], xd[1]);
+    std::copy_n(y.data(), y.size(), out.data());
+    return out;
+  }
+
+  /// The kernel a forward of padded length T runs: fused_recurrent when T ≤ 64 (fla's rule), else config.mode.
+  enum class Kernel { Chunk, FusedChunk, FusedRecurrent };
+  Kernel kernel_mode(Index padded_len) const {
+    if (padded_len <= 64 || cfg_.mode == "fused_recurrent") return Kernel::FusedRecurrent;
+    return cfg_.mode == "chunk" ? Kernel::Chunk : Kernel::FusedChunk;
+  }
+
+ private:
+  Config cfg_;
+  // Linear weights transposed to [in,out]: q, k, v, g, gk low-rank pair (+ bias), o.
+  Mat wq_, wk_, wv_, wg_, wgk0_, wgk1_, wo_;
+  detail::RowVec<T> bgk1_;
+  std::optional<ShortConvolution<T>> conv_q_, conv_k_, conv_v_;
+  std::optional<FusedRMSNormGated<T>> fused_norm_;
+  std::optional<RMSNorm<T>> norm_;
+  std::optional<Activation> gate_act_, feature_map_;
+
+  static const Config& validated(const Config& c) {
+    c.validate();
+    return c;
+  }
+
+  void check_cache(const std::string& fn, const Cache& c, Index N) const {
+    const Index H = cfg_.num_heads, Kh = cfg_.head_k_dim(), Vh = cfg_.head_v_dim(), W = cfg_.conv_size;
+    if (c.recurrent_state)
+      detail::expect_dims(fn, "cache.recurrent_state", c.recurrent_state->dimensions(),
+                          {{"N", N}, {"H", H}, {"V", Vh}, {"K", Kh}});
+    auto conv_state = [&](const char* name, const std::optional<Tensor<T, 3>>& s, Index D) {
+      if (!s) return;
+      if (!cfg_.use_short_conv)
+        detail::fail(fn, std::string("cache.") + name + " is set, expected none (use_short_conv is false)");
+      detail::expect_dims(fn, std::string("cache.") + name, s->dimensions(), {{"N", N}, {"D", D}, {"W", W}});
+    };
+    conv_state("conv_state_q", c.conv_state_q, cfg_.key_dim());
+    conv_state("conv_state_k", c.conv_state_k, cfg_.key_dim_per_group());
+    conv_state("conv_state_v", c.conv_state_v, cfg_.value_dim_per_group());
+  }
+
+  /// In place: rows [ntok,D] ← ShortConvolution(rows) over the [Bk,Tk,D] batch; the final cache when use_cache.
+  static void conv(const ShortConvolution<T>& c, Mat& rows, Index Bk, Index Tk, const std::vector<std::int64_t>& cu,
+                   const std::optional<Tensor<T, 3>>* cache, bool use_cache, std::optional<Tensor<T, 3>>& final_out) {
+    const Index D = rows.cols();
+    std::optional<ConstTensorMap<T, 3>> init;
+    if (cache && *cache) init.emplace(view(**cache));
+    ShortConvResult<T> r =
+        c.template forward<T>(ConstTensorMap<T, 3>(rows.data(), Bk, Tk, D), init, use_cache, cu);
+    std::copy_n(r.y.data(), r.y.size(), rows.data());
+    if (use_cache) final_out = std::move(r.final_state);
+  }
+
+  /// [n, Hkv·D] → [n, Hkv·G·D] with query head i ← kv head i/G (fla's '... (h d) -> ... (h g) d').
+  static Mat repeat_heads(const Mat& src, Index G, Index D) {
+    const Index n = src.rows(), hkv = src.cols() / D;
+    Mat dst(n, hkv * G * D);
+    for (Index i = 0; i < n; ++i)
+      for (Index h = 0; h < hkv; ++h)
+        for (Index g = 0; g < G; ++g) std::copy_n(src.data() + i * src.cols() + h * D, D, dst.data() + i * dst.cols() + (h * G + g) * D);
+    return dst;
+  }
+};
+
+}  // namespace gla
