@@ -34,11 +34,16 @@ double ref_sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std:
 double ref_logsigmoid(double x) { return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x)); }
 double ref_act(Activation a, double x) {
   switch (a) {
-    case Activation::ReLU: return x > 0 ? x : 0.0;
-    case Activation::Sigmoid: return ref_sigmoid(x);
-    case Activation::LogSigmoid: return ref_logsigmoid(x);
-    case Activation::SiLU: return x * ref_sigmoid(x);
-    case Activation::SqReLU: return x > 0 ? x * x : 0.0;
+    case Activation::ReLU:
+      return x > 0 ? x : 0.0;
+    case Activation::Sigmoid:
+      return ref_sigmoid(x);
+    case Activation::LogSigmoid:
+      return ref_logsigmoid(x);
+    case Activation::SiLU:
+      return x * ref_sigmoid(x);
+    case Activation::SqReLU:
+      return x > 0 ? x * x : 0.0;
     case Activation::GELU: {
       // fla's constant: sqrt(2/π) rounded to 0.79788456 (the exact value moves outputs by ~1e-9).
       return 0.5 * x * (1.0 + std::tanh(0.79788456 * (x + 0.044715 * x * x * x)));

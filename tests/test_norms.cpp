@@ -1,5 +1,6 @@
 // Tests of gla/modules/norms.hpp: RMSNorm and FusedRMSNormGated against a double reference written here (all
-// scalars, residual/prenorm, any rank, `_into` outputs), every gla::Error path, and fla's outputs in modules.safetensors.
+// scalars, residual/prenorm, any rank, `_into` outputs), every gla::Error path, and fla's outputs in
+// modules.safetensors.
 
 #include <gla/modules/norms.hpp>
 
@@ -154,8 +155,8 @@ void check_gated(Index rows, Index D, bool affine, Activation act, double eps, s
   CHECK(gla::test::ok(d, tol));
   CHECK(gla::test::compare(norm.forward(gla::view(x), gla::view(gate)), y).max_abs == 0);
 
-  const Ref refr = reference<T>(x.data(), res.data(), gate.data(), rows, D, w, static_cast<const float*>(nullptr),
-                                eps, kind);
+  const Ref refr =
+      reference<T>(x.data(), res.data(), gate.data(), rows, D, w, static_cast<const float*>(nullptr), eps, kind);
   Tensor<T, 2> yr(rows, D), sum(rows, D);
   gla::test::fill_nan(yr);
   gla::test::fill_nan(sum);

@@ -4,8 +4,8 @@
 
 #include <gla/modules/short_conv.hpp>
 
-#include "support/golden.hpp"
 #include "support/catch.hpp"
+#include "support/golden.hpp"
 #include "support/test_utils.hpp"
 
 #include <optional>
@@ -47,7 +47,8 @@ ConvRef conv_reference(const Tensor<T, 3>& x, const gla::ShortConvolution<P>& co
     const auto sq = seqs[static_cast<std::size_t>(n)];
     for (Index d = 0; d < D; ++d) {
       std::vector<double> hist(static_cast<std::size_t>(W + sq.len));
-      for (Index w = 0; w < W; ++w) hist[static_cast<std::size_t>(w)] = cache ? static_cast<double>((*cache)(n, d, w)) : 0.0;
+      for (Index w = 0; w < W; ++w)
+        hist[static_cast<std::size_t>(w)] = cache ? static_cast<double>((*cache)(n, d, w)) : 0.0;
       for (Index i = 0; i < sq.len; ++i) {
         const double m = mask ? static_cast<double>((*mask)(sq.b, sq.t0 + i)) : 1.0;
         hist[static_cast<std::size_t>(W + i)] = static_cast<double>(x(sq.b, sq.t0 + i, d)) * m;
@@ -75,7 +76,8 @@ double tol_for() {
 
 template <class P>
 gla::ShortConvolution<P> random_conv(Index D, Index W, bool bias, bool silu, std::mt19937_64& g) {
-  gla::ShortConvolution<P> conv(D, W, bias, silu ? std::optional<gla::Activation>(gla::Activation::SiLU) : std::nullopt);
+  gla::ShortConvolution<P> conv(D, W, bias,
+                                silu ? std::optional<gla::Activation>(gla::Activation::SiLU) : std::nullopt);
   gla::test::fill_normal(conv.weight, g, 0.6);
   if (conv.bias) gla::test::fill_normal(*conv.bias, g, 0.3);
   return conv;
@@ -127,7 +129,7 @@ void check_all_forward() {
     Index B, L, D, W;
   };
   // T < W, T = 1, T = 0, W = 1, a length beyond fla's 64-token tiles.
-  const Shape shapes[] = {{2, 16, 8, 4}, {3, 5, 7, 3}, {1, 1, 5, 4}, {2, 2, 6, 4},
+  const Shape shapes[] = {{2, 16, 8, 4}, {3, 5, 7, 3}, {1, 1, 5, 4},   {2, 2, 6, 4},
                           {2, 3, 4, 1},  {1, 0, 4, 3}, {2, 70, 33, 4}, {1, 3, 3, 5}};
   for (const Shape& s : shapes)
     for (int mode = 0; mode < 16; ++mode)
@@ -360,23 +362,41 @@ TEST_CASE("ShortConvolution rejects bad configurations and arguments", "[short_c
                 {"ShortConvolution::forward: cache is [2,64,3], expected [N=2,D=64,W=4]"});
   require_error([&] { conv.forward(gla::view(x), gla::view(cache_n3)); },
                 {"ShortConvolution::forward:", "cache is [3,64,4]", "[N=2,D=64,W=4]", "batch size"});
-  require_error([&] { conv.forward(gla::view(xp), gla::view(cache), true, {0, 3, 5, 7}); },
-                {"ShortConvolution::forward:", "cache is [2,64,4]", "[N=3,D=64,W=4]", "number of sequences in cu_seqlens"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp), gla::view(cache), true, {0, 3, 5, 7});
+      },
+      {"ShortConvolution::forward:", "cache is [2,64,4]", "[N=3,D=64,W=4]", "number of sequences in cu_seqlens"});
   require_error([&] { conv.forward(gla::view(x), std::nullopt, false, {}, gla::view(res_bad)); },
                 {"ShortConvolution::forward:", "residual is [2,5,32]", "[B=2,T=5,D=64]"});
   require_error([&] { conv.forward(gla::view(x), std::nullopt, false, {}, std::nullopt, gla::view(mask_bad)); },
                 {"ShortConvolution::forward:", "mask is [2,4]", "[B=2,T=5]"});
-  require_error([&] { conv.forward(gla::view(xp), std::nullopt, false, {0, 7}, std::nullopt,
-                                   ConstTensorMap<float, 2>(mask.data(), 1, 7)); },
-                {"ShortConvolution::forward:", "mask", "cu_seqlens"});
-  require_error([&] { conv.forward(gla::view(xp2), std::nullopt, false, {0, 7, 14}); },
-                {"ShortConvolution::forward:", "batch size is 2", "expected 1"});
-  require_error([&] { conv.forward(gla::view(xp), std::nullopt, false, {1, 7}); },
-                {"ShortConvolution::forward:", "cu_seqlens[0] is 1"});
-  require_error([&] { conv.forward(gla::view(xp), std::nullopt, false, {0, 5, 3, 7}); },
-                {"ShortConvolution::forward:", "cu_seqlens is not non-decreasing"});
-  require_error([&] { conv.forward(gla::view(xp), std::nullopt, false, {0, 6}); },
-                {"ShortConvolution::forward:", "cu_seqlens[N] is 6", "T = 7"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp), std::nullopt, false, {0, 7}, std::nullopt,
+                     ConstTensorMap<float, 2>(mask.data(), 1, 7));
+      },
+      {"ShortConvolution::forward:", "mask", "cu_seqlens"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp2), std::nullopt, false, {0, 7, 14});
+      },
+      {"ShortConvolution::forward:", "batch size is 2", "expected 1"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp), std::nullopt, false, {1, 7});
+      },
+      {"ShortConvolution::forward:", "cu_seqlens[0] is 1"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp), std::nullopt, false, {0, 5, 3, 7});
+      },
+      {"ShortConvolution::forward:", "cu_seqlens is not non-decreasing"});
+  require_error(
+      [&] {
+        conv.forward(gla::view(xp), std::nullopt, false, {0, 6});
+      },
+      {"ShortConvolution::forward:", "cu_seqlens[N] is 6", "T = 7"});
   require_error([&] { conv.forward(gla::view(xp), std::nullopt, false, {0}); },
                 {"ShortConvolution::forward:", "cu_seqlens has 1 entries"});
 

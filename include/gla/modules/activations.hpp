@@ -56,12 +56,18 @@ inline S gelu(S x) {
 /// fla's name of an activation ("silu" for SiLU/Swish).
 inline const char* activation_name(Activation a) {
   switch (a) {
-    case Activation::ReLU: return "relu";
-    case Activation::Sigmoid: return "sigmoid";
-    case Activation::LogSigmoid: return "logsigmoid";
-    case Activation::SiLU: return "silu";
-    case Activation::SqReLU: return "sqrelu";
-    case Activation::GELU: return "gelu";
+    case Activation::ReLU:
+      return "relu";
+    case Activation::Sigmoid:
+      return "sigmoid";
+    case Activation::LogSigmoid:
+      return "logsigmoid";
+    case Activation::SiLU:
+      return "silu";
+    case Activation::SqReLU:
+      return "sqrelu";
+    case Activation::GELU:
+      return "gelu";
   }
   return "unknown";
 }
@@ -88,12 +94,24 @@ namespace detail {
 template <class S, class F>
 void with_activation(Activation a, F&& f) {
   switch (a) {
-    case Activation::ReLU: f([](S x) { return relu(x); }); return;
-    case Activation::Sigmoid: f([](S x) { return sigmoid(x); }); return;
-    case Activation::LogSigmoid: f([](S x) { return logsigmoid(x); }); return;
-    case Activation::SiLU: f([](S x) { return silu(x); }); return;
-    case Activation::SqReLU: f([](S x) { return sqrelu(x); }); return;
-    case Activation::GELU: f([](S x) { return gelu(x); }); return;
+    case Activation::ReLU:
+      f([](S x) { return relu(x); });
+      return;
+    case Activation::Sigmoid:
+      f([](S x) { return sigmoid(x); });
+      return;
+    case Activation::LogSigmoid:
+      f([](S x) { return logsigmoid(x); });
+      return;
+    case Activation::SiLU:
+      f([](S x) { return silu(x); });
+      return;
+    case Activation::SqReLU:
+      f([](S x) { return sqrelu(x); });
+      return;
+    case Activation::GELU:
+      f([](S x) { return gelu(x); });
+      return;
   }
   fail("apply_activation", "activation value " + std::to_string(static_cast<int>(a)) + " is not an Activation");
 }

@@ -5,6 +5,7 @@
 #include <gla/core.hpp>
 #include <gla/modules/activations.hpp>
 
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -78,14 +79,16 @@ void rms_norm_rows(const NormArgs<T, R, P>& a) {
 template <class Dims>
 void expect_rows(const std::string& fn, const std::string& name, const Dims& d, Index rows, Index D) {
   if (d[0] != rows || d[1] != D)
-    fail(fn, name + " is " + shape_str(d) + ", expected [rows=" + std::to_string(rows) + ",D=" + std::to_string(D) + "]");
+    fail(fn,
+         name + " is " + shape_str(d) + ", expected [rows=" + std::to_string(rows) + ",D=" + std::to_string(D) + "]");
 }
 
 /// The rows of a rank-`Rank` tensor normalized over its last dimension: size / D, after checking that dimension.
 template <class Dims>
 Index rows_of(const std::string& fn, const std::string& name, const Dims& d, Index D) {
   if (static_cast<Index>(d.size()) < 1 || d[d.size() - 1] != D)
-    fail(fn, name + " is " + shape_str(d) + ", expected [...,D=" + std::to_string(D) + "] (normalized over the last dim)");
+    fail(fn,
+         name + " is " + shape_str(d) + ", expected [...,D=" + std::to_string(D) + "] (normalized over the last dim)");
   Index rows = 1;
   for (std::size_t i = 0; i + 1 < static_cast<std::size_t>(d.size()); ++i) rows *= d[i];
   return rows;
@@ -152,12 +155,12 @@ class RMSNorm {
                     std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
                     std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
     run<T, R>("RMSNorm::forward_into", x.data(), nullptr, y.data(), residual ? residual->data() : nullptr,
-        residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
-          detail::expect_rows(fn, "x", x.dimensions(), x.dimension(0), D_);
-          detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
-          if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
-          if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
-        });
+              residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
+                detail::expect_rows(fn, "x", x.dimensions(), x.dimension(0), D_);
+                detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+                if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+                if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+              });
   }
 
   /// y [..., D] T = norm(x [..., D] T), any rank ≥ 1.
@@ -166,7 +169,7 @@ class RMSNorm {
     Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "RMSNorm::forward";
     run<T, T>(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-        detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+              detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
     return y;
   }
   /// y [..., D] T = norm(x + residual), residual [..., D] R (fla's prenorm=False with a residual).
@@ -177,7 +180,7 @@ class RMSNorm {
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
     run<T, R>(fn, x.data(), nullptr, y.data(), residual.data(), static_cast<R*>(nullptr), rows,
-        [](const std::string&, Index) {});
+              [](const std::string&, Index) {});
     return y;
   }
   /// fla's prenorm=True with a residual: {y = norm(x + residual), residual = x + residual in R}.
@@ -188,7 +191,7 @@ class RMSNorm {
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
     run<T, R>(fn, x.data(), nullptr, out.y.data(), residual.data(), out.residual.data(), rows,
-        [](const std::string&, Index) {});
+              [](const std::string&, Index) {});
     return out;
   }
   /// fla's prenorm=True without a residual: the residual returned is x in R (default T; R = float is fla's
@@ -199,7 +202,7 @@ class RMSNorm {
     PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     const std::string fn = "RMSNorm::forward_prenorm";
     run<T, Out>(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(),
-        detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+                detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
     return out;
   }
 
@@ -268,13 +271,13 @@ class FusedRMSNormGated {
                     std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
                     std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
     run<T, R>("FusedRMSNormGated::forward_into", x.data(), g.data(), y.data(), residual ? residual->data() : nullptr,
-        residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
-          detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
-          detail::expect_rows(fn, "g", g.dimensions(), rows, D_);
-          detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
-          if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
-          if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
-        });
+              residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
+                detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
+                detail::expect_rows(fn, "g", g.dimensions(), rows, D_);
+                detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+                if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+                if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+              });
   }
 
   /// y [..., D] T = norm(x [..., D] T)·weight·gate(g [..., D] T), any rank ≥ 1.
@@ -285,19 +288,20 @@ class FusedRMSNormGated {
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     run<T, T>(fn, x.data(), g.data(), y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows,
-        [](const std::string&, Index) {});
+              [](const std::string&, Index) {});
     return y;
   }
   /// y = norm(x + residual)·weight·gate(g), residual [..., D] R (prenorm=False with a residual).
   template <class T, class R, int Rank>
-  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g, ConstTensorMap<R, Rank> residual) const {
+  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g,
+                          ConstTensorMap<R, Rank> residual) const {
     Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "FusedRMSNormGated::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
     run<T, R>(fn, x.data(), g.data(), y.data(), residual.data(), static_cast<R*>(nullptr), rows,
-        [](const std::string&, Index) {});
+              [](const std::string&, Index) {});
     return y;
   }
   /// prenorm=True with a residual: {y, residual = x + residual in R}.
@@ -310,7 +314,7 @@ class FusedRMSNormGated {
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
     run<T, R>(fn, x.data(), g.data(), out.y.data(), residual.data(), out.residual.data(), rows,
-        [](const std::string&, Index) {});
+              [](const std::string&, Index) {});
     return out;
   }
   /// prenorm=True without a residual: residual = x in R (default T; float is residual_in_fp32=True).
@@ -322,7 +326,7 @@ class FusedRMSNormGated {
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     run<T, Out>(fn, x.data(), g.data(), out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows,
-        [](const std::string&, Index) {});
+                [](const std::string&, Index) {});
     return out;
   }
 
@@ -334,8 +338,8 @@ class FusedRMSNormGated {
   static Activation parse_gate(std::string_view name) {
     if (name == "swish" || name == "silu") return Activation::SiLU;
     if (name == "sigmoid") return Activation::Sigmoid;
-    detail::fail("FusedRMSNormGated", "activation '" + std::string(name) +
-                                          "' is not supported, expected one of swish, silu, sigmoid");
+    detail::fail("FusedRMSNormGated",
+                 "activation '" + std::string(name) + "' is not supported, expected one of swish, silu, sigmoid");
   }
 
   template <class T, class R, class Check>

@@ -113,8 +113,8 @@ class ShortConvolution {
                     detail::nondeduced_t<std::optional<ConstTensorMap<T, 3>>> residual = std::nullopt,
                     detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> mask = std::nullopt) const {
     run<T>("ShortConvolution::forward_into", x, y, cache ? cache->data() : nullptr,
-        cache ? &cache->dimensions() : nullptr, final_state ? final_state->data() : nullptr,
-        final_state ? &final_state->dimensions() : nullptr, cu_seqlens, residual, mask);
+           cache ? &cache->dimensions() : nullptr, final_state ? final_state->data() : nullptr,
+           final_state ? &final_state->dimensions() : nullptr, cu_seqlens, residual, mask);
   }
 
   /// fla's forward(x, residual, mask, cache, output_final_state, cu_seqlens) with the arguments reordered:
@@ -133,9 +133,8 @@ class ShortConvolution {
     if (output_final_state) r.final_state.emplace(N, D_, W_);
     T* fin = output_final_state ? r.final_state->data() : nullptr;
     const auto fdims = output_final_state ? r.final_state->dimensions() : Eigen::DSizes<Index, 3>();
-    run<T>("ShortConvolution::forward", ConstTensorMap<T, 3>(x.data(), x.dimensions()), y,
-        cache ? cache->data() : nullptr, cache ? &cache->dimensions() : nullptr, fin,
-        output_final_state ? &fdims : nullptr, cu_seqlens, residual, mask);
+    run<T>("ShortConvolution::forward", x, y, cache ? cache->data() : nullptr, cache ? &cache->dimensions() : nullptr,
+           fin, output_final_state ? &fdims : nullptr, cu_seqlens, residual, mask);
     return r;
   }
 
@@ -168,18 +167,19 @@ class ShortConvolution {
   static std::optional<Activation> parse_conv_activation(std::string_view name) {
     if (name.empty() || name == "none" || name == "None") return std::nullopt;
     if (name == "silu" || name == "swish") return Activation::SiLU;
-    detail::fail("ShortConvolution", "activation '" + std::string(name) +
-                                         "' is not supported, expected silu, swish or none");
+    detail::fail("ShortConvolution",
+                 "activation '" + std::string(name) + "' is not supported, expected silu, swish or none");
   }
 
   template <class Dims>
   void expect_cache(const std::string& fn, const char* name, const Dims& d, Index N, bool packed) const {
     const bool ok = d[0] == N && d[1] == D_ && d[2] == W_;
     if (!ok)
-      detail::fail(fn, std::string(name) + " is " + detail::shape_str(d) + ", expected " +
-                           detail::expected_str({{"N", N}, {"D", D_}, {"W", W_}}) +
-                           (d[0] != N ? (packed ? " (N = the number of sequences in cu_seqlens)" : " (N = the batch size)")
-                                      : ""));
+      detail::fail(
+          fn,
+          std::string(name) + " is " + detail::shape_str(d) + ", expected " +
+              detail::expected_str({{"N", N}, {"D", D_}, {"W", W_}}) +
+              (d[0] != N ? (packed ? " (N = the number of sequences in cu_seqlens)" : " (N = the batch size)") : ""));
   }
 
   void check_params(const std::string& fn) const {
@@ -201,7 +201,7 @@ class ShortConvolution {
     std::optional<ConstTensorMap<T, 3>> res3;
     if (residual) res3.emplace(residual->data(), N, 1, D_);
     run<T>(fn, ConstTensorMap<T, 3>(x.data(), N, 1, D_), TensorMap<T, 3>(y.data(), N, 1, D_), cache.data(), &cd,
-        cache.data(), &cd, {}, res3, std::nullopt, "cache");
+           cache.data(), &cd, {}, res3, std::nullopt, "cache");
   }
 
   /// Shared body: validates everything, then convolves each sequence and writes its final cache.
@@ -215,8 +215,8 @@ class ShortConvolution {
     using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
     const auto& xd = x.dimensions();
     if (xd[0] <= 0 || xd[1] < 0 || xd[2] != D_)
-      detail::fail(fn, "x is " + detail::shape_str(xd) + ", expected [B,T,D=" + std::to_string(D_) +
-                           "] with B > 0, T >= 0");
+      detail::fail(
+          fn, "x is " + detail::shape_str(xd) + ", expected [B,T,D=" + std::to_string(D_) + "] with B > 0, T >= 0");
     const Index B = xd[0], T_ = xd[1], D = D_, W = W_;
     detail::expect_dims(fn, "y", y.dimensions(), {{"B", B}, {"T", T_}, {"D", D}});
     if (!cu.empty()) {
@@ -260,8 +260,7 @@ class ShortConvolution {
       const detail::Seq sq = seqs[static_cast<std::size_t>(n)];
       const Index base = sq.b * T_ + sq.t0;  // token row of the sequence's first input
       for (Index k = 0; k + 1 < W; ++k)
-        for (Index d = 0; d < D; ++d)
-          prefix(k * D + d) = cache ? static_cast<A>(cache[(n * D + d) * W + k + 1]) : A(0);
+        for (Index d = 0; d < D; ++d) prefix(k * D + d) = cache ? static_cast<A>(cache[(n * D + d) * W + k + 1]) : A(0);
       for (Index i = 0; i < sq.len; ++i) {
         acc = b0;
         for (Index w = 0; w < W; ++w) {
