@@ -40,8 +40,8 @@ class Golden {
     try {
       return nlohmann::json::parse(it->second);
     } catch (const nlohmann::json::exception& e) {
-      gla::detail::fail("gla::test::Golden::meta",
-                        "the parameters of case '" + case_name + "' in " + file_.origin() + " are not JSON: " + e.what());
+      gla::detail::fail("gla::test::Golden::meta", "the parameters of case '" + case_name + "' in " + file_.origin() +
+                                                       " are not JSON: " + e.what());
     }
   }
 

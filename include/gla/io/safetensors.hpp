@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -36,11 +37,16 @@ enum class DType { F32, F16, BF16, F64, I64 };
 /// The safetensors spelling of a dtype ("F32", ...).
 inline std::string to_string(DType d) {
   switch (d) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::F64: return "F64";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::F64:
+      return "F64";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
@@ -49,10 +55,13 @@ inline std::string to_string(DType d) {
 inline std::size_t dtype_size(DType d) {
   switch (d) {
     case DType::F16:
-    case DType::BF16: return 2;
-    case DType::F32: return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F32:
+      return 4;
     case DType::F64:
-    case DType::I64: return 8;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
@@ -66,19 +75,25 @@ inline std::optional<DType> parse_dtype(const std::string& s) {
 
 /// True for the element types a tensor can be read as or written from.
 template <class T>
-inline constexpr bool is_io_scalar_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                       std::is_same_v<T, Eigen::half> || std::is_same_v<T, Eigen::bfloat16> ||
-                                       std::is_same_v<T, std::int64_t>;
+inline constexpr bool is_io_scalar_v =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, Eigen::half> ||
+    std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, std::int64_t>;
 
 /// The dtype a C++ element type is stored as.
 template <class T>
 constexpr DType dtype_of() {
-  static_assert(is_io_scalar_v<T>, "gla::io: element type must be float, double, Eigen::half, Eigen::bfloat16 or int64");
-  if constexpr (std::is_same_v<T, float>) return DType::F32;
-  else if constexpr (std::is_same_v<T, double>) return DType::F64;
-  else if constexpr (std::is_same_v<T, Eigen::half>) return DType::F16;
-  else if constexpr (std::is_same_v<T, Eigen::bfloat16>) return DType::BF16;
-  else return DType::I64;
+  static_assert(is_io_scalar_v<T>,
+                "gla::io: element type must be float, double, Eigen::half, Eigen::bfloat16 or int64");
+  if constexpr (std::is_same_v<T, float>)
+    return DType::F32;
+  else if constexpr (std::is_same_v<T, double>)
+    return DType::F64;
+  else if constexpr (std::is_same_v<T, Eigen::half>)
+    return DType::F16;
+  else if constexpr (std::is_same_v<T, Eigen::bfloat16>)
+    return DType::BF16;
+  else
+    return DType::I64;
 }
 
 /// One tensor of a safetensors file: its dtype, shape and byte range [begin, end) in the data section.
@@ -107,7 +122,7 @@ using gla::detail::fail;
 using gla::detail::shape_str;
 
 /// Quotes a string for an error message, cut short so a hostile header cannot produce a huge message.
-inline std::string quoted(const std::string& s) {
+inline std::string quote(const std::string& s) {
   constexpr std::size_t kMax = 80;
   return "'" + (s.size() > kMax ? s.substr(0, kMax) + "..." : s) + "'";
 }
@@ -143,7 +158,8 @@ void store_le(S v, std::uint8_t* p) {
 
 /// double → float without UB: out-of-range finite values round to ±max or ±inf as IEEE round-to-nearest does.
 inline float narrow_to_float(double d) {
-  if (std::isnan(d)) return std::signbit(d) ? -std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::quiet_NaN();
+  if (std::isnan(d))
+    return std::signbit(d) ? -std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::quiet_NaN();
   constexpr double kMax = static_cast<double>(std::numeric_limits<float>::max());
   constexpr double kOverflow = 340282356779733661637539395458142568448.0;  // 2^128 − 2^103: rounds to inf
   const double a = std::abs(d);
@@ -183,10 +199,12 @@ bool convert_value(S v, T& out) {
     out = widen(v);  // exact for every source but int64 (rounded to nearest)
     return true;
   } else {
+    // T is float, half or bfloat16: go through float (exact from half/bfloat16, rounded from int64).
     float f;
-    if constexpr (std::is_same_v<S, double>) f = narrow_to_float(v);
-    else if constexpr (std::is_same_v<S, std::int64_t>) f = static_cast<float>(v);
-    else f = static_cast<float>(v);
+    if constexpr (std::is_same_v<S, double>)
+      f = narrow_to_float(v);
+    else
+      f = static_cast<float>(v);
     out = static_cast<T>(f);
     return true;
   }
@@ -209,11 +227,16 @@ void decode_as(const std::uint8_t* src, Index n, T* dst, const std::string& fn, 
 template <class T>
 void decode(DType dt, const std::uint8_t* src, Index n, T* dst, const std::string& fn, const std::string& what) {
   switch (dt) {
-    case DType::F32: return decode_as<T, float>(src, n, dst, fn, what);
-    case DType::F64: return decode_as<T, double>(src, n, dst, fn, what);
-    case DType::F16: return decode_as<T, Eigen::half>(src, n, dst, fn, what);
-    case DType::BF16: return decode_as<T, Eigen::bfloat16>(src, n, dst, fn, what);
-    case DType::I64: return decode_as<T, std::int64_t>(src, n, dst, fn, what);
+    case DType::F32:
+      return decode_as<T, float>(src, n, dst, fn, what);
+    case DType::F64:
+      return decode_as<T, double>(src, n, dst, fn, what);
+    case DType::F16:
+      return decode_as<T, Eigen::half>(src, n, dst, fn, what);
+    case DType::BF16:
+      return decode_as<T, Eigen::bfloat16>(src, n, dst, fn, what);
+    case DType::I64:
+      return decode_as<T, std::int64_t>(src, n, dst, fn, what);
   }
 }
 
@@ -221,7 +244,8 @@ void decode(DType dt, const std::uint8_t* src, Index n, T* dst, const std::strin
 template <class T, int R>
 Tensor<T, R> make_tensor(const std::string& fn, const std::string& what, DType dt, const std::vector<Index>& shape,
                          ByteView bytes) {
-  static_assert(is_io_scalar_v<T>, "gla::io: element type must be float, double, Eigen::half, Eigen::bfloat16 or int64");
+  static_assert(is_io_scalar_v<T>,
+                "gla::io: element type must be float, double, Eigen::half, Eigen::bfloat16 or int64");
   if (shape.size() != static_cast<std::size_t>(R))
     fail(fn, what + " is " + rank_str(shape) + ", expected rank " + std::to_string(R));
   std::array<Index, R> dims{};
@@ -272,19 +296,18 @@ class SafeTensors {
     namespace fs = std::filesystem;
     std::error_code ec;
     const fs::file_status st = fs::status(path, ec);
-    if (ec || !fs::exists(st))
-      detail::fail(fn, "cannot open " + detail::quoted(path) + ": " + (ec ? ec.message() : "no such file"));
-    if (!fs::is_regular_file(st)) detail::fail(fn, detail::quoted(path) + " is not a regular file");
+    if (ec || !fs::exists(st)) detail::fail(fn, "cannot open '" + path + "': " + (ec ? ec.message() : "no such file"));
+    if (!fs::is_regular_file(st)) detail::fail(fn, "'" + path + "' is not a regular file");
     const std::uintmax_t size = fs::file_size(path, ec);
-    if (ec) detail::fail(fn, "cannot get the size of " + detail::quoted(path) + ": " + ec.message());
+    if (ec) detail::fail(fn, "cannot get the size of '" + path + "': " + ec.message());
     std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail(fn, "cannot open " + detail::quoted(path) + " for reading");
+    if (!in) detail::fail(fn, "cannot open '" + path + "' for reading");
     std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
     if (size > 0) {
       in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
       if (static_cast<std::uintmax_t>(in.gcount()) != size)
-        detail::fail(fn, "read " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes of " +
-                             detail::quoted(path));
+        detail::fail(
+            fn, "read " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes of '" + path + "'");
     }
     return from_bytes(std::move(bytes), path);
   }
@@ -336,19 +359,20 @@ class SafeTensors {
   std::vector<std::int64_t> get_int64_vector(const std::string& name) const {
     const std::string fn = "gla::io::SafeTensors::get_int64_vector";
     const TensorInfo& ti = find(fn, name);
-    const Tensor<std::int64_t, 1> t = detail::make_tensor<std::int64_t, 1>(fn, label(name), ti.dtype, ti.shape, raw_of(ti));
+    const Tensor<std::int64_t, 1> t =
+        detail::make_tensor<std::int64_t, 1>(fn, label(name), ti.dtype, ti.shape, raw_of(ti));
     return std::vector<std::int64_t>(t.data(), t.data() + t.size());
   }
 
  private:
   SafeTensors() = default;
 
-  std::string label(const std::string& name) const { return "tensor " + detail::quoted(name) + " in " + origin_; }
+  std::string label(const std::string& name) const { return "tensor " + detail::quote(name) + " in " + origin_; }
 
   const TensorInfo& find(const std::string& fn, const std::string& name) const {
     const auto it = tensors_.find(name);
     if (it == tensors_.end())
-      detail::fail(fn, "no tensor " + detail::quoted(name) + " in " + origin_ + " (it has " +
+      detail::fail(fn, "no tensor " + detail::quote(name) + " in " + origin_ + " (it has " +
                            std::to_string(tensors_.size()) + " tensors)");
     return it->second;
   }
@@ -358,7 +382,7 @@ class SafeTensors {
   void parse() {
     using detail::fail;
     using detail::json_type;
-    using detail::quoted;
+    using detail::quote;
     using nlohmann::json;
     const std::string fn = "gla::io::SafeTensors::from_bytes";
     const std::string& src = origin_;
@@ -372,12 +396,35 @@ class SafeTensors {
     data_start_ = 8 + static_cast<std::size_t>(header_len);
     const std::size_t data_size = size - data_start_;
 
+    // nlohmann treats a NUL byte as the end of its input and would ignore whatever follows it.
+    const void* nul = std::memchr(bytes_.data() + 8, 0, static_cast<std::size_t>(header_len));
+    if (nul != nullptr)
+      fail(fn, src + ": the header has a NUL byte at offset " +
+                   std::to_string(static_cast<const std::uint8_t*>(nul) - (bytes_.data() + 8)) + " of its " +
+                   std::to_string(header_len) + " bytes");
+
+    // nlohmann keeps the last of duplicate keys; a safe reader rejects them instead, so that no two readers
+    // can disagree about which tensor a name means. One key set per open object (the parser is iterative).
+    std::vector<std::set<std::string>> open_objects;
+    std::string duplicate;
+    const json::parser_callback_t track_keys = [&](int, json::parse_event_t ev, json& parsed) {
+      if (ev == json::parse_event_t::object_start) {
+        open_objects.emplace_back();
+      } else if (ev == json::parse_event_t::object_end) {
+        if (!open_objects.empty()) open_objects.pop_back();
+      } else if (ev == json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
+        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+          duplicate = parsed.get<std::string>();
+      }
+      return true;
+    };
     json header;
     try {
-      header = json::parse(bytes_.begin() + 8, bytes_.begin() + static_cast<std::ptrdiff_t>(data_start_));
+      header = json::parse(bytes_.begin() + 8, bytes_.begin() + static_cast<std::ptrdiff_t>(data_start_), track_keys);
     } catch (const json::exception& e) {
       fail(fn, src + ": the header is not valid JSON (" + e.what() + ")");
     }
+    if (!duplicate.empty()) fail(fn, src + ": the header has the key " + quote(duplicate) + " more than once");
     if (!header.is_object()) fail(fn, src + ": the header is " + json_type(header) + ", expected a JSON object");
 
     for (auto it = header.begin(); it != header.end(); ++it) {
@@ -387,7 +434,7 @@ class SafeTensors {
         if (!v.is_object()) fail(fn, src + ": __metadata__ is " + json_type(v) + ", expected a JSON object");
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (!m.value().is_string())
-            fail(fn, src + ": __metadata__ value " + quoted(m.key()) + " is " + json_type(m.value()) +
+            fail(fn, src + ": __metadata__ value " + quote(m.key()) + " is " + json_type(m.value()) +
                          ", expected a string");
           metadata_[m.key()] = m.value().get<std::string>();
         }
@@ -405,8 +452,8 @@ class SafeTensors {
     });
     for (std::size_t i = 1; i < order.size(); ++i)
       if (order[i]->begin < order[i - 1]->end)
-        fail(fn, src + ": tensors " + quoted(order[i - 1]->name) + " [" + std::to_string(order[i - 1]->begin) + "," +
-                     std::to_string(order[i - 1]->end) + ") and " + quoted(order[i]->name) + " [" +
+        fail(fn, src + ": tensors " + quote(order[i - 1]->name) + " [" + std::to_string(order[i - 1]->begin) + "," +
+                     std::to_string(order[i - 1]->end) + ") and " + quote(order[i]->name) + " [" +
                      std::to_string(order[i]->begin) + "," + std::to_string(order[i]->end) + ") overlap");
   }
 
@@ -414,8 +461,8 @@ class SafeTensors {
                          std::size_t data_size) const {
     using detail::fail;
     using detail::json_type;
-    using detail::quoted;
-    const std::string what = origin_ + ": tensor " + quoted(name);
+    using detail::quote;
+    const std::string what = origin_ + ": tensor " + quote(name);
     if (!v.is_object()) fail(fn, what + " is " + json_type(v) + ", expected a JSON object");
     for (const char* field : {"dtype", "shape", "data_offsets"})
       if (!v.contains(field)) fail(fn, what + " has no \"" + field + "\"");
@@ -426,7 +473,8 @@ class SafeTensors {
     if (!dt.is_string()) fail(fn, what + ": dtype is " + json_type(dt) + ", expected a string");
     const auto parsed = parse_dtype(dt.get<std::string>());
     if (!parsed)
-      fail(fn, what + ": dtype " + quoted(dt.get<std::string>()) + " is not supported, expected F32, F16, BF16, F64 or I64");
+      fail(fn,
+           what + ": dtype " + quote(dt.get<std::string>()) + " is not supported, expected F32, F16, BF16, F64 or I64");
     ti.dtype = *parsed;
 
     const auto& sh = v["shape"];
@@ -435,11 +483,13 @@ class SafeTensors {
       const auto& d = sh[i];
       if (!d.is_number_integer())
         fail(fn, what + ": shape[" + std::to_string(i) + "] is " + json_type(d) + ", expected a non-negative integer");
-      if (d.is_number_unsigned() ? d.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<Index>::max())
-                                 : d.get<std::int64_t>() < 0)
-        fail(fn, what + ": shape[" + std::to_string(i) + "] is " + d.dump() + ", expected a non-negative integer");
+      if (d.is_number_unsigned()
+              ? d.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<Index>::max())
+              : d.get<std::int64_t>() < 0)
+        fail(fn, what + ": shape[" + std::to_string(i) + "] is " + d.dump() +
+                     ", expected a non-negative integer below 2^63");
       ti.shape.push_back(static_cast<Index>(d.is_number_unsigned() ? static_cast<std::int64_t>(d.get<std::uint64_t>())
-                                                                     : d.get<std::int64_t>()));
+                                                                   : d.get<std::int64_t>()));
     }
     Index numel = 0;
     if (!detail::checked_numel(ti.shape, numel))
@@ -447,10 +497,10 @@ class SafeTensors {
 
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-      fail(fn, what + ": data_offsets is " + detail::quoted(off.dump()) + ", expected [begin, end] (non-negative integers)");
+      fail(fn,
+           what + ": data_offsets is " + detail::quote(off.dump()) + ", expected [begin, end] (non-negative integers)");
     const std::uint64_t b = off[0].get<std::uint64_t>(), e = off[1].get<std::uint64_t>();
-    if (b > e)
-      fail(fn, what + ": data_offsets [" + std::to_string(b) + "," + std::to_string(e) + "] has begin > end");
+    if (b > e) fail(fn, what + ": data_offsets [" + std::to_string(b) + "," + std::to_string(e) + "] has begin > end");
     if (e > data_size)
       fail(fn, what + ": data_offsets end " + std::to_string(e) + " is past the end of the data section (" +
                    std::to_string(data_size) + " bytes)");
@@ -484,8 +534,8 @@ class StateDict {
       const std::string key = name.substr(strip_prefix.size());
       if (key.empty())
         detail::fail("gla::io::StateDict::from_safetensors",
-                     "tensor " + detail::quoted(name) + " in " + f.origin() + " is exactly the prefix " +
-                         detail::quoted(strip_prefix) + ", so its stripped name would be empty");
+                     "tensor " + detail::quote(name) + " in " + f.origin() + " is exactly the prefix " +
+                         detail::quote(strip_prefix) + ", so its stripped name would be empty");
       const TensorInfo& ti = f.info(name);
       const ByteView raw = f.raw(name);
       d.entries_[key] = Entry{ti.dtype, ti.shape, std::vector<std::uint8_t>(raw.data, raw.data + raw.size)};
@@ -502,14 +552,16 @@ class StateDict {
   /// replacing any tensor of that name.
   template <class T, int R>
   void set(const std::string& name, const Tensor<T, R>& t) {
-    static_assert(is_io_scalar_v<T>, "gla::io::StateDict::set: element type must be float, double, Eigen::half, "
-                                     "Eigen::bfloat16 or int64");
+    static_assert(is_io_scalar_v<T>,
+                  "gla::io::StateDict::set: element type must be float, double, Eigen::half, "
+                  "Eigen::bfloat16 or int64");
     check_name("gla::io::StateDict::set", name);
     Entry e;
     e.dtype = dtype_of<T>();
     for (int i = 0; i < R; ++i) e.shape.push_back(t.dimension(i));
     e.bytes.resize(static_cast<std::size_t>(t.size()) * sizeof(T));
-    for (Index i = 0; i < t.size(); ++i) detail::store_le<T>(t.data()[i], e.bytes.data() + static_cast<std::size_t>(i) * sizeof(T));
+    for (Index i = 0; i < t.size(); ++i)
+      detail::store_le<T>(t.data()[i], e.bytes.data() + static_cast<std::size_t>(i) * sizeof(T));
     entries_[name] = std::move(e);
   }
 
@@ -519,9 +571,10 @@ class StateDict {
     check_name(fn, name);
     Index n = 0;
     if (!detail::checked_numel(shape, n))
-      detail::fail(fn, detail::quoted(name) + ": shape " + detail::shape_str(shape) + " has a negative or overflowing size");
+      detail::fail(fn,
+                   detail::quote(name) + ": shape " + detail::shape_str(shape) + " has a negative or overflowing size");
     if (static_cast<std::size_t>(n) * dtype_size(dtype) != bytes.size())
-      detail::fail(fn, detail::quoted(name) + " has " + std::to_string(bytes.size()) + " bytes, expected " +
+      detail::fail(fn, detail::quote(name) + " has " + std::to_string(bytes.size()) + " bytes, expected " +
                            std::to_string(static_cast<std::size_t>(n) * dtype_size(dtype)) + " (" + to_string(dtype) +
                            " " + detail::shape_str(shape) + ")");
     entries_[name] = Entry{dtype, std::move(shape), std::move(bytes)};
@@ -543,7 +596,9 @@ class StateDict {
   /// The stored dtype; gla::Error if missing.
   DType dtype(const std::string& name) const { return find("gla::io::StateDict::dtype", name).dtype; }
   /// The stored shape; gla::Error if missing.
-  const std::vector<Index>& shape(const std::string& name) const { return find("gla::io::StateDict::shape", name).shape; }
+  const std::vector<Index>& shape(const std::string& name) const {
+    return find("gla::io::StateDict::shape", name).shape;
+  }
   /// The stored little-endian bytes; gla::Error if missing.
   const std::vector<std::uint8_t>& bytes(const std::string& name) const {
     return find("gla::io::StateDict::bytes", name).bytes;
@@ -554,7 +609,7 @@ class StateDict {
   Tensor<T, R> get(const std::string& name) const {
     const std::string fn = "gla::io::StateDict::get";
     const Entry& e = find(fn, name);
-    return detail::make_tensor<T, R>(fn, "state-dict tensor " + detail::quoted(name), e.dtype, e.shape,
+    return detail::make_tensor<T, R>(fn, "state-dict tensor " + detail::quote(name), e.dtype, e.shape,
                                      ByteView{e.bytes.data(), e.bytes.size()});
   }
 
@@ -570,13 +625,14 @@ class StateDict {
 
   static void check_name(const std::string& fn, const std::string& name) {
     if (name.empty()) detail::fail(fn, "the tensor name is empty");
-    if (name == "__metadata__") detail::fail(fn, "\"__metadata__\" is reserved by the safetensors format, not a tensor name");
+    if (name == "__metadata__")
+      detail::fail(fn, "\"__metadata__\" is reserved by the safetensors format, not a tensor name");
   }
 
   const Entry& find(const std::string& fn, const std::string& name) const {
     const auto it = entries_.find(name);
     if (it == entries_.end())
-      detail::fail(fn, "no tensor " + detail::quoted(name) + " in the state dict (it has " +
+      detail::fail(fn, "no tensor " + detail::quote(name) + " in the state dict (it has " +
                            std::to_string(entries_.size()) + " tensors)");
     return it->second;
   }
@@ -599,14 +655,16 @@ inline std::vector<std::uint8_t> to_safetensors_bytes(const StateDict& d,
   const std::vector<std::string> names = d.names();
   for (const std::string& name : names) {
     const std::size_t n = d.bytes(name).size();
-    header[name] = {{"dtype", to_string(d.dtype(name))}, {"shape", d.shape(name)}, {"data_offsets", {offset, offset + n}}};
+    header[name] = {
+        {"dtype", to_string(d.dtype(name))}, {"shape", d.shape(name)}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
   std::string text;
   try {
     text = header.dump();
   } catch (const nlohmann::json::exception& e) {
-    detail::fail(fn, std::string("cannot write the header (a name or metadata string is not valid UTF-8): ") + e.what());
+    detail::fail(fn,
+                 std::string("cannot write the header (a name or metadata string is not valid UTF-8): ") + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');
 
@@ -629,10 +687,10 @@ inline void save_safetensors(const std::string& path, const StateDict& d,
   const std::string fn = "gla::io::save_safetensors";
   const std::vector<std::uint8_t> bytes = to_safetensors_bytes(d, metadata);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) detail::fail(fn, "cannot open " + detail::quoted(path) + " for writing");
+  if (!out) detail::fail(fn, "cannot open '" + path + "' for writing");
   out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   out.close();
-  if (!out) detail::fail(fn, "writing " + std::to_string(bytes.size()) + " bytes to " + detail::quoted(path) + " failed");
+  if (!out) detail::fail(fn, "writing " + std::to_string(bytes.size()) + " bytes to '" + path + "' failed");
 }
 
 }  // namespace gla::io
