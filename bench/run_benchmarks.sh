@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# bench/run_benchmarks.sh: one benchmark session (every bench_* executable at 1 and 2 OpenMP threads) writing
+# bench/results/<bench>_t<threads>.json, then the tables of docs/PERFORMANCE.md via summarize.py.
+# Usage: bench/run_benchmarks.sh [build-dir (default build-bench)] [extra Google Benchmark flags...]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+build="${1:-build-bench}"
+shift || true
+out="$here/results"
+mkdir -p "$out"
+for t in 1 2; do
+  for b in bench_gemm bench_chunk bench_fused_recurrent bench_reference; do
+    # Interleaved repetitions: a burst of load from elsewhere hits the kernel and its GEMM ceiling alike.
+    OMP_NUM_THREADS=$t "$build/bench/$b" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+      --benchmark_enable_random_interleaving=true \
+      --benchmark_out="$out/${b}_t$t.json" --benchmark_out_format=json "$@"
+  done
+done
+python3 "$here/summarize.py" "$out"
