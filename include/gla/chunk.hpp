@@ -83,17 +83,17 @@ void chunk_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorM
   const Acc scale = detail::resolve_scale<Acc>(opts, K);
 
   const detail::AccInput<Acc, T> qa(q), ka(k), va(v), ga(g);
-  std::vector<Acc> G(static_cast<std::size_t>(g.size()));
-  detail::chunk_local_cumsum_into(ga.data(), G.data(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens);
+  const auto G = detail::uninitialized_buffer<Acc>(g.size());
+  detail::chunk_local_cumsum_into(ga.data(), G.get(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens);
   detail::FullGates<Acc> fg;
-  fg.gk = G.data();
+  fg.gk = G.get();
 
   // Phase 1: the state before every chunk.
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  std::vector<Acc> h(static_cast<std::size_t>(off.back() * H * K * V));
+  const auto h = detail::uninitialized_buffer<Acc>(off.back() * H * K * V);
   detail::chunk_fwd_h_impl<Acc, Acc>(s, BT, ka.data(), va.data(), fg,
                                      opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
-                                     h.data(), /*h_v_first=*/false, final_state ? final_state->data() : nullptr);
+                                     h.get(), /*h_v_first=*/false, final_state ? final_state->data() : nullptr);
 
   // Phase 2: every (chunk, head) independently.
   std::vector<std::array<Index, 2>> chunks;  // (sequence, chunk within sequence)
@@ -107,7 +107,6 @@ void chunk_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorM
   {
     detail::ChunkWorkspace<Acc> ws;
     ws.reserve(BT, K, V);
-    detail::RowMat<Acc> S(K, V);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -117,9 +116,9 @@ void chunk_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorM
       const detail::Seq& sq = s.seqs[static_cast<std::size_t>(n)];
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
       const Index ci = off[static_cast<std::size_t>(n)] + c;
-      S = Eigen::Map<const detail::RowMat<Acc>>(h.data() + (ci * H + hh) * K * V, K, V);
+      const Eigen::Map<const detail::RowMat<Acc>> S(h.get() + (ci * H + hh) * K * V, K, V);
       detail::chunk_output(detail::rows(qa.data(), s, sq, hh, c0, L, K), detail::rows(ka.data(), s, sq, hh, c0, L, K),
-                           detail::rows(va.data(), s, sq, hh, c0, L, V), detail::rows(G.data(), s, sq, hh, c0, L, K),
+                           detail::rows(va.data(), s, sq, hh, c0, L, V), detail::rows(G.get(), s, sq, hh, c0, L, K),
                            S, scale, L, ws);
       detail::store_rows(o.data(), s, sq, hh, c0, L, V, ws.O);
     }

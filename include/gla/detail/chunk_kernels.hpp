@@ -5,6 +5,8 @@
 
 #include <gla/core.hpp>
 
+#include <memory>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -104,9 +106,9 @@ void chunk_state_update(RowMat<Acc>& S, const ConstStridedMap<Acc>& k, const Con
 /// Off-diagonal 16×16 blocks use a reference point at the query sub-chunk's first row (both factors ≤ 1);
 /// diagonal blocks use e^{G_t − G_s} as a running product of e^{g} (every factor ≤ 1); the upper triangle is
 /// written as 0 (a select, never a multiply by a mask, so no inf·0).
-template <class Acc>
+template <class Acc, class StateMat>
 void chunk_output(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
-                  const ConstStridedMap<Acc>& G, const RowMat<Acc>& S, Acc scale, Index L, ChunkWorkspace<Acc>& ws) {
+                  const ConstStridedMap<Acc>& G, const StateMat& S, Acc scale, Index L, ChunkWorkspace<Acc>& ws) {
   if (L == 0) return;
   auto qg = ws.qg.topRows(L);
   for (Index r = 0; r < L; ++r) qg.row(r) = q.row(r).array() * G.row(r).array().exp() * scale;
@@ -147,6 +149,12 @@ void chunk_output(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, 
     if (right > 0) A.block(i0, i0 + Li, Li, right).setZero();
   }
   O.noalias() += A * v;
+}
+
+/// An uninitialised buffer of n accumulators (std::vector would zero-fill memory that is overwritten anyway).
+template <class Acc>
+std::unique_ptr<Acc[]> uninitialized_buffer(Index n) {
+  return std::unique_ptr<Acc[]>(new Acc[static_cast<std::size_t>(std::max<Index>(n, 1))]);
 }
 
 /// Number of threads a parallel loop of `work` independent items should use.
