@@ -481,9 +481,11 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
       rd::load_state_raw(w.block.data(), h0_data + p * KV, K, V, opts.state_v_first);
     else
       std::fill(w.block.begin(), w.block.begin() + KV, Acc(0));
+    const std::size_t state_bytes = static_cast<std::size_t>(KV) * sizeof(Acc);
     for (Index j = 0; j < nblocks; ++j) {
-      if (j > 0) std::memcpy(w.block.data(), w.block.data() + std::min(C, sq.len - (j - 1) * C) * KV, KV * sizeof(Acc));
-      std::memcpy(w.ckpt.data() + j * KV, w.block.data(), KV * sizeof(Acc));
+      // Block j starts from the last state of block j-1 (still in the buffer); remember it as checkpoint j.
+      if (j > 0) std::memcpy(w.block.data(), w.block.data() + std::min(C, sq.len - (j - 1) * C) * KV, state_bytes);
+      std::memcpy(w.ckpt.data() + j * KV, w.block.data(), state_bytes);
       run_block(j);
     }
 
@@ -493,7 +495,7 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
       w.dS.setZero();
     for (Index j = nblocks - 1; j >= 0; --j) {
       if (j != nblocks - 1) {
-        std::memcpy(w.block.data(), w.ckpt.data() + j * KV, KV * sizeof(Acc));
+        std::memcpy(w.block.data(), w.ckpt.data() + j * KV, state_bytes);
         run_block(j);
       }
       const Index i0 = j * C, len = std::min(C, sq.len - i0);
