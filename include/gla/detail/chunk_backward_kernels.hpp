@@ -147,8 +147,12 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
   auto G = ws.Gd.topRows(L);
   G.row(0) = g.row(0).template cast<double>();
   for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + g.row(r).template cast<double>();
-  // e^{x − y} of two double gate rows, as Acc.
-  const auto decay = [](const auto& x, const auto& y) { return (x - y).template cast<Acc>().array().exp(); };
+  // out = e^{x − y} for two double gate rows: the difference in double, rounded to Acc, then exponentiated in
+  // place (materialising first keeps Eigen's vectorised exp; exp of a cast expression falls back to scalar expf).
+  const auto decay_into = [](auto&& out, const auto& x, const auto& y) {
+    out = (x - y).template cast<Acc>();
+    out.array() = out.array().exp();
+  };
 
   auto dA = ws.dA.topLeftCorner(L, L);
   dA.noalias() = do_ * v.transpose();
@@ -169,10 +173,16 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
       // dq_t += (Σ_s dA[t,s] k_s e^{gn−G_s}) ⊙ e^{G_t−gn}.
       ws.gn = G.row(i0);
       auto kg = ws.kg.topRows(i0);
-      for (Index s = 0; s < i0; ++s) kg.row(s) = k.row(s).array() * decay(ws.gn, G.row(s));
+      for (Index s = 0; s < i0; ++s) {
+        decay_into(kg.row(s), ws.gn, G.row(s));
+        kg.row(s).array() *= k.row(s).array();
+      }
       auto tmp = ws.tmp.topRows(Li);
       tmp.noalias() = dA.block(i0, 0, Li, i0) * kg;
-      for (Index r = 0; r < Li; ++r) dq.row(i0 + r).array() += tmp.row(r).array() * decay(G.row(i0 + r), ws.gn);
+      for (Index r = 0; r < Li; ++r) {
+        decay_into(ws.f, G.row(i0 + r), ws.gn);
+        dq.row(i0 + r).array() += tmp.row(r).array() * ws.f.array();
+      }
       A.block(0, i0, i0, Li).setZero();  // above the diagonal block: s > t
     }
     if (Lr > 0) {
@@ -180,11 +190,14 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
       // A[t,s] = scale (q_t e^{G_t−gn})·(k_s e^{gn−G_s}),  dk_s += (Σ_t dA[t,s] q_t e^{G_t−gn}) ⊙ e^{gn−G_s}.
       ws.gn = G.row(j1 - 1);
       auto qg = ws.qg.topRows(Lr);
-      for (Index t = 0; t < Lr; ++t) qg.row(t) = q.row(j1 + t).array() * decay(G.row(j1 + t), ws.gn);
+      for (Index t = 0; t < Lr; ++t) {
+        decay_into(qg.row(t), G.row(j1 + t), ws.gn);
+        qg.row(t).array() *= q.row(j1 + t).array();
+      }
       auto kg = ws.kg.topRows(Li);
       auto dec = ws.decl.topRows(Li);  // e^{gn−G_s}, shared by A and dk
       for (Index c = 0; c < Li; ++c) {
-        dec.row(c) = decay(ws.gn, G.row(i0 + c)).matrix();
+        decay_into(dec.row(c), ws.gn, G.row(i0 + c));
         kg.row(c) = k.row(i0 + c).cwiseProduct(dec.row(c));
       }
       A.block(j1, i0, Lr, Li).noalias() = qg * kg.transpose();
@@ -215,7 +228,7 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
   ws.gld = G.row(L - 1);
   ws.gl = ws.gld.template cast<Acc>();
   auto decl = ws.decl.topRows(L);
-  for (Index s = 0; s < L; ++s) decl.row(s) = decay(ws.gld, G.row(s)).matrix();
+  for (Index s = 0; s < L; ++s) decay_into(decl.row(s), ws.gld, G.row(s));
   auto dv = ws.dv.topRows(L);
   dv.noalias() = A.transpose() * do_;
   auto kdec = ws.qg.topRows(L);
@@ -224,7 +237,10 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
 
   auto tmp = ws.tmp.topRows(L);
   tmp.noalias() = do_ * S.transpose();  // (S do_t)ᵀ
-  dq.array() += scale * tmp.array() * G.template cast<Acc>().array().exp();
+  auto expG = ws.kg.topRows(L);  // e^{G_t}
+  expG = G.template cast<Acc>();
+  expG.array() = expG.array().exp();
+  dq.array() += scale * tmp.array() * expG.array();
   tmp.noalias() = v * dH.transpose();  // (dH v_s)ᵀ
   tmp.array() *= decl.array();         // dk_inter, added to dk after dg
 
