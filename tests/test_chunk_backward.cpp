@@ -903,6 +903,18 @@ TEST_CASE("chunk_bwd_dh: validation errors name the function and the argument", 
     bad = GLAOptions{};
     bad.reverse = true;
     expect_error("reverse", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    bad = GLAOptions{};
+    bad.state_clamp_max = 1.0f;
+    expect_error("gamma/state_clamp_min/state_clamp_max", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    bad = GLAOptions{};
+    bad.state_v_first = true;
+    expect_error("dht (state_v_first) is [2,2,8,6], expected [N=2,H=2,V=6,K=8]",
+                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    bad = GLAOptions{};
+    Tensor<float, 4> h0_wrong(e.B, e.H, e.K + 1, e.V);
+    bad.set_initial_state(h0_wrong);
+    expect_error("initial_state is [2,2,9,6], expected [N=2,H=2,K=8,V=6]",
+                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
   }
   {
     ChunkHGates gt;
