@@ -4,6 +4,7 @@
 /// fused_chunk_gla_backward, the gradients of chunk_gla / fused_chunk_gla w.r.t. q, k, v, g and h0.
 
 #include <gla/chunk.hpp>
+#include <gla/fused_chunk.hpp>
 #include <gla/detail/chunk_backward_kernels.hpp>
 
 namespace gla {
@@ -35,16 +36,6 @@ inline void check_dht(const std::string& fn, const OpShape& s, const std::option
     expect_dims(fn, "dht (state_v_first)", dht->dimensions(), {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
   else
     expect_dims(fn, "dht", dht->dimensions(), {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
-}
-
-/// fused_chunk_gla's extra check: no sequence longer than opts.max_seqlen (same rule and message as its forward).
-inline void check_max_seqlen(const std::string& fn, const OpShape& s, const GLAOptions& opts) {
-  if (!opts.max_seqlen) return;
-  if (*opts.max_seqlen < 0) fail(fn, "max_seqlen is " + std::to_string(*opts.max_seqlen) + ", expected >= 0");
-  for (std::size_t n = 0; n < s.seqs.size(); ++n)
-    if (s.seqs[n].len > *opts.max_seqlen)
-      fail(fn, "sequence " + std::to_string(n) + " has " + std::to_string(s.seqs[n].len) +
-                   " tokens, expected at most max_seqlen = " + std::to_string(*opts.max_seqlen));
 }
 
 /// Checks every argument of chunk_gla_backward_into / fused_chunk_gla_backward_into; returns the shape.

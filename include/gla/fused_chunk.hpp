@@ -8,6 +8,16 @@ namespace gla {
 
 namespace detail {
 
+/// fused_chunk_gla's extra check: no sequence longer than opts.max_seqlen (forward and backward).
+inline void check_max_seqlen(const std::string& fn, const OpShape& s, const GLAOptions& opts) {
+  if (!opts.max_seqlen) return;
+  if (*opts.max_seqlen < 0) fail(fn, "max_seqlen is " + std::to_string(*opts.max_seqlen) + ", expected >= 0");
+  for (std::size_t n = 0; n < s.seqs.size(); ++n)
+    if (s.seqs[n].len > *opts.max_seqlen)
+      fail(fn, "sequence " + std::to_string(n) + " has " + std::to_string(s.seqs[n].len) +
+                   " tokens, expected at most max_seqlen = " + std::to_string(*opts.max_seqlen));
+}
+
 /// The token-by-token recurrence of one (sequence, head) on rows [0, L) — the short-sequence path of
 /// fused_chunk_gla (heuristic_fallback). S is the state in and out; o rows go to ws.O.
 template <class Acc>
@@ -37,13 +47,7 @@ void fused_chunk_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstT
   const std::string fn = "fused_chunk_gla";
   const detail::OpShape s = detail::check_chunk_args(fn, q, k, v, g, opts);
   detail::check_forward_outputs(fn, s, o, final_state, opts.state_v_first);
-  if (opts.max_seqlen) {
-    if (*opts.max_seqlen < 0) detail::fail(fn, "max_seqlen is " + std::to_string(*opts.max_seqlen) + ", expected >= 0");
-    for (std::size_t n = 0; n < s.seqs.size(); ++n)
-      if (s.seqs[n].len > *opts.max_seqlen)
-        detail::fail(fn, "sequence " + std::to_string(n) + " has " + std::to_string(s.seqs[n].len) +
-                             " tokens, expected at most max_seqlen = " + std::to_string(*opts.max_seqlen));
-  }
+  detail::check_max_seqlen(fn, s, opts);
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = detail::resolve_scale<Acc>(opts, K);
   // bf16/half inputs are converted once; float/double inputs are read in place.
