@@ -99,16 +99,8 @@ GLAResult<T> gla_forward(Mode mode, ConstTensorMap<T, 4> q, ConstTensorMap<T, 4>
 
   if (!attention_mask) return run(q, k, v, gk, gv, opts);
 
-  const auto& md = attention_mask->dimensions();
-  if (md[0] != s.B || md[1] < s.T)
-    detail::fail(fn, "attention_mask is " + detail::shape_str(md) + ", expected [B=" + std::to_string(s.B) +
-                         ",S] with S >= T=" + std::to_string(s.T));
   if (!opts.cu_seqlens.empty()) detail::fail(fn, "attention_mask and cu_seqlens were both given, expected one");
-  // The last T columns of the mask, as fla's layer uses.
-  Tensor<std::int64_t, 2> last(s.B, s.T);
-  for (Index b = 0; b < s.B; ++b)
-    for (Index t = 0; t < s.T; ++t) last(b, t) = (*attention_mask)(b, md[1] - s.T + t);
-  const UnpadData u = get_unpad_data<std::int64_t>(view(last));
+  const UnpadData u = detail::unpad_mask_tail(fn, *attention_mask, s.B, s.T);
   const Tensor<T, 4> qp = detail::pack_tokens(q, u.indices), kp = detail::pack_tokens(k, u.indices),
                      vp = detail::pack_tokens(v, u.indices);
   Tensor<T, 4> gkp, gvp;

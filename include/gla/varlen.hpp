@@ -97,6 +97,21 @@ UnpadData get_unpad_data(ConstTensorMap<M, 2> attention_mask) {
 }
 
 namespace detail {
+
+/// fla's unpad rule for a forward of T tokens: the last T columns of attention_mask [B,S] (S >= T) are unpadded
+/// (in decode only the newest column matters). A mask of another batch size or shorter than T → gla::Error.
+inline UnpadData unpad_mask_tail(const std::string& fn, const ConstTensorMap<std::int64_t, 2>& attention_mask,
+                                 Index B, Index T) {
+  const auto& md = attention_mask.dimensions();
+  if (md[0] != B || md[1] < T)
+    fail(fn, "attention_mask is " + shape_str(md) + ", expected [B=" + std::to_string(B) + ",S] with S >= T=" +
+                 std::to_string(T));
+  Tensor<std::int64_t, 2> last(B, T);
+  for (Index b = 0; b < B; ++b)
+    for (Index t = 0; t < T; ++t) last(b, t) = attention_mask(b, md[1] - T + t);
+  return get_unpad_data<std::int64_t>(ConstTensorMap<std::int64_t, 2>(last.data(), B, T));
+}
+
 inline void check_indices(const std::string& fn, const std::vector<std::int64_t>& indices, Index rows) {
   for (std::size_t i = 0; i < indices.size(); ++i)
     if (indices[i] < 0 || indices[i] >= rows)

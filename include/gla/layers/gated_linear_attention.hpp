@@ -418,14 +418,7 @@ class GatedLinearAttention {
       detail::check_cu_seqlens(fn, cu_seqlens, Tq);
       cu = cu_seqlens;
     } else if (attention_mask) {
-      const auto& md = attention_mask->dimensions();
-      if (md[0] != B || md[1] < Tq)
-        detail::fail(fn, "attention_mask is " + detail::shape_str(md) + ", expected [B=" + std::to_string(B) +
-                             ",S] with S >= T=" + std::to_string(Tq));
-      Tensor<std::int64_t, 2> last(B, Tq);
-      for (Index b = 0; b < B; ++b)
-        for (Index t = 0; t < Tq; ++t) last(b, t) = (*attention_mask)(b, md[1] - Tq + t);
-      UnpadData u = get_unpad_data<std::int64_t>(view(last));
+      UnpadData u = detail::unpad_mask_tail(fn, *attention_mask, B, Tq);
       cu = std::move(u.cu_seqlens);
       indices = std::move(u.indices);
       packed = true;
