@@ -18,13 +18,13 @@ void run_chunked(benchmark::State& st, const Shape& s, Kernel kernel) {
   const bench::Inputs& in = bench::inputs(s);
   const GLAOptions opts = bench::options(s, in);
   bench::Outputs out(s);
-  const bench::FaultCount faults;
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     kernel(view(in.q), view(in.k), view(in.v), view(in.g), opts, mut_view(out.o), out.ht_view());
     benchmark::DoNotOptimize(out.o.data());
     benchmark::ClobberMemory();
   }
-  faults.report(st);
+  meter.report(st);
   bench::set_counters(st, s, bench::chunk_flops(s));
 }
 
@@ -36,13 +36,13 @@ void run_chunk_fwd_h(benchmark::State& st, const Shape& s) {
   const Tensor<float, 4> gc = chunk_local_cumsum<float, 4>(view(in.g), opts.chunk_size);
   ChunkHGates gates;
   gates.gk.emplace(view(gc));
-  const bench::FaultCount faults;
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     ChunkHResult r = chunk_fwd_h<float>(view(in.k), view(in.v), gates, opts);
     benchmark::DoNotOptimize(r.h.data());
     benchmark::ClobberMemory();
   }
-  faults.report(st);
+  meter.report(st);
   bench::set_counters(st, s, 2.0 * static_cast<double>(s.B * s.T * s.H * s.K * s.V));
 }
 

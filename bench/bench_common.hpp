@@ -6,6 +6,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -158,22 +159,35 @@ inline void set_counters(benchmark::State& st, const Shape& s, double flops) {
   st.SetLabel(s.name);
 }
 
-/// Minor page faults of the process since construction; a kernel that allocates fresh large buffers on every
-/// call pays one per 4 KiB page touched, which this makes visible (counter "faults/iter").
-class FaultCount {
+/// What the process did while a benchmark ran, reported per benchmark run:
+///   faults/iter  minor page faults per iteration: a kernel that allocates fresh large buffers on every call pays
+///                one per 4 KiB page it touches;
+///   cores        process CPU time ÷ wall time: about the thread count on an idle machine, less when other
+///                processes take the cores (then the timings of that run are not the kernel's).
+class ProcessMeter {
  public:
-  FaultCount() : start_(now()) {}
+  ProcessMeter() : start_(now()) {}
   void report(benchmark::State& st) const {
-    st.counters["faults/iter"] = benchmark::Counter(static_cast<double>(now() - start_), benchmark::Counter::kAvgIterations);
+    const Sample end = now();
+    st.counters["faults/iter"] =
+        benchmark::Counter(static_cast<double>(end.faults - start_.faults), benchmark::Counter::kAvgIterations);
+    const double wall = std::chrono::duration<double>(end.wall - start_.wall).count();
+    st.counters["cores"] = benchmark::Counter(wall > 0 ? (end.cpu - start_.cpu) / wall : 0.0);
   }
 
  private:
-  static long now() {
+  struct Sample {
+    long faults;
+    double cpu;
+    std::chrono::steady_clock::time_point wall;
+  };
+  static Sample now() {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
-    return u.ru_minflt;
+    const auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec); };
+    return {u.ru_minflt, sec(u.ru_utime) + sec(u.ru_stime), std::chrono::steady_clock::now()};
   }
-  long start_;
+  Sample start_;
 };
 
 /// Milliseconds and wall-clock time: the kernels run OpenMP threads, whose work the main thread's CPU
@@ -273,7 +287,9 @@ inline void register_chunk_gemms(const std::vector<ChunkProduct>& products, cons
       benchmark::RegisterBenchmark((std::string("gemm_chunk/") + product_name(p) + "/" + s.name).c_str(),
                                    [p, s](benchmark::State& st) {
                                      const Inputs& in = inputs(s);
+                                     const ProcessMeter meter;
                                      for (auto _ : st) chunk_products(p, s, in);
+                                     meter.report(st);
                                      const double n = static_cast<double>(s.B * (s.T / kChunk) * s.H);
                                      st.counters["FLOP/s"] = benchmark::Counter(
                                          n * product_flops(p, kChunk, s.K, s.V),

@@ -14,14 +14,14 @@ void run_fused_recurrent(benchmark::State& st, const Shape& s) {
   const bench::Inputs& in = bench::inputs(s);
   const GLAOptions opts = bench::options(s, in);
   bench::Outputs out(s);
-  const bench::FaultCount faults;
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     fused_recurrent_gla_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, opts,
                                     mut_view(out.o), out.ht_view());
     benchmark::DoNotOptimize(out.o.data());
     benchmark::ClobberMemory();
   }
-  faults.report(st);
+  meter.report(st);
   bench::set_counters(st, s, bench::recurrent_flops(s));
 }
 

@@ -13,11 +13,13 @@ void run_gemm_square(benchmark::State& st) {
   const Mat a = Mat::Random(n, n), b = Mat::Random(n, n);
   Mat c(n, n);
   // Outside a parallel region Eigen threads its GEMM itself (OpenMP, omp_get_max_threads() threads).
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     c.noalias() = a * b;
     benchmark::DoNotOptimize(c.data());
     benchmark::ClobberMemory();
   }
+  meter.report(st);
   st.counters["FLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["threads"] = benchmark::Counter(bench::max_threads());
   st.SetLabel(std::to_string(n) + "^3");

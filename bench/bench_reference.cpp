@@ -15,7 +15,7 @@ template <class Acc>
 void run_naive(benchmark::State& st, const Shape& s) {
   const bench::Inputs& in = bench::inputs(s);
   const GLAOptions opts = bench::options(s, in);
-  const bench::FaultCount faults;
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     // The reference has no `_into` form; its allocation is negligible next to its scalar loops.
     NaiveResult<Acc> r = naive_recurrent_gla<float, Acc>(view(in.q), view(in.k), view(in.v), view(in.g),
@@ -23,7 +23,7 @@ void run_naive(benchmark::State& st, const Shape& s) {
     benchmark::DoNotOptimize(r.o.data());
     benchmark::ClobberMemory();
   }
-  faults.report(st);
+  meter.report(st);
   bench::set_counters(st, s, bench::recurrent_flops(s));
 }
 
@@ -31,13 +31,13 @@ void run_chunk(benchmark::State& st, const Shape& s) {
   const bench::Inputs& in = bench::inputs(s);
   const GLAOptions opts = bench::options(s, in);
   bench::Outputs out(s);
-  const bench::FaultCount faults;
+  const bench::ProcessMeter meter;
   for (auto _ : st) {
     chunk_gla_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), opts, mut_view(out.o), out.ht_view());
     benchmark::DoNotOptimize(out.o.data());
     benchmark::ClobberMemory();
   }
-  faults.report(st);
+  meter.report(st);
   bench::set_counters(st, s, bench::chunk_flops(s));
 }
 

@@ -100,15 +100,14 @@ def main(results_dir):
             row += f" {fmt(m and m['real_time'], '.3g')} | {fmt(m and c and m['real_time'] / c['real_time'], '.1f')} |"
         print(row)
 
-    print("\n#### Noise: coefficient of variation of the repetitions; CPU/real time of the main thread at 1 thread\n")
+    print("\n#### Noise: coefficient of variation of the repetitions; process CPU time ÷ wall time (\"cores\")\n")
     for (bench, t), r in sorted(runs.items()):
         worst = max(((cv(r, n.rsplit("/real_time", 1)[0]) or 0), n) for n in r)
+        cores = [m["cores"] for n in r if (m := r[n].get("median")) and "cores" in m]
         line = f"- {bench} at {t} thread(s): worst cv {worst[0]:.1%} ({worst[1].rsplit('/real_time', 1)[0]})"
-        if t == 1:
-            ratios = [m["cpu_time"] / m["real_time"] for n in r if (m := r[n].get("median"))]
-            line += f"; CPU/real between {min(ratios):.2f} and {max(ratios):.2f}"
+        if cores:
+            line += f"; cores between {min(cores):.2f} and {max(cores):.2f}"
         print(line)
-
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results")
