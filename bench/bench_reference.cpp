@@ -47,5 +47,7 @@ int main(int argc, char** argv) {
   bench::register_shapes("naive_recurrent_gla<double>", {bench::kSmall}, run_naive<double>);
   bench::register_shapes("naive_recurrent_gla<float>", {bench::kSmall}, run_naive<float>);
   bench::register_shapes("chunk_gla", {bench::kSmall}, run_chunk);
+  // At this size everything stays in cache: chunk_gla against the GEMM skeleton without memory effects.
+  bench::register_chunk_gemms({bench::ChunkProduct::Mix}, {bench::kSmall});
   return bench::run_main(argc, argv);
 }

@@ -31,6 +31,14 @@ def fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
 
+def si(x):
+    """1.23e4 → 12.3k, for rates."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
 def main(results_dir):
     d = Path(results_dir)
     threads = sorted({int(p.stem.rsplit("_t", 1)[1]) for p in d.glob("*_t*.json")})
@@ -58,7 +66,7 @@ def main(results_dir):
                     row += " — | — | — | — |"
                     continue
                 ratio = m["FLOP/s"] / mix["FLOP/s"] if (mix and op != "fused_recurrent_gla") else None
-                row += (f" {m['real_time']:.3g} | {m['tokens/s']:.3g} | {m['FLOP/s'] / 1e9:.3g} |"
+                row += (f" {m['real_time']:.3g} | {si(m['tokens/s'])} | {m['FLOP/s'] / 1e9:.3g} |"
                         f" {fmt(ratio, '.2f')} |")
             print(row)
         for t in threads:
@@ -88,17 +96,24 @@ def main(results_dir):
     print("\n#### Reference vs chunk_gla (bench_reference, shape small)\n")
     head, rule = "| operator |", "| --- |"
     for t in threads:
-        head += f" ms ({t}T) | chunk_gla speed-up ({t}T) |"
-        rule += " ---: | ---: |"
+        head += f" ms ({t}T) | GFLOP/s ({t}T) | chunk_gla speed-up ({t}T) |"
+        rule += " ---: | ---: | ---: |"
     print(head)
     print(rule)
-    for op in ["naive_recurrent_gla<double>", "naive_recurrent_gla<float>", "chunk_gla"]:
+    for op in ["naive_recurrent_gla<double>", "naive_recurrent_gla<float>", "chunk_gla", "gemm_chunk/mix"]:
         row = f"| {op} |"
         for t in threads:
             r = runs.get(("bench_reference", t), {})
             m, c = median(r, f"{op}/small"), median(r, "chunk_gla/small")
-            row += f" {fmt(m and m['real_time'], '.3g')} | {fmt(m and c and m['real_time'] / c['real_time'], '.1f')} |"
+            row += (f" {fmt(m and m['real_time'], '.3g')} | {fmt(m and m['FLOP/s'] / 1e9, '.3g')} |"
+                    f" {fmt(m['real_time'] / c['real_time'] if (m and c and not op.startswith('gemm')) else None, '.1f')} |")
         print(row)
+    for t in threads:
+        r = runs.get(("bench_reference", t), {})
+        c, mix = median(r, "chunk_gla/small"), median(r, "gemm_chunk/mix/small")
+        if c and mix:
+            print(f"\nchunk_gla ÷ GEMM mix at small, {t} thread(s), same process: {c['FLOP/s'] / mix['FLOP/s']:.2f}", end="")
+    print()
 
     print("\n#### Noise: coefficient of variation of the repetitions; process CPU time ÷ wall time (\"cores\")\n")
     for (bench, t), r in sorted(runs.items()):
