@@ -1,5 +1,5 @@
-// bench/bench_chunk.cpp: the chunked GLA forwards (chunk_gla, fused_chunk_gla) at the named shapes, next to
-// the Eigen GEMM skeleton of a chunk at the same shapes, so that their ratio comes from one process.
+// bench/bench_chunk.cpp: the chunked GLA forwards (chunk_gla, fused_chunk_gla, and chunk_gla's state pass
+// chunk_fwd_h alone) next to the Eigen GEMM skeleton of a chunk at the same shapes, so that ratios come from one process.
 
 #include "bench_common.hpp"
 
