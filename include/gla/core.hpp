@@ -293,15 +293,19 @@ class AccInput {
 /// Loads a float state [K×V] (or its V-first transpose) into a K×V accumulator matrix.
 template <class Acc>
 void load_state(RowMat<Acc>& S, const float* p, Index K, Index V, bool v_first) {
-  for (Index i = 0; i < K; ++i)
-    for (Index j = 0; j < V; ++j) S(i, j) = static_cast<Acc>(v_first ? p[j * K + i] : p[i * V + j]);
+  if (v_first)
+    S = Eigen::Map<const RowMat<float>>(p, V, K).transpose().template cast<Acc>();
+  else
+    S = Eigen::Map<const RowMat<float>>(p, K, V).template cast<Acc>();
 }
 
-/// Stores a K×V accumulator state as float [K,V] (or [V,K] when v_first).
+/// Stores a K×V accumulator state as [K,V] (or [V,K] when v_first) of Out.
 template <class Acc, class Out>
 void store_state(const RowMat<Acc>& S, Out* p, Index K, Index V, bool v_first) {
-  for (Index i = 0; i < K; ++i)
-    for (Index j = 0; j < V; ++j) (v_first ? p[j * K + i] : p[i * V + j]) = static_cast<Out>(S(i, j));
+  if (v_first)
+    Eigen::Map<RowMat<Out>>(p, V, K) = S.transpose().template cast<Out>();
+  else
+    Eigen::Map<RowMat<Out>>(p, K, V) = S.template cast<Out>();
 }
 
 /// Converts a row of accumulator values into the output scalar.

@@ -34,7 +34,7 @@ struct ChunkGates {
 template <class Acc>
 struct ChunkWorkspace {
   RowMat<Acc> G, qg, kg, qs, kdec, vdec, A, O, expg;
-  RowVec<Acc> e, gl, gvl;
+  RowVec<Acc> e, gl, gvl, egl, egvl;
   void reserve(Index BT, Index K, Index V) {
     G.resize(BT, K);
     qg.resize(BT, K);
@@ -48,6 +48,8 @@ struct ChunkWorkspace {
     e.resize(K);
     gl.resize(K);
     gvl.resize(V);
+    egl.resize(K);
+    egvl.resize(V);
   }
 };
 
@@ -86,11 +88,16 @@ void chunk_state_update(RowMat<Acc>& S, const ConstStridedMap<Acc>& k, const Con
       kdec.row(s) = k.row(s);
     }
   }
-  if (gt.gk) S.array().colwise() *= ws.gl.transpose().array().exp();
+  // exp into a vector first: Eigen 3.4 re-evaluates (with scalar code) an exp() inside a broadcast.
+  if (gt.gk) {
+    ws.egl = ws.gl.array().exp();
+    S.array().colwise() *= ws.egl.transpose().array();
+  }
   if (gt.g || gt.gamma) S *= std::exp(scalar_last);
   if (gt.gv) {
     ws.gvl = Eigen::Map<const RowVec<Acc>>(gt.gv + (L - 1) * gt.ldgv, V);
-    S.array().rowwise() *= ws.gvl.array().exp();
+    ws.egvl = ws.gvl.array().exp();
+    S.array().rowwise() *= ws.egvl.array();
     auto vdec = ws.vdec.topRows(L);
     for (Index s = 0; s < L; ++s)
       vdec.row(s) = v.row(s).array() * (ws.gvl - Eigen::Map<const RowVec<Acc>>(gt.gv + s * gt.ldgv, V)).array().exp();
