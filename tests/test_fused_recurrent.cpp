@@ -20,16 +20,9 @@
 using namespace gla;
 using test::RecCase;
 using test::RecInputs;
+using test::type_name;
 
 namespace {
-
-template <class T>
-std::string type_name() {
-  if constexpr (std::is_same_v<T, float>) return "fp32";
-  else if constexpr (std::is_same_v<T, double>) return "fp64";
-  else if constexpr (std::is_same_v<T, Eigen::bfloat16>) return "bf16";
-  else return "half";
-}
 
 /// o: fp32 1e-5, fp64 1e-12, bf16/half 5e-3 (o is rounded to the input type) vs the float64 reference on the
 /// same (rounded) inputs.

@@ -124,6 +124,15 @@ void fill_nan(Tens& t) {
   for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(std::numeric_limits<float>::quiet_NaN());
 }
 
+/// Short name of a scalar type for test messages: fp32, fp64, bf16, half.
+template <class T>
+std::string type_name() {
+  if constexpr (std::is_same_v<T, float>) return "fp32";
+  else if constexpr (std::is_same_v<T, double>) return "fp64";
+  else if constexpr (std::is_same_v<T, Eigen::bfloat16>) return "bf16";
+  else return "half";
+}
+
 /// Converts a tensor to another scalar type (e.g. float inputs → double for the reference).
 template <class To, class From, int R>
 Tensor<To, R> cast(const Tensor<From, R>& t) {
