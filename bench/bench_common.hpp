@@ -149,15 +149,116 @@ inline double io_bytes(const Shape& s) {
   return b;
 }
 
-/// The counters of every forward benchmark: tokens/s (B·T per iteration), FLOP/s from the given model,
-/// bytes/s of io_bytes(), and the OpenMP thread count. Rates use real time (set by configure()).
-inline void set_counters(benchmark::State& st, const Shape& s, double flops) {
+/// The counters of every operator benchmark: tokens/s (B·T per iteration), FLOP/s from the given model,
+/// bytes/s of the given byte count (the forward's io_bytes() when omitted; the backward passes
+/// backward_io_bytes()), and the OpenMP thread count. Rates use real time (set by configure()).
+inline void set_counters(benchmark::State& st, const Shape& s, double flops, double bytes) {
   using benchmark::Counter;
   st.counters["tokens/s"] = Counter(static_cast<double>(s.B * s.T), Counter::kIsIterationInvariantRate);
   st.counters["FLOP/s"] = Counter(flops, Counter::kIsIterationInvariantRate);
-  st.counters["bytes/s"] = Counter(io_bytes(s), Counter::kIsIterationInvariantRate);
+  st.counters["bytes/s"] = Counter(bytes, Counter::kIsIterationInvariantRate);
   st.counters["threads"] = Counter(max_threads());
   st.SetLabel(s.name);
+}
+inline void set_counters(benchmark::State& st, const Shape& s, double flops) { set_counters(st, s, flops, io_bytes(s)); }
+
+// ---- The backward ----
+
+/// The upstream gradients of one shape: do_ [B,T,H,V] standard normal (∂L/∂o), and for decode shapes dht
+/// [B,H,K,V] standard normal (∂L/∂final_state), so that a decode backward is the one-token backward of a
+/// step that continued from h0. Seeded apart from the inputs.
+struct Upstream {
+  Tensor<float, 4> do_;
+  std::optional<Tensor<float, 4>> dht;
+};
+
+inline Upstream make_upstream(const Shape& s, std::uint64_t seed = kSeed + 1) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  Upstream u;
+  u.do_ = Tensor<float, 4>(s.B, s.T, s.H, s.V);
+  for (Index i = 0; i < u.do_.size(); ++i) u.do_.data()[i] = normal(rng);
+  if (s.decode) {
+    u.dht = Tensor<float, 4>(s.B, s.H, s.K, s.V);
+    for (Index i = 0; i < u.dht->size(); ++i) u.dht->data()[i] = normal(rng);
+  }
+  return u;
+}
+
+/// The upstream gradients of a shape, generated once per process (as inputs()).
+inline const Upstream& upstream(const Shape& s) {
+  static std::map<std::string, std::unique_ptr<Upstream>> cache;
+  auto& slot = cache[s.name];
+  if (!slot) slot = std::make_unique<Upstream>(make_upstream(s));
+  return *slot;
+}
+
+/// Preallocated gradients dq, dk, dg [B,T,H,K], dv [B,T,H,V], and dh0 [B,H,K,V] for decode shapes (which
+/// have an initial state), zero-filled once so that first-touch page faults land outside the timed loop.
+struct Grads {
+  Tensor<float, 4> dq, dk, dv, dg;
+  std::optional<Tensor<float, 4>> dh0;
+  explicit Grads(const Shape& s)
+      : dq(s.B, s.T, s.H, s.K), dk(s.B, s.T, s.H, s.K), dv(s.B, s.T, s.H, s.V), dg(s.B, s.T, s.H, s.K) {
+    dq.setZero();
+    dk.setZero();
+    dv.setZero();
+    dg.setZero();
+    if (s.decode) {
+      dh0 = Tensor<float, 4>(s.B, s.H, s.K, s.V);
+      dh0->setZero();
+    }
+  }
+  std::optional<TensorMap<float, 4>> dh0_view() {
+    std::optional<TensorMap<float, 4>> m;
+    if (dh0) m.emplace(mut_view(*dh0));
+    return m;
+  }
+};
+
+/// FLOPs of chunk_gla_backward / fused_chunk_gla_backward (one shared path): the matrix products it issues
+/// (include/gla/chunk_backward.hpp, detail/chunk_backward_kernels.hpp), per chunk of L tokens and head:
+///   2·L·K·V   recompute of the state update (chunk_fwd_h),
+///   2·L·K·V   the state-gradient step (chunk_bwd_dh: (q ⊙ decay)ᵀ · do),
+///   2·L·L·V   dA = do·vᵀ (full square),
+///   3 · 2·P·K the off-diagonal sub-chunk blocks of dq (dA·k̃), A (q̃·k̃ᵀ) and dk (dAᵀ·q̃), where P = Σ over the
+///             16-row sub-chunks of (rows before it) · (its rows) = (L² − 16·L)/2 for L = 64,
+///   2·L·L·V   dv = Aᵀ·do (full square),
+///   3 · 2·L·K·V  dv += k̃·dH, do·Sᵀ (dq's inter-chunk term), v·dHᵀ (dk's inter-chunk term).
+/// Not counted: the 16×16 diagonal blocks (scalar dot products and axpys), gate exponentials, dg's cumsums.
+inline double chunk_backward_flops(const Shape& s, Index BT = kChunk, Index sub = 16) {
+  const double K = static_cast<double>(s.K), V = static_cast<double>(s.V);
+  double per_head = 0;
+  for (Index c0 = 0; c0 < s.T; c0 += BT) {
+    const Index L = std::min(BT, s.T - c0);
+    double P = 0;
+    for (Index i0 = 0; i0 < L; i0 += sub) P += static_cast<double>(i0) * static_cast<double>(std::min(sub, L - i0));
+    const double l = static_cast<double>(L);
+    per_head += 10 * l * K * V + 4 * l * l * V + 6 * P * K;
+  }
+  return per_head * static_cast<double>(s.B * s.H);
+}
+
+/// FLOPs of fused_recurrent_gla_backward (gk gate), per token and head, 2·K·V for each of:
+///   the state step of the checkpointing forward sweep; its recompute in the reverse sweep (every block but
+///   the last, blocks of C = max(16, ⌈√T⌉) steps); the rank-1 update dS += scale·q doᵀ; the matvecs S·do (dq),
+///   dS·v (dk), dSᵀ·k (dv); and dgk's row reduction of dS ⊙ S_{t−1}. About 14·K·V against the forward's 4·K·V
+///   (decay multiplies not counted, as in the forward).
+inline double recurrent_backward_flops(const Shape& s) {
+  const Index C = std::max<Index>(16, static_cast<Index>(std::ceil(std::sqrt(static_cast<double>(s.T)))));
+  const Index nblocks = (s.T + C - 1) / C;
+  const double recomputed = static_cast<double>(s.T - std::min(C, s.T - (nblocks - 1) * C));  // all but the last block
+  const double kv2 = 2.0 * s.K * s.V * static_cast<double>(s.B * s.H);
+  return kv2 * (6.0 * static_cast<double>(s.T) + recomputed);
+}
+
+/// The bytes a backward must move at least: q, k, g, v and do_ read, dq, dk, dg and dv written, plus h0 and dht
+/// read and dh0 written for decode shapes.
+inline double backward_io_bytes(const Shape& s) {
+  const double tokens = static_cast<double>(s.B * s.T * s.H);
+  double b = 4.0 * tokens * (6.0 * s.K + 3.0 * s.V);
+  if (s.decode) b += 3.0 * 4.0 * static_cast<double>(s.B * s.H * s.K * s.V);
+  return b;
 }
 
 /// What the process did while a benchmark ran, reported per benchmark run:

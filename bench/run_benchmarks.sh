@@ -2,6 +2,7 @@
 # bench/run_benchmarks.sh: one benchmark session (every bench_* executable at 1 and 2 OpenMP threads) writing
 # bench/results/<bench>_t<threads>.json, then the tables of docs/PERFORMANCE.md via summarize.py.
 # Usage: bench/run_benchmarks.sh [build-dir (default build-bench)] [extra Google Benchmark flags...]
+# GLA_BENCHES="bench_backward ..." runs only those executables (default: all of them, ≈ 4 min).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="${1:-build-bench}"
@@ -9,7 +10,7 @@ shift || true
 out="$here/results"
 mkdir -p "$out"
 for t in 1 2; do
-  for b in bench_gemm bench_chunk bench_fused_recurrent bench_reference; do
+  for b in ${GLA_BENCHES:-bench_gemm bench_chunk bench_fused_recurrent bench_reference bench_backward}; do
     # Interleaved repetitions: a burst of load from elsewhere hits the kernel and its GEMM ceiling alike.
     OMP_NUM_THREADS=$t "$build/bench/$b" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
       --benchmark_enable_random_interleaving=true \

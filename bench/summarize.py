@@ -39,6 +39,31 @@ def si(x):
     return f"{x:.3g}"
 
 
+def print_backward(runs, threads):
+    """The backward of each operator next to its forward from the same process (bench_backward)."""
+    if not any(("bench_backward", t) in runs for t in threads):
+        return
+    ops = ["chunk_gla", "fused_chunk_gla", "fused_recurrent_gla"]
+    for shape in ["prefill", "decode", "long"]:
+        print(f"\n#### backward, {shape} (bench_backward)\n")
+        head, rule = "| operator |", "| --- |"
+        for t in threads:
+            head += (f" fwd ms ({t}T) | bwd ms ({t}T) | bwd ÷ fwd ({t}T) | bwd tokens/s ({t}T) |"
+                     f" bwd GFLOP/s ({t}T) |")
+            rule += " ---: | ---: | ---: | ---: | ---: |"
+        print(head)
+        print(rule)
+        for op in ops:
+            row = f"| {op} |"
+            for t in threads:
+                r = runs.get(("bench_backward", t), {})
+                f, b = median(r, f"{op}/{shape}"), median(r, f"{op}_backward/{shape}")
+                row += (f" {fmt(f and f['real_time'], '.3g')} | {fmt(b and b['real_time'], '.3g')} |"
+                        f" {fmt(b['real_time'] / f['real_time'] if (f and b) else None, '.2f')} |"
+                        f" {si(b['tokens/s']) if b else '—'} | {fmt(b and b['FLOP/s'] / 1e9, '.3g')} |")
+            print(row)
+
+
 def main(results_dir):
     d = Path(results_dir)
     threads = sorted({int(p.stem.rsplit("_t", 1)[1]) for p in d.glob("*_t*.json")})
@@ -114,6 +139,8 @@ def main(results_dir):
         if c and mix:
             print(f"\nchunk_gla ÷ GEMM mix at small, {t} thread(s), same process: {c['FLOP/s'] / mix['FLOP/s']:.2f}", end="")
     print()
+
+    print_backward(runs, threads)
 
     print("\n#### Noise: coefficient of variation of the repetitions; process CPU time ÷ wall time (\"cores\")\n")
     for (bench, t), r in sorted(runs.items()):
