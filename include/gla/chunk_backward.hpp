@@ -78,19 +78,21 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstTensorMap<T, 4>& q, co
   const AccInput<Acc, T> qa(q), ka(k), va(v), ga(g), doa(do_);
 
   // Recomputed: the chunk-local gate cumsum (as the forward) ...
-  std::vector<Acc> G(static_cast<std::size_t>(g.size()));
-  chunk_local_cumsum_into(ga.data(), G.data(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens);
+  // Scratch is left uninitialised: every element is written before it is read (zero-filling 100+ MB per call
+  // showed up as page faults and a serial section in the benchmarks).
+  const auto G = uninitialized_buffer<Acc>(g.size());
+  chunk_local_cumsum_into(ga.data(), G.get(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens);
   FullGates<Acc> fg;
-  fg.gk = G.data();
+  fg.gk = G.get();
   // ... and the state before every chunk (fla's backward recomputes them in fp32 too).
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::size_t states = static_cast<std::size_t>(off.back() * H * K * V);
-  std::vector<Acc> h(states), dh(states);
+  const Index states = off.back() * H * K * V;
+  const auto h = uninitialized_buffer<Acc>(states), dh = uninitialized_buffer<Acc>(states);
   chunk_fwd_h_impl<Acc, Acc>(s, BT, ka.data(), va.data(), fg, opts.initial_state ? opts.initial_state->data() : nullptr,
-                             opts.state_v_first, h.data(), /*h_v_first=*/false, /*ht=*/nullptr);
+                             opts.state_v_first, h.get(), /*h_v_first=*/false, /*ht=*/nullptr);
   // dh[c] = ∂L/∂ the state after chunk c, and dh0.
   chunk_bwd_dh_impl<Acc, Acc>(s, BT, qa.data(), doa.data(), fg, scale, dht ? dht->data() : nullptr, opts.state_v_first,
-                              dh.data(), /*dh_v_first=*/false, dh0 ? dh0->data() : nullptr);
+                              dh.get(), /*dh_v_first=*/false, dh0 ? dh0->data() : nullptr);
 
   std::vector<std::array<Index, 2>> chunks;  // (sequence, chunk within sequence)
   for (Index n = 0; n < s.N; ++n)
@@ -112,7 +114,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstTensorMap<T, 4>& q, co
       const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
       const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-      const Eigen::Map<const RowMat<Acc>> S(h.data() + state, K, V), dH(dh.data() + state, K, V);
+      const Eigen::Map<const RowMat<Acc>> S(h.get() + state, K, V), dH(dh.get() + state, K, V);
       chunk_gla_bwd_block(rows(qa.data(), s, sq, hh, c0, L, K), rows(ka.data(), s, sq, hh, c0, L, K),
                           rows(va.data(), s, sq, hh, c0, L, V), rows(ga.data(), s, sq, hh, c0, L, K),
                           rows(doa.data(), s, sq, hh, c0, L, V), S, dH, scale, L, ws);
