@@ -183,16 +183,8 @@ ChunkBwdDhResult chunk_bwd_dh(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, Co
   if (opts.initial_state) r.dh0 = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
 
   const detail::AccInput<Acc, T> qa(q), doa(do_);
-  detail::AccInput<Acc, float> ga, gka, gva;
-  std::vector<Acc> gamma;
-  detail::FullGates<Acc> fg;
-  if (gates.g) fg.g = (ga = detail::AccInput<Acc, float>(*gates.g)).data();
-  if (gates.gk) fg.gk = (gka = detail::AccInput<Acc, float>(*gates.gk)).data();
-  if (gates.gv) fg.gv = (gva = detail::AccInput<Acc, float>(*gates.gv)).data();
-  if (gates.g_gamma) {
-    for (Index h = 0; h < s.H; ++h) gamma.push_back(static_cast<Acc>((*gates.g_gamma)(h)));
-    fg.gamma = &gamma;
-  }
+  const detail::AccGates<Acc> acc_gates(gates, s.H);
+  const detail::FullGates<Acc>& fg = acc_gates.full;
   detail::chunk_bwd_dh_impl<Acc, float>(s, BT, qa.data(), doa.data(), fg, detail::resolve_scale<Acc>(opts, s.K),
                                         dht ? dht->data() : nullptr, opts.state_v_first, r.dh.data(),
                                         opts.state_v_first, r.dh0 ? r.dh0->data() : nullptr);

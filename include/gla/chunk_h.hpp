@@ -57,6 +57,26 @@ struct FullGates {
   }
 };
 
+/// The gates of a ChunkHGates in the accumulator type (converted copies for double, views for float) and
+/// the FullGates pointing at them, as chunk_fwd_h and chunk_bwd_dh take them.
+template <class Acc>
+struct AccGates {
+  AccInput<Acc, float> g, gk, gv;
+  std::vector<Acc> gamma;
+  FullGates<Acc> full;
+  AccGates(const ChunkHGates& gates, Index H) {
+    if (gates.g) full.g = (g = AccInput<Acc, float>(*gates.g)).data();
+    if (gates.gk) full.gk = (gk = AccInput<Acc, float>(*gates.gk)).data();
+    if (gates.gv) full.gv = (gv = AccInput<Acc, float>(*gates.gv)).data();
+    if (gates.g_gamma) {
+      for (Index h = 0; h < H; ++h) gamma.push_back(static_cast<Acc>((*gates.g_gamma)(h)));
+      full.gamma = &gamma;
+    }
+  }
+  AccGates(const AccGates&) = delete;  // `full` points into this object
+  AccGates& operator=(const AccGates&) = delete;
+};
+
 /// Index of each sequence's first chunk in the packed chunk list [N+1].
 inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
   std::vector<Index> off{0};
@@ -141,16 +161,8 @@ ChunkHResult chunk_fwd_h(ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v, const C
   if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
 
   const detail::AccInput<Acc, T> ka(k), va(v);
-  detail::AccInput<Acc, float> ga, gka, gva;
-  std::vector<Acc> gamma;
-  detail::FullGates<Acc> fg;
-  if (gates.g) fg.g = (ga = detail::AccInput<Acc, float>(*gates.g)).data();
-  if (gates.gk) fg.gk = (gka = detail::AccInput<Acc, float>(*gates.gk)).data();
-  if (gates.gv) fg.gv = (gva = detail::AccInput<Acc, float>(*gates.gv)).data();
-  if (gates.g_gamma) {
-    for (Index h = 0; h < s.H; ++h) gamma.push_back(static_cast<Acc>((*gates.g_gamma)(h)));
-    fg.gamma = &gamma;
-  }
+  const detail::AccGates<Acc> acc_gates(gates, s.H);
+  const detail::FullGates<Acc>& fg = acc_gates.full;
   detail::chunk_fwd_h_impl<Acc, float>(s, BT, ka.data(), va.data(), fg,
                                        opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
                                        r.h.data(), opts.state_v_first, r.final_state ? r.final_state->data() : nullptr);
