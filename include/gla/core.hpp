@@ -290,13 +290,21 @@ class AccInput {
   std::vector<Acc> owned_;
 };
 
-/// Loads a float state [K×V] (or its V-first transpose) into a K×V accumulator matrix.
+/// Loads a float state [K,V] (or its V-first transpose [V,K]) into a row-major K×V buffer of Acc.
+template <class Acc>
+void load_state(Acc* S, const float* p, Index K, Index V, bool v_first) {
+  Eigen::Map<RowMat<Acc>> dst(S, K, V);
+  if (v_first)
+    dst = Eigen::Map<const RowMat<float>>(p, V, K).transpose().template cast<Acc>();
+  else
+    dst = Eigen::Map<const RowMat<float>>(p, K, V).template cast<Acc>();
+}
+
+/// Loads a float state [K,V] (or V-first) into a K×V accumulator matrix.
 template <class Acc>
 void load_state(RowMat<Acc>& S, const float* p, Index K, Index V, bool v_first) {
-  if (v_first)
-    S = Eigen::Map<const RowMat<float>>(p, V, K).transpose().template cast<Acc>();
-  else
-    S = Eigen::Map<const RowMat<float>>(p, K, V).template cast<Acc>();
+  S.resize(K, V);
+  load_state(S.data(), p, K, V, v_first);
 }
 
 /// Stores a K×V accumulator state as [K,V] (or [V,K] when v_first) of Out.

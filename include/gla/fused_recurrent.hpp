@@ -115,13 +115,6 @@ inline int thread_id() {
 #endif
 }
 
-/// Loads a float state [K,V] (or [V,K] when v_first) into a row-major K×V buffer of Acc.
-template <class Acc>
-void load_state_raw(Acc* S, const float* p, Index K, Index V, bool v_first) {
-  for (Index a = 0; a < K; ++a)
-    for (Index c = 0; c < V; ++c) S[a * V + c] = static_cast<Acc>(v_first ? p[c * K + a] : p[a * V + c]);
-}
-
 /// Per-row decay of one step: ek[a] = exp(gk_t[a]) · gamma (or gamma), ev[c] = exp(gv_t[c]).
 /// Returns whether the rows need scaling at all (false: no gk and gamma = 1, so S·1 is skipped).
 template <class Acc>
@@ -269,7 +262,7 @@ void fused_recurrent_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, Co
     const Index n = p / H, h = p % H;
     const detail::Seq sq = s.seqs[static_cast<std::size_t>(n)];
     if (h0_data)
-      rd::load_state_raw(w.S.data(), h0_data + p * KV, K, V, opts.state_v_first);
+      detail::load_state(w.S.data(), h0_data + p * KV, K, V, opts.state_v_first);
     else
       w.S.setZero();
     const Acc gam = detail::gamma_for_head<Acc>(opts.gamma, h);
@@ -478,7 +471,7 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
 
     // Forward sweep: checkpoints before every block; the last block's states stay in w.block.
     if (h0_data)
-      rd::load_state_raw(w.block.data(), h0_data + p * KV, K, V, opts.state_v_first);
+      detail::load_state(w.block.data(), h0_data + p * KV, K, V, opts.state_v_first);
     else
       std::fill(w.block.begin(), w.block.begin() + KV, Acc(0));
     const std::size_t state_bytes = static_cast<std::size_t>(KV) * sizeof(Acc);
@@ -490,7 +483,7 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
     }
 
     if (dht_data)
-      rd::load_state_raw(w.dS.data(), dht_data + p * KV, K, V, opts.state_v_first);
+      detail::load_state(w.dS.data(), dht_data + p * KV, K, V, opts.state_v_first);
     else
       w.dS.setZero();
     for (Index j = nblocks - 1; j >= 0; --j) {
