@@ -35,7 +35,7 @@ template <class X>
 struct is_optional<std::optional<X>> : std::true_type {};
 }  // namespace detail
 
-/// fla's GatedLinearAttention constructor arguments, with fla's defaults (spec §8). validate() applies fla's checks
+/// fla's GatedLinearAttention constructor arguments, with fla's defaults. validate() applies fla's checks
 /// (mode, divisibility) and ours (sizes > 0, num_heads % num_kv_heads, known activation names) as gla::Error.
 struct GatedLinearAttentionConfig {
   /// "chunk", "fused_chunk" or "fused_recurrent": the kernel for inputs longer than 64 (padded) tokens.
@@ -90,8 +90,10 @@ struct GatedLinearAttentionConfig {
     if (num_kv_heads) positive("num_kv_heads", *num_kv_heads);
     positive("conv_size", conv_size);
     positive("gate_low_rank_dim", gate_low_rank_dim);
-    if (!(expand_k > 0) || !std::isfinite(expand_k)) detail::fail(fn, "expand_k is " + num(expand_k) + ", expected > 0");
-    if (!(expand_v > 0) || !std::isfinite(expand_v)) detail::fail(fn, "expand_v is " + num(expand_v) + ", expected > 0");
+    if (!(expand_k > 0) || !std::isfinite(expand_k))
+      detail::fail(fn, "expand_k is " + num(expand_k) + ", expected > 0");
+    if (!(expand_v > 0) || !std::isfinite(expand_v))
+      detail::fail(fn, "expand_v is " + num(expand_v) + ", expected > 0");
     if (num_heads % kv_heads() != 0)
       detail::fail(fn, "num_heads = " + std::to_string(num_heads) + " is not divisible by num_kv_heads = " +
                            std::to_string(kv_heads()) + ", expected num_heads % num_kv_heads == 0");
@@ -201,7 +203,7 @@ struct GatedLinearAttentionCache {
 ///   → GLA kernel (fused_recurrent when the padded T ≤ 64, else config.mode) → per-head RMSNorm with the output
 ///   gate → o_proj → repad with exact zeros.
 /// Parameters are stored transposed ([in,out], so x·W is a plain row-major GEMM; decode is 2.4× faster this way,
-/// see PERF_NOTES) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
+/// measured) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
 /// A default-constructed layer has zero linear weights: call load_state_dict() or init_random().
 /// Threads: Eigen's GEMMs and the kernels' OpenMP loops. forward() is const and may run concurrently on
 /// different caches.
@@ -253,8 +255,9 @@ class GatedLinearAttention {
     s["gk_proj.1.bias"] = {cfg_.key_dim_per_group()};
     s["o_proj.weight"] = {hidden, cfg_.value_dim()};
     if (cfg_.use_short_conv) {
-      const std::pair<const char*, Index> convs[] = {
-          {"q_conv1d", cfg_.key_dim()}, {"k_conv1d", cfg_.key_dim_per_group()}, {"v_conv1d", cfg_.value_dim_per_group()}};
+      const std::pair<const char*, Index> convs[] = {{"q_conv1d", cfg_.key_dim()},
+                                                     {"k_conv1d", cfg_.key_dim_per_group()},
+                                                     {"v_conv1d", cfg_.value_dim_per_group()}};
       for (const auto& [name, D] : convs) {
         s[std::string(name) + ".weight"] = {D, 1, W};
         if (cfg_.conv_bias) s[std::string(name) + ".bias"] = {D};
@@ -388,16 +391,15 @@ class GatedLinearAttention {
   /// fla's forward(hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens=...):
   ///   x              [B,T,hidden] T      input;
   ///   attention_mask [B,S] int64         optional, S >= T, 1 = token, 0 = padding; only the last T columns are
-  ///                                      used (so in decode only the newest column matters, Part II §C);
+  ///                                      used (so in decode only the newest column matters);
   ///   cache                              optional: its tensors are the initial states (unset = zeros) and, with
   ///                                      use_cache, are replaced by the final ones and seen_tokens += T;
   ///   cu_seqlens     [N+1]               optional packed batch (B = 1); wins over attention_mask, as fla.
   /// Returns y [B,T,hidden] T, exactly 0 at padded positions. Padding tokens never enter the conv or the
   /// recurrence; a row whose newest mask entry is 0 during decode is a zero-length sequence whose state passes
   /// through. Unlike fla, use_cache without a cache is an error, and a cache with use_cache = false is only read
-  /// (fla would overwrite its conv state with None, Part II §H). Throws gla::Error before touching the cache.
-  Tensor<T, 3> forward(ConstTensorMap<T, 3> x,
-                       std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
+  /// (fla would overwrite its conv state with None; see docs/layer.md). Throws gla::Error before touching the cache.
+  Tensor<T, 3> forward(ConstView<T, 3> x, std::optional<ConstView<std::int64_t, 2>> attention_mask = std::nullopt,
                        Cache* cache = nullptr, bool use_cache = false,
                        const std::vector<std::int64_t>& cu_seqlens = {}) const {
     const std::string fn = "GatedLinearAttention::forward";
@@ -413,8 +415,7 @@ class GatedLinearAttention {
     std::vector<std::int64_t> cu, indices;
     bool packed = false;
     if (!cu_seqlens.empty()) {
-      if (B != 1)
-        detail::fail(fn, "the batch size is " + std::to_string(B) + ", expected 1 when cu_seqlens is given");
+      if (B != 1) detail::fail(fn, "the batch size is " + std::to_string(B) + ", expected 1 when cu_seqlens is given");
       detail::check_cu_seqlens(fn, cu_seqlens, Tq);
       cu = cu_seqlens;
     } else if (attention_mask) {
@@ -483,19 +484,22 @@ class GatedLinearAttention {
       opts.state_v_first = true;
       opts.output_final_state = use_cache;
       opts.cu_seqlens = cu;
-      if (cache && cache->recurrent_state) opts.set_initial_state(*cache->recurrent_state);
-      const ConstTensorMap<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh),
-          gm(gk.data(), Bk, Tk, H, Kh), vm(v.data(), Bk, Tk, H, Vh);
-      const TensorMap<T, 4> om(o.data(), Bk, Tk, H, Vh);
-      std::optional<TensorMap<float, 4>> fs;
-      if (use_cache) {
-        fin_state.emplace(N, H, Vh, Kh);
-        fs.emplace(mut_view(*fin_state));
-      }
+      if (cache && cache->recurrent_state) opts.initial_state = *cache->recurrent_state;
+      const ConstView<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh), gm(gk.data(), Bk, Tk, H, Kh),
+          vm(v.data(), Bk, Tk, H, Vh);
+      const View<T, 4> om(o.data(), Bk, Tk, H, Vh);
+      if (use_cache) fin_state.emplace(N, H, Vh, Kh);
+      const std::optional<View<float, 4>> fs = detail::optional_output(fin_state);
       switch (kernel_mode(Tq)) {
-        case Kernel::FusedRecurrent: fused_recurrent_gla_into<T>(qm, km, vm, gm, std::nullopt, opts, om, fs); break;
-        case Kernel::Chunk: chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
-        case Kernel::FusedChunk: fused_chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
+        case Kernel::FusedRecurrent:
+          fused_recurrent_gla_into(qm, km, vm, gm, std::nullopt, opts, om, fs);
+          break;
+        case Kernel::Chunk:
+          chunk_gla_into(qm, km, vm, gm, opts, om, fs);
+          break;
+        case Kernel::FusedChunk:
+          fused_chunk_gla_into(qm, km, vm, gm, opts, om, fs);
+          break;
       }
     } else if (use_cache) {
       // No token at all (every row padded): every state passes through unchanged.
@@ -508,12 +512,12 @@ class GatedLinearAttention {
 
     // 4. Per-head norm with the output gate, then o_proj.
     {
-      const ConstTensorMap<T, 2> o_rows(o.data(), ntok * H, Vh);
-      const TensorMap<T, 2> o_out(o.data(), ntok * H, Vh);
+      const ConstView<T, 2> o_rows(o.data(), ntok * H, Vh);
+      const View<T, 2> o_out(o.data(), ntok * H, Vh);
       if (fused_norm_) {
         Mat g(ntok, cfg_.value_dim());
         g.noalias() = X * wg_;
-        fused_norm_->forward_into(o_rows, ConstTensorMap<T, 2>(g.data(), ntok * H, Vh), o_out);
+        fused_norm_->forward_into(o_rows, ConstView<T, 2>(g.data(), ntok * H, Vh), o_out);
       } else {
         norm_->forward_into(o_rows, o_out);
         if (cfg_.use_output_gate) {
@@ -548,23 +552,16 @@ class GatedLinearAttention {
     return out;
   }
 
-  /// forward() on an owned input tensor.
-  Tensor<T, 3> forward(const Tensor<T, 3>& x, std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
-                       Cache* cache = nullptr, bool use_cache = false,
-                       const std::vector<std::int64_t>& cu_seqlens = {}) const {
-    return forward(view(x), attention_mask, cache, use_cache, cu_seqlens);
-  }
-
   /// One decode step: x [B,hidden] T (one new token per row) → y [B,hidden] T, advancing the cache. The optional
   /// attention_mask [B,S] int64 is read only in its last column (0 = that row has no token this step: its output
   /// is 0 and its state passes through).
-  Tensor<T, 2> step(ConstTensorMap<T, 2> x, Cache& cache,
-                    std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt) const {
+  Tensor<T, 2> step(ConstView<T, 2> x, Cache& cache,
+                    std::optional<ConstView<std::int64_t, 2>> attention_mask = std::nullopt) const {
     const auto& xd = x.dimensions();
     if (xd[0] <= 0 || xd[1] != cfg_.hidden_size)
       detail::fail("GatedLinearAttention::step", "x is " + detail::shape_str(xd) + ", expected [B,hidden_size=" +
                                                      std::to_string(cfg_.hidden_size) + "]");
-    Tensor<T, 3> y = forward(ConstTensorMap<T, 3>(x.data(), xd[0], 1, xd[1]), attention_mask, &cache, true);
+    Tensor<T, 3> y = forward(ConstView<T, 3>(x.data(), xd[0], 1, xd[1]), attention_mask, &cache, true);
     Tensor<T, 2> out(xd[0], xd[1]);
     std::copy_n(y.data(), y.size(), out.data());
     return out;
@@ -612,10 +609,9 @@ class GatedLinearAttention {
   static void conv(const ShortConvolution<T>& c, Mat& rows, Index Bk, Index Tk, const std::vector<std::int64_t>& cu,
                    const std::optional<Tensor<T, 3>>* cache, bool use_cache, std::optional<Tensor<T, 3>>& final_out) {
     const Index D = rows.cols();
-    std::optional<ConstTensorMap<T, 3>> init;
-    if (cache && *cache) init.emplace(view(**cache));
-    ShortConvResult<T> r =
-        c.template forward<T>(ConstTensorMap<T, 3>(rows.data(), Bk, Tk, D), init, use_cache, cu);
+    std::optional<ConstView<T, 3>> init;
+    if (cache && *cache) init = **cache;
+    ShortConvResult<T> r = c.forward(ConstView<T, 3>(rows.data(), Bk, Tk, D), init, use_cache, cu);
     std::copy_n(r.y.data(), r.y.size(), rows.data());
     if (use_cache) final_out = std::move(r.final_state);
   }
@@ -626,7 +622,8 @@ class GatedLinearAttention {
     Mat dst(n, hkv * G * D);
     for (Index i = 0; i < n; ++i)
       for (Index h = 0; h < hkv; ++h)
-        for (Index g = 0; g < G; ++g) std::copy_n(src.data() + i * src.cols() + h * D, D, dst.data() + i * dst.cols() + (h * G + g) * D);
+        for (Index g = 0; g < G; ++g)
+          std::copy_n(src.data() + i * src.cols() + h * D, D, dst.data() + i * dst.cols() + (h * G + g) * D);
     return dst;
   }
 };
