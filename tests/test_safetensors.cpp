@@ -753,3 +753,36 @@ TEST_CASE("a header of 100k entries opens, and a duplicate at its end is still f
   CHECK_GLA_ERROR("tensors 'layers.99998.w' [399992,399996) and 'late' [399994,399998) overlap",
                   parse(many_entries(n, R"(,"late":{"dtype":"F16","shape":[2],"data_offsets":[399994,399998]})")));
 }
+
+TEST_CASE("the writer's header text, with escaped names, and a 100k-tensor round trip", "[safetensors][write][large]") {
+  StateDict d;
+  gla::Tensor<float, 2> w(1, 2);
+  w.setValues({{1.f, 2.f}});
+  d.set("b.\"quoted\"\\", w);
+  d.set("a.\xc3\xa9", gla::Tensor<std::int64_t, 1>(0));  // "a.é"
+  const Bytes bytes = gla::io::to_safetensors_bytes(d, {{"k", "line\nbreak"}});
+  std::string header(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(header_length(bytes)));
+  CHECK(header.size() % 8 == 0);
+  header.erase(header.find_last_not_of(' ') + 1);  // the padding
+  CHECK(header ==
+        "{\"__metadata__\":{\"k\":\"line\\nbreak\"},"
+        "\"a.\xc3\xa9\":{\"dtype\":\"I64\",\"shape\":[0],\"data_offsets\":[0,0]},"
+        "\"b.\\\"quoted\\\"\\\\\":{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}}");
+  const SafeTensors f = SafeTensors::from_bytes(bytes);
+  CHECK(f.get<float, 2>("b.\"quoted\"\\")(0, 1) == 2.f);
+  CHECK(f.metadata().at("k") == "line\nbreak");
+
+  // Many tensors: the writer's time grows linearly (it never searches the header it has written so far).
+  const std::size_t n = 100000;
+  StateDict many;
+  gla::Tensor<float, 1> one(1);
+  for (std::size_t i = 0; i < n; ++i) {
+    one(0) = static_cast<float>(i);
+    many.set("t" + std::to_string(i), one);
+  }
+  const SafeTensors g = SafeTensors::from_bytes(gla::io::to_safetensors_bytes(many));
+  REQUIRE(g.size() == n);
+  CHECK(g.get<float, 1>("t0")(0) == 0.f);
+  CHECK(g.get<float, 1>("t99999")(0) == 99999.f);
+  CHECK(g.info("t10").begin == 8);  // offsets in name order: t0, t1, t10, ...
+}

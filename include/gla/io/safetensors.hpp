@@ -771,27 +771,28 @@ class StateDict {
 inline std::vector<std::uint8_t> to_safetensors_bytes(const StateDict& d,
                                                       const std::map<std::string, std::string>& metadata = {}) {
   const std::string fn = "gla::io::to_safetensors_bytes";
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) {
-    nlohmann::ordered_json m = nlohmann::ordered_json::object();
-    for (const auto& kv : metadata) m[kv.first] = kv.second;
-    header["__metadata__"] = std::move(m);
-  }
+  // The header text is assembled entry by entry: inserting into one nlohmann::ordered_json object would scan all
+  // earlier keys for every new one (quadratic in the number of tensors). The text equals that object's dump().
+  std::string text = "{";
   std::size_t offset = 0;
   const std::vector<std::string> names = d.names();
-  for (const std::string& name : names) {
-    const std::size_t n = d.bytes(name).size();
-    header[name] = {
-        {"dtype", to_string(d.dtype(name))}, {"shape", d.shape(name)}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
-  }
-  std::string text;
   try {
-    text = header.dump();
+    if (!metadata.empty()) text += "\"__metadata__\":" + nlohmann::ordered_json(metadata).dump();
+    for (const std::string& name : names) {
+      const std::size_t n = d.bytes(name).size();
+      if (text.size() > 1) text += ',';
+      text += nlohmann::ordered_json(name).dump();  // quoted and escaped
+      text += ":{\"dtype\":\"" + to_string(d.dtype(name)) + "\",\"shape\":[";
+      const std::vector<Index>& shape = d.shape(name);
+      for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? "," : "") + std::to_string(shape[i]);
+      text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + n) + "]}";
+      offset += n;
+    }
   } catch (const nlohmann::json::exception& e) {
     detail::fail(fn,
                  std::string("cannot write the header (a name or metadata string is not valid UTF-8): ") + e.what());
   }
+  text += '}';
   text.append((8 - text.size() % 8) % 8, ' ');
 
   std::vector<std::uint8_t> out(8 + text.size() + offset);
