@@ -786,3 +786,25 @@ TEST_CASE("the writer's header text, with escaped names, and a 100k-tensor round
   CHECK(g.get<float, 1>("t99999")(0) == 99999.f);
   CHECK(g.info("t10").begin == 8);  // offsets in name order: t0, t1, t10, ...
 }
+
+TEST_CASE("the fuzzer's seed corpus: valid_* files open and read, invalid_* files are rejected",
+          "[safetensors][malformed]") {
+  const std::filesystem::path dir = std::filesystem::path(GLA_TEST_DATA_DIR) / ".." / "fuzz" / "corpus" / "safetensors";
+  REQUIRE(std::filesystem::is_directory(dir));
+  int valid = 0, invalid = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string stem = entry.path().stem().string();
+    INFO(stem);
+    if (stem.rfind("valid_", 0) == 0) {
+      const SafeTensors f = SafeTensors::load(entry.path().string());
+      for (const std::string& name : f.names()) CHECK(read_any_rank(f, name).size() == std::size_t(f.info(name).numel()));
+      ++valid;
+    } else {
+      REQUIRE(stem.rfind("invalid_", 0) == 0);
+      CHECK_THROWS_AS(SafeTensors::load(entry.path().string()), gla::Error);
+      ++invalid;
+    }
+  }
+  CHECK(valid >= 5);
+  CHECK(invalid >= 5);
+}
