@@ -1,7 +1,7 @@
 // bench/bench_safetensors.cpp: opening a safetensors file whose header has many entries (16k, 48k and 1M tiny
 // F32 tensors), i.e. the cost of parsing and validating the JSON header, which a hostile or merely large file
-// controls. The file is built in memory once per size; each iteration copies its bytes and runs
-// SafeTensors::from_bytes on them (the copy is outside the timing).
+// controls; and writing such a file from a StateDict. The file is built in memory once per size; each read
+// iteration copies its bytes and runs SafeTensors::from_bytes on them (the copy is outside the timing).
 
 #include <gla/io/safetensors.hpp>
 
@@ -59,10 +59,29 @@ void parse_header(benchmark::State& st) {
       benchmark::Counter(static_cast<double>(file.size() - 4 * static_cast<std::size_t>(n)) / 1e6);
 }
 
+/// to_safetensors_bytes() of a StateDict holding the same n tensors.
+void write_header(benchmark::State& st) {
+  const Index n = st.range(0);
+  const gla::io::StateDict d = gla::io::StateDict::from_safetensors(
+      gla::io::SafeTensors::from_bytes(file_of(n), "bench.safetensors"));
+  const gla::bench::ProcessMeter meter;
+  for (auto _ : st) {
+    std::vector<std::uint8_t> bytes = gla::io::to_safetensors_bytes(d);
+    benchmark::DoNotOptimize(bytes.data());
+  }
+  meter.report(st);
+  st.counters["entries/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("safetensors_header", parse_header)
+      ->Arg(16000)
+      ->Arg(48000)
+      ->Arg(1000000)
+      ->Apply(gla::bench::configure);
+  benchmark::RegisterBenchmark("safetensors_write", write_header)
       ->Arg(16000)
       ->Arg(48000)
       ->Arg(1000000)
