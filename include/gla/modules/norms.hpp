@@ -3,6 +3,7 @@
 /// residual/prenorm options, float math for float/bf16/half inputs and double math for double inputs.
 
 #include <gla/core.hpp>
+#include <gla/detail/param_limits.hpp>
 #include <gla/modules/activations.hpp>
 
 #include <sstream>
@@ -111,6 +112,10 @@ void check_param(const std::string& fn, const char* name, const std::optional<Te
 
 inline void check_norm_config(const std::string& fn, Index D, double eps) {
   if (D <= 0) fail(fn, "hidden_size is " + std::to_string(D) + ", expected > 0");
+  // Checked before the [D] weight and bias are allocated.
+  if (D > kMaxParameterElements)
+    fail(fn, "hidden_size is " + std::to_string(D) + ", expected at most 2^40 = " +
+                 std::to_string(kMaxParameterElements) + " (gla::kMaxParameterElements)");
   if (!(eps >= 0) || !std::isfinite(eps)) {
     std::ostringstream s;  // std::to_string would print 1e-7 as 0.000000
     s << "eps is " << eps << ", expected a finite number >= 0";

@@ -3,6 +3,7 @@
 /// and residual, its [N,D,W] cache of raw inputs, single-token decode steps and packed (cu_seqlens) batches.
 
 #include <gla/core.hpp>
+#include <gla/detail/param_limits.hpp>
 #include <gla/modules/activations.hpp>
 
 #include <string>
@@ -38,6 +39,12 @@ class ShortConvolution {
     const std::string fn = "ShortConvolution";
     if (D_ <= 0) detail::fail(fn, "hidden_size is " + std::to_string(D_) + ", expected > 0");
     if (W_ <= 0) detail::fail(fn, "kernel_size is " + std::to_string(W_) + ", expected >= 1");
+    // Before allocating: a product that overflows or exceeds kMaxParameterElements is a gla::Error.
+    detail::check_parameter_elements(
+        fn,
+        "the parameters, hidden_size * kernel_size" + std::string(with_bias ? " + hidden_size (bias)" : "") + " = " +
+            std::to_string(D_) + " * " + std::to_string(W_) + (with_bias ? " + " + std::to_string(D_) : ""),
+        detail::sat_add(detail::sat_mul(D_, W_), with_bias ? D_ : 0), sizeof(P));
     if (act_ && *act_ != Activation::SiLU)
       detail::fail(fn, std::string("activation '") + activation_name(*act_) +
                            "' is not supported, expected silu, swish or none");
