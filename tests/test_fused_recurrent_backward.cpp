@@ -95,8 +95,9 @@ void check_backward(const RecCase& c, std::uint64_t salt, bool with_dht = true) 
   test::make_rec_inputs(in, c, salt);
   GradOut<T> g(c);
   run_backward_into(c, in, with_dht, g);
-  // The reference computes dgk/dgv with spec §2.5's reverse cumulative sums, which cancel under strong decay
-  // (dgk ≈ 1e-4 of the summed terms): in float64 that costs ~1e-10, so fp64 is checked against long double.
+  // The reference computes dgk/dgv with fla's reverse cumulative sums (docs/fused_recurrent.md), which cancel
+  // under strong decay (dgk ≈ 1e-4 of the summed terms): in float64 that costs ~1e-10, so fp64 is checked
+  // against long double.
   using RefAcc = std::conditional_t<std::is_same_v<T, double>, long double, double>;
   const auto ref = naive_recurrent_gla_backward<RefAcc>(
       view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), view(in.do_),
