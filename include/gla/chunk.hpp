@@ -14,7 +14,7 @@ namespace detail {
 /// and the chunk-local cumsums stay finite (−inf would make G_t − G_s = −inf − (−inf) = NaN). The recurrent
 /// path needs no floor. docs/chunk_algorithm.md measures the accuracy near the floor.
 template <class Acc>
-inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-700) : Acc(-30);
+inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
 
 /// Checks shared by chunk_gla and fused_chunk_gla (forward and backward); returns the problem shape.
 template <class T>
