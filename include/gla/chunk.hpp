@@ -9,13 +9,6 @@ namespace gla {
 
 namespace detail {
 
-/// The floor of per-step log gates on the chunk paths: a gate below it (down to −inf, a hard reset) acts as
-/// the floor. exp(floor) is far below the scalar's resolution, so the result equals the exact one to rounding,
-/// and the chunk-local cumsums stay finite (−inf would make G_t − G_s = −inf − (−inf) = NaN). The recurrent
-/// path needs no floor. docs/chunk_algorithm.md measures the accuracy near the floor.
-template <class Acc>
-inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
-
 /// Checks shared by chunk_gla and fused_chunk_gla (forward and backward); returns the problem shape.
 template <class T>
 OpShape check_chunk_args(const std::string& fn, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
@@ -79,7 +72,98 @@ inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std:
   return chunks;
 }
 
+/// The scratch of chunk_gla: the per-chunk states, then one tile set per worker (shared by both phases).
+template <class Acc, class Op>
+struct ChunkGlaPlan {
+  Acc* h = nullptr;  // [ΣNT,H,K,V] the state before every chunk
+  std::vector<ChunkScratch<Acc, Op>> workers;
+};
+
+template <class Acc, class Op>
+ChunkGlaPlan<Acc, Op> plan_chunk_gla(Arena& a, const OpShape& s, Index BT, Index states, Index items) {
+  ChunkGlaPlan<Acc, Op> p;
+  p.h = a.take<Acc>(states * s.H * s.K * s.V);
+  p.workers = plan_workers<Acc, Op>(a, items, BT, s.K, s.V);
+  return p;
+}
+
+/// The two phases of chunk_gla after validation.
+template <class T>
+void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
+                   const ConstView<T, 4>& g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
+  using Acc = acc_t<T>;
+  using Op = operand_t<T>;
+  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+  const Acc scale = resolve_scale<Acc>(opts, K);
+  const Acc floor = kChunkGateFloor<Acc>;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  const std::vector<HeadTile> sweep = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+  const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
+  const Index work = static_cast<Index>(chunks.size()) * H;
+  Scratch scratch;
+  const ChunkGlaPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
+    return plan_chunk_gla<Acc, Op>(a, s, BT, off.back(), std::max<Index>(work, static_cast<Index>(sweep.size())));
+  });
+  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+
+  // Phase 1: the state before every chunk, per (sequence, head, value tile).
+  parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
+    const HeadTile& it = sweep[static_cast<std::size_t>(i)];
+    const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(w)];
+    const Index n = it.pair / H, hh = it.pair % H;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (h0)
+      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, opts.state_v_first);
+    else
+      std::fill_n(sc.S, K * it.width, Acc(0));
+    ChunkGates<Acc> cg;
+    cg.gk = sc.G;
+    cg.ldgk = K;
+    Index c = 0;
+    for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+      const Index L = std::min(BT, sq.len - c0);
+      store_state_tile(sc.S, it.width, pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
+                       it.width, /*v_first=*/false);
+      gate_cumsum(head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
+      state_update<kGateGk>(sc.S, it.width, head_rows(k.data(), s, sq, hh, c0, K),
+                            head_rows(v.data(), s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
+    }
+    if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, opts.state_v_first);
+  });
+
+  // Phase 2: every (chunk, head) independently.
+  parallel_for(work, [&](Index w, int worker) {
+    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
+    const Index hh = w % H;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+    const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
+    gate_cumsum(head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
+    const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
+    const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+    chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), vop, S, V, scale, L, K,
+                 V, sc, BT);
+    store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+  });
+}
+
 }  // namespace detail
+
+/// Bytes of scratch chunk_gla (and the forward of chunk_gla_backward's recompute) needs for inputs of the given
+/// scalar and shape with these options on the current thread count: size a Workspace with it once (see
+/// gla/workspace.hpp). A bad chunk_size is a gla::Error.
+template <class Scalar = float>
+std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V, const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<Scalar>, "chunk_gla_workspace_size: unsupported scalar type");
+  const detail::OpShape s = detail::shape_of("chunk_gla_workspace_size", B, T, H, K, V, opts);
+  const Index BT = opts.chunk_size;
+  const std::vector<Index> off = detail::chunk_offsets(s, BT);
+  const Index items = std::max<Index>(static_cast<Index>(detail::chunk_list(s, off).size()) * H,
+                                      static_cast<Index>(detail::head_tiles(s, 4, 4).size()));
+  return detail::planned_bytes([&](detail::Arena& a) {
+    return detail::plan_chunk_gla<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), items);
+  });
+}
 
 /// Chunked GLA forward, writing into caller views (nothing is written when validation fails):
 ///   S_t = diag(e^{g_t}) S_{t−1} + k_t v_tᵀ,  o_t = scale · q_tᵀ S_t.
@@ -87,56 +171,23 @@ inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std:
 /// below −30 act as −30, see docs/chunk_algorithm.md); o [B,T,H,V] of the same scalar; final_state float
 /// [N,H,K,V] (or [N,H,V,K] with state_v_first), given if and only if opts.output_final_state. final_state may
 /// be the very buffer of opts.initial_state (in-place update); no other output may overlap an input.
-/// Options: scale, initial_state, output_final_state, state_v_first, cu_seqlens, chunk_size. Memory: the
-/// per-chunk states (ΣNT·H·K·V accumulators) and the gate cumsum (B·T·H·K), allocated before any thread
-/// starts. Threads: the parallel engine over (sequence, head) for the states, then over (chunk, head) for the
-/// outputs; results do not depend on the thread count.
+/// Options: scale, initial_state, output_final_state, state_v_first, cu_seqlens, chunk_size, workspace.
+/// Scratch (chunk_gla_workspace_size): the per-chunk states (ΣNT·H·K·V accumulators) and per-thread tiles,
+/// from opts.workspace or allocated for the call. bf16 inputs multiply as bf16 with fp32 accumulation; states
+/// are fp32. Threads: the parallel engine over (sequence, head, value tile) for the states, then over
+/// (chunk, head) for the outputs; results do not depend on the thread count.
 template <class Q>
-void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g, const GLAOptions& opts,
-                    ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state = std::nullopt) {
+void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
+                    const GLAOptions& opts, ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state = std::nullopt) {
   using T = scalar_type_t<Q>;
   static_assert(is_supported_scalar_v<T>, "chunk_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
-  using Acc = acc_t<T>;
   const std::string fn = "chunk_gla";
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_args(fn, qv, k, v, g, opts);
-  detail::check_forward_outputs(
-      fn, s, opts, o, final_state,
-      {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)});
-  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
-  const Acc scale = detail::resolve_scale<Acc>(opts, K);
-
-  const detail::AccInput<Acc, T> qa(qv), ka(k), va(v), ga(g);
-  const auto G = detail::uninitialized_buffer<Acc>(g.size());
-  detail::chunk_local_cumsum_into(ga.data(), G.get(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens,
-                                  detail::kChunkGateFloor<Acc>);
-  detail::FullGates<Acc> fg;
-  fg.gk = G.get();
-
-  // Phase 1: the state before every chunk.
-  const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const auto h = detail::uninitialized_buffer<Acc>(off.back() * H * K * V);
-  detail::chunk_fwd_h_impl<Acc, Acc>(s, BT, ka.data(), va.data(), fg,
-                                     opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
-                                     h.get(), /*h_v_first=*/false, final_state ? final_state->data() : nullptr);
-
-  // Phase 2: every (chunk, head) independently.
-  const std::vector<std::array<Index, 2>> chunks = detail::chunk_list(s, off);
-  const Index work = static_cast<Index>(chunks.size()) * H;
-  auto ws = detail::per_worker(work, detail::ChunkWorkspace<Acc>(BT, K, V));
-  detail::parallel_for(work, [&](Index w, int worker) {
-    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
-    const Index hh = w % H;
-    const detail::Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const Index ci = off[static_cast<std::size_t>(n)] + c;
-    const Eigen::Map<const detail::RowMat<Acc>> S(h.get() + (ci * H + hh) * K * V, K, V);
-    detail::ChunkWorkspace<Acc>& wsp = ws[static_cast<std::size_t>(worker)];
-    detail::chunk_output(detail::rows(qa.data(), s, sq, hh, c0, L, K), detail::rows(ka.data(), s, sq, hh, c0, L, K),
-                         detail::rows(va.data(), s, sq, hh, c0, L, V), detail::rows(G.get(), s, sq, hh, c0, L, K), S,
-                         scale, L, wsp);
-    detail::store_rows(o.data(), s, sq, hh, c0, L, V, wsp.O);
-  });
+  detail::check_forward_outputs(fn, s, opts, o, final_state,
+                                {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v),
+                                 detail::buffer("g", g)});
+  detail::chunk_gla_run(s, qv, k, v, g, opts, o, final_state ? final_state->data() : nullptr);
 }
 
 /// Chunked GLA forward (fla's chunk_gla): returns o [B,T,H,V] and, with opts.output_final_state, the final

@@ -83,8 +83,9 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   const Index states = off.back() * H * K * V;
   const auto h = uninitialized_buffer<Acc>(states), dh = uninitialized_buffer<Acc>(states);
   // dh0 may be the very buffer of dht: the reverse sweep below reads dht before it writes dh0, pair by pair.
-  chunk_fwd_h_impl<Acc, Acc>(s, BT, ka.data(), va.data(), fg, opts.initial_state ? opts.initial_state->data() : nullptr,
-                             opts.state_v_first, h.get(), /*h_v_first=*/false, /*ht=*/nullptr);
+  chunk_fwd_h_impl<Acc, Acc, Acc>(s, BT, ka.data(), va.data(), fg,
+                                  opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
+                                  h.get(), /*h_v_first=*/false, /*ht=*/nullptr, opts.workspace);
   // dh[c] = ∂L/∂ the state after chunk c, and dh0.
   chunk_bwd_dh_impl<Acc, Acc>(s, BT, qa.data(), doa.data(), fg, scale, dht ? dht->data() : nullptr, opts.state_v_first,
                               dh.get(), /*dh_v_first=*/false, dh0 ? dh0->data() : nullptr);

@@ -86,41 +86,67 @@ inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
   return off;
 }
 
-/// Rows of one (sequence, head) block of a [B,T,H,D] tensor starting at token t0 + c0.
+/// Rows of one (sequence, head) block of a [B,T,H,D] tensor starting at token t0 + c0, as an Eigen map.
 template <class Acc>
 ConstStridedMap<Acc> rows(const Acc* base, const OpShape& s, const Seq& sq, Index h, Index c0, Index L, Index D) {
   return ConstStridedMap<Acc>(base + ((sq.b * s.T + sq.t0 + c0) * s.H + h) * D, L, D, Eigen::OuterStride<>(s.H * D));
 }
 
-/// The state recurrence over chunks for every (sequence, head), in parallel over the pairs:
+/// Calls f(std::integral_constant<unsigned, bits>{}) with the gate set of `gates` as a compile-time value.
+template <class Acc, class F>
+void with_gate_set(const FullGates<Acc>& gates, F&& f) {
+  const unsigned bits = (gates.g ? kGateG : 0u) | (gates.gamma ? kGateGamma : 0u) | (gates.gk ? kGateGk : 0u) |
+                        (gates.gv ? kGateGv : 0u);
+  switch (bits) {
+#define GLA_GATE_CASE(b) \
+  case b:                \
+    f(std::integral_constant<unsigned, b>{}); \
+    return;
+    GLA_GATE_CASE(0) GLA_GATE_CASE(1) GLA_GATE_CASE(2) GLA_GATE_CASE(3) GLA_GATE_CASE(4) GLA_GATE_CASE(5)
+    GLA_GATE_CASE(6) GLA_GATE_CASE(7) GLA_GATE_CASE(8) GLA_GATE_CASE(9) GLA_GATE_CASE(10) GLA_GATE_CASE(11)
+    GLA_GATE_CASE(12) GLA_GATE_CASE(13) GLA_GATE_CASE(14) GLA_GATE_CASE(15)
+#undef GLA_GATE_CASE
+  }
+}
+
+/// The state recurrence over chunks for every (sequence, head) and value tile, in parallel over the items:
 /// writes h (the state before each chunk, [ΣNT,H,K,V] or V-first with h_v_first, may be null) and the final
-/// state ([N,H,K,V] or V-first with v_first, may be null). h0 float [N,H,K,V] (or V-first) or null.
-template <class Acc, class HOut>
-void chunk_fwd_h_impl(const OpShape& s, Index BT, const Acc* k, const Acc* v, const FullGates<Acc>& gates,
-                      const float* h0, bool v_first, HOut* h, bool h_v_first, float* ht) {
+/// state ([N,H,K,V] or V-first with v_first, may be null). k [B,T,H,K] and v [B,T,H,V] in In; h0 float
+/// [N,H,K,V] (or V-first) or null. Scratch comes from `workspace` (or is allocated for the call when null).
+template <class Acc, class In, class HOut>
+void chunk_fwd_h_impl(const OpShape& s, Index BT, const In* k, const In* v, const FullGates<Acc>& gates,
+                      const float* h0, bool v_first, HOut* h, bool h_v_first, float* ht, Workspace* workspace) {
+  using Op = operand_t<In>;
   const Index K = s.K, V = s.V, H = s.H;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::vector<Index> order = pairs_longest_first(s);
-  const Index items = static_cast<Index>(order.size());
-  auto ws = per_worker(items, ChunkWorkspace<Acc>(BT, K, V));
-  auto Sw = per_worker(items, RowMat<Acc>(K, V));
-  parallel_for(items, [&](Index i, int w) {
-    const Index p = order[static_cast<std::size_t>(i)];
-    RowMat<Acc>& S = Sw[static_cast<std::size_t>(w)];
-    const Index n = p / H, hh = p % H;
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0)
-      load_state(S, h0 + p * K * V, K, V, v_first);
-    else
-      S.setZero();
-    Index c = 0;
-    for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
-      const Index L = std::min(BT, sq.len - c0);
-      if (h) store_state(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, h_v_first);
-      chunk_state_update(S, rows(k, s, sq, hh, c0, L, K), rows(v, s, sq, hh, c0, L, V), gates.chunk(s, sq, hh, c0), L,
-                         ws[static_cast<std::size_t>(w)]);
-    }
-    if (ht) store_state(S, ht + p * K * V, K, V, v_first);
+  // The sweep has no intra-chunk work to duplicate, so it splits into value tiles freely.
+  const std::vector<HeadTile> items = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+  const Index n_items = static_cast<Index>(items.size()), Vt = max_tile_width(items);
+  Scratch scratch;
+  const auto ws = scratch.carve(workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
+  with_gate_set(gates, [&](auto bits) {
+    parallel_for(n_items, [&](Index i, int w) {
+      const HeadTile& it = items[static_cast<std::size_t>(i)];
+      const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+      const Index n = it.pair / H, hh = it.pair % H;
+      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+      if (h0)
+        load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, v_first);
+      else
+        std::fill_n(sc.S, K * it.width, Acc(0));
+      Index c = 0;
+      for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+        const Index L = std::min(BT, sq.len - c0);
+        if (h)
+          store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
+                           it.width, h_v_first);
+        ChunkGates<Acc> cg = gates.chunk(s, sq, hh, c0);
+        if (cg.gv) cg.gv += it.v0;
+        state_update<decltype(bits)::value>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K),
+                                            head_rows(v, s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
+      }
+      if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+    });
   });
 }
 
@@ -153,7 +179,8 @@ inline void check_chunk_h_options(const std::string& fn, const GLAOptions& opts)
 /// States of the chunked recurrence S ← diag(e^{gk}) S diag(e^{gv}) e^{g + γ} + k vᵀ, stored before every chunk.
 /// k [B,T,H,K] and v [B,T,H,V] (float, double, bf16, half; accumulated in acc_t of the scalar); gates as
 /// ChunkHGates; uses opts.initial_state, output_final_state, state_v_first, cu_seqlens and chunk_size (the chunk
-/// size the gate cumsums were computed with). Threads: the parallel engine over (sequence, head); deterministic.
+/// size the gate cumsums were computed with) and workspace. Threads: the parallel engine over (sequence, head, value
+/// tile); deterministic.
 template <class KT>
 ChunkHResult chunk_fwd_h(const KT& k, ConstViewOf<KT, 4> v, const ChunkHGates& gates, const GLAOptions& opts = {}) {
   using T = scalar_type_t<KT>;
@@ -175,11 +202,11 @@ ChunkHResult chunk_fwd_h(const KT& k, ConstViewOf<KT, 4> v, const ChunkHGates& g
     r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.K, s.V);
   if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
 
-  const detail::AccInput<Acc, T> ka(kv), va(v);
   const detail::AccGates<Acc> acc_gates(gates, s.H);
-  detail::chunk_fwd_h_impl<Acc, float>(s, BT, ka.data(), va.data(), acc_gates.full,
-                                       opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
-                                       r.h.data(), opts.state_v_first, r.final_state ? r.final_state->data() : nullptr);
+  detail::chunk_fwd_h_impl<Acc, T, float>(s, BT, kv.data(), v.data(), acc_gates.full,
+                                          opts.initial_state ? opts.initial_state->data() : nullptr,
+                                          opts.state_v_first, r.h.data(), opts.state_v_first,
+                                          r.final_state ? r.final_state->data() : nullptr, opts.workspace);
   return r;
 }
 

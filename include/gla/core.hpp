@@ -208,6 +208,8 @@ using ViewOf = View<scalar_type_t<X>, R>;
 template <class R, class X>
 using scalar_or_t = std::conditional_t<std::is_void_v<R>, scalar_type_t<X>, R>;
 
+class Workspace;
+
 /// Options of the GLA operators; field names are fla's keyword arguments.
 struct GLAOptions {
   /// Multiplier of q; default 1/sqrt(K). An explicit 0 is kept (as fla).
@@ -241,6 +243,10 @@ struct GLAOptions {
   /// Clamp every state entry after each step.
   std::optional<float> state_clamp_min;
   std::optional<float> state_clamp_max;
+
+  /// Caller-owned scratch memory reused across calls (gla/workspace.hpp): with it, an operator allocates nothing
+  /// once the workspace has grown to its size; without it (null), each call allocates its own scratch.
+  Workspace* workspace = nullptr;
 };
 
 /// Output of a forward operator: o [B,T,H,V] in the input scalar; final_state float [N,H,K,V] (or V-first)
@@ -397,6 +403,16 @@ OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& v
   }
   if (opts.scale && !std::isfinite(*opts.scale))
     fail(fn, "scale is " + std::to_string(*opts.scale) + ", expected a finite number");
+  return s;
+}
+
+/// The problem shape of a size query (`*_workspace_size`): the same checks as the operators' on the sizes.
+inline OpShape shape_of(const std::string& fn, Index B, Index T, Index H, Index K, Index V, const GLAOptions& opts) {
+  const std::array<Index, 4> qd{B, T, H, K}, vd{B, T, H, V};
+  GLAOptions o = opts;
+  o.initial_state.reset();
+  OpShape s = check_qkv(fn, qd, qd, vd, o);
+  check_chunk_size(fn, opts.chunk_size);
   return s;
 }
 

@@ -18,27 +18,53 @@ inline void check_max_seqlen(const std::string& fn, const OpShape& s, const GLAO
                    " tokens, expected at most max_seqlen = " + std::to_string(*opts.max_seqlen));
 }
 
-/// The token-by-token recurrence of one (sequence, head) on rows [0, L) — the short-sequence path of
-/// fused_chunk_gla (heuristic_fallback). S is the state in and out; o rows go to ws.O.
-template <class Acc>
-void recurrent_rows(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
-                    const ConstStridedMap<Acc>& g, RowMat<Acc>& S, Acc scale, Index L, ChunkWorkspace<Acc>& ws) {
+/// The token-by-token recurrence of one (sequence, head) and value tile on rows [0, L) — the short-sequence path
+/// of fused_chunk_gla (heuristic_fallback). S [K×Vt] is the state tile in and out; o rows go to ws.O [L×Vt].
+template <class Acc, class Op, class In>
+void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, Index L, Index K, Index Vt,
+                    const ChunkScratch<Acc, Op>& ws) {
+  Eigen::Map<RowMat<Acc>> S(ws.S, K, Vt);
+  RowArrMap<Acc> e(ws.e, K), vr(ws.ev, Vt);
   for (Index t = 0; t < L; ++t) {
-    ws.e = g.row(t).array().exp();
-    S.array().colwise() *= ws.e.transpose().array();
-    S.noalias() += k.row(t).transpose() * v.row(t);
-    ws.O.row(t).noalias() = (q.row(t) * scale) * S;
+    e = ConstRowArrMap<In>(g.row(t), K).template cast<Acc>().exp();
+    vr = ConstRowArrMap<In>(v.row(t), Vt).template cast<Acc>();
+    for (Index a = 0; a < K; ++a) {
+      RowArrMap<Acc> row(ws.S + a * Vt, Vt);
+      row = row * e(a) + static_cast<Acc>(k.row(t)[a]) * vr;
+    }
+    RowArrMap<Acc> out(ws.O + t * Vt, Vt);
+    out.setZero();
+    for (Index a = 0; a < K; ++a) out += (scale * static_cast<Acc>(q.row(t)[a])) * RowArrMap<Acc>(ws.S + a * Vt, Vt);
   }
+  (void)S;
 }
 
+/// The work items of fused_chunk_gla: (sequence, head) pairs, split into at most 2 value tiles when few pairs
+/// carry most of the work (each tile recomputes the chunk's intra-chunk attention, so tiles cost extra work).
+inline std::vector<HeadTile> fused_chunk_items(const OpShape& s) { return head_tiles(s, /*target=*/2, /*max_tiles=*/2); }
+
 }  // namespace detail
+
+/// Bytes of scratch fused_chunk_gla needs for inputs of the given scalar and shape (see Workspace).
+template <class Scalar = float>
+std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V,
+                                           const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<Scalar>, "fused_chunk_gla_workspace_size: unsupported scalar type");
+  const detail::OpShape s = detail::shape_of("fused_chunk_gla_workspace_size", B, T, H, K, V, opts);
+  const std::vector<detail::HeadTile> items = detail::fused_chunk_items(s);
+  return detail::planned_bytes([&](detail::Arena& a) {
+    return detail::plan_workers<acc_t<Scalar>, detail::operand_t<Scalar>>(
+        a, static_cast<Index>(items.size()), opts.chunk_size, K, detail::max_tile_width(items));
+  });
+}
 
 /// Fused-chunk GLA forward into caller views: per (sequence, head) one sweep over its chunks computing each
 /// chunk's output from the carried state, then advancing the state. Same math, shapes, options, output
 /// contract and aliasing rule as chunk_gla_into, plus opts.max_seqlen (a longer sequence → gla::Error) and
 /// opts.heuristic_fallback (a sequence no longer than one chunk runs token by token; same numbers within
-/// rounding). Extra memory: O(chunk_size·(K+V) + K·V) per thread, independent of T. Threads: the parallel
-/// engine over (sequence, head), longest sequences first; deterministic.
+/// rounding). Scratch (fused_chunk_gla_workspace_size): O(chunk_size·(K+V) + K·V) per thread, independent of T.
+/// Threads: the parallel engine over (sequence, head), longest first; when a few sequences hold most of the
+/// tokens (e.g. B = 1, H = 1) their value columns are split in two tiles. Deterministic for any thread count.
 template <class Q>
 void fused_chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                           const GLAOptions& opts, ViewOf<Q, 4> o,
@@ -47,65 +73,66 @@ void fused_chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, 
   static_assert(is_supported_scalar_v<T>,
                 "fused_chunk_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
   using Acc = acc_t<T>;
+  using Op = detail::operand_t<T>;
   const std::string fn = "fused_chunk_gla";
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_args(fn, qv, k, v, g, opts);
-  detail::check_forward_outputs(
-      fn, s, opts, o, final_state,
-      {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)});
+  detail::check_forward_outputs(fn, s, opts, o, final_state,
+                                {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v),
+                                 detail::buffer("g", g)});
   detail::check_max_seqlen(fn, s, opts);
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = detail::resolve_scale<Acc>(opts, K);
-  // bf16/half inputs are converted once; float/double inputs are read in place.
-  const detail::AccInput<Acc, T> qa(qv), ka(k), va(v), ga(g);
-  const std::vector<Index> order = detail::pairs_longest_first(s);
-  const Index items = static_cast<Index>(order.size());
-  auto ws = detail::per_worker(items, detail::ChunkWorkspace<Acc>(BT, K, V));
-  auto Sw = detail::per_worker(items, detail::RowMat<Acc>(K, V));
+  const Acc floor = detail::kChunkGateFloor<Acc>;
+  const std::vector<detail::HeadTile> items = detail::fused_chunk_items(s);
+  const Index n_items = static_cast<Index>(items.size()), Vt = detail::max_tile_width(items);
+  detail::Scratch scratch;
+  const auto ws = scratch.carve(opts.workspace, [&](detail::Arena& a) {
+    return detail::plan_workers<Acc, Op>(a, n_items, BT, K, Vt);
+  });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
   float* ht = final_state ? final_state->data() : nullptr;
-  detail::parallel_for(items, [&](Index i, int w) {
-    const Index p = order[static_cast<std::size_t>(i)];
-    detail::ChunkWorkspace<Acc>& wsp = ws[static_cast<std::size_t>(w)];
-    detail::RowMat<Acc>& S = Sw[static_cast<std::size_t>(w)];
-    const Index n = p / H, hh = p % H;
+  detail::parallel_for(n_items, [&](Index i, int w) {
+    const detail::HeadTile& it = items[static_cast<std::size_t>(i)];
+    const detail::ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+    const Index n = it.pair / H, hh = it.pair % H, Wt = it.width;
     const detail::Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     if (h0)
-      detail::load_state(S, h0 + p * K * V, K, V, opts.state_v_first);
+      detail::load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
     else
-      S.setZero();
+      std::fill_n(sc.S, K * Wt, Acc(0));
+    T* out = o.data() + it.v0;
     if (opts.heuristic_fallback && sq.len <= BT) {
       if (sq.len > 0) {
-        detail::recurrent_rows(detail::rows(qa.data(), s, sq, hh, 0, sq.len, K),
-                               detail::rows(ka.data(), s, sq, hh, 0, sq.len, K),
-                               detail::rows(va.data(), s, sq, hh, 0, sq.len, V),
-                               detail::rows(ga.data(), s, sq, hh, 0, sq.len, K), S, scale, sq.len, wsp);
-        detail::store_rows(o.data(), s, sq, hh, 0, sq.len, V, wsp.O);
+        detail::recurrent_rows(detail::head_rows(qv.data(), s, sq, hh, 0, K), detail::head_rows(k.data(), s, sq, hh, 0, K),
+                               detail::head_rows(v.data(), s, sq, hh, 0, V, it.v0),
+                               detail::head_rows(g.data(), s, sq, hh, 0, K), scale, sq.len, K, Wt, sc);
+        detail::store_tile_rows(sc.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
       }
     } else {
+      detail::ChunkGates<Acc> cg;
+      cg.gk = sc.G;
+      cg.ldgk = K;
       for (Index c0 = 0; c0 < sq.len; c0 += BT) {
         const Index L = std::min(BT, sq.len - c0);
-        const auto kb = detail::rows(ka.data(), s, sq, hh, c0, L, K);
-        const auto vb = detail::rows(va.data(), s, sq, hh, c0, L, V);
-        const auto gb = detail::rows(ga.data(), s, sq, hh, c0, L, K);
-        detail::local_cumsum_rows(gb.data(), s.H * K, L, K, detail::kChunkGateFloor<Acc>, wsp.G);
-        const detail::ConstStridedMap<Acc> G(wsp.G.data(), L, K, Eigen::OuterStride<>(K));
-        detail::chunk_output(detail::rows(qa.data(), s, sq, hh, c0, L, K), kb, vb, G, S, scale, L, wsp);
-        detail::store_rows(o.data(), s, sq, hh, c0, L, V, wsp.O);
-        detail::ChunkGates<Acc> cg;
-        cg.gk = wsp.G.data();
-        cg.ldgk = K;
-        detail::chunk_state_update(S, kb, vb, cg, L, wsp);
+        const auto kr = detail::head_rows(k.data(), s, sq, hh, c0, K);
+        const auto vr = detail::head_rows(v.data(), s, sq, hh, c0, V, it.v0);
+        detail::gate_cumsum(detail::head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
+        const detail::Rows<Op> vop = detail::as_operand<Op>(vr, L, Wt, sc.vop);
+        detail::chunk_output(detail::head_rows(qv.data(), s, sq, hh, c0, K), kr, vop, sc.S, Wt, scale, L, K, Wt, sc,
+                             BT);
+        detail::store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+        detail::state_update<detail::kGateGk>(sc.S, Wt, kr, vr, cg, L, K, Wt, sc);
       }
     }
-    if (ht) detail::store_state(S, ht + p * K * V, K, V, opts.state_v_first);
+    if (ht) detail::store_state_tile(sc.S, Wt, ht + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
   });
 }
 
 /// Fused-chunk GLA forward returning {o, final_state}; see fused_chunk_gla_into.
 template <class Q>
-GLAResult<scalar_type_t<Q>> fused_chunk_gla(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
-                                            const GLAOptions& opts = {}) {
+GLAResult<scalar_type_t<Q>> fused_chunk_gla(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                            ConstViewOf<Q, 4> g, const GLAOptions& opts = {}) {
   const ConstViewOf<Q, 4> qv(q);
   GLAResult<scalar_type_t<Q>> r = detail::allocate_result(qv, v, opts);
   fused_chunk_gla_into(qv, k, v, g, opts, r.o, detail::optional_output(r.final_state));

@@ -3,6 +3,7 @@
 /// fla's semantics: one K×V state per (sequence, head), optional gk/gv gates, reverse time, varlen.
 
 #include <gla/core.hpp>
+#include <gla/detail/chunk_kernels.hpp>
 #include <gla/detail/parallel.hpp>
 #include <gla/detail/recurrent_common.hpp>
 
@@ -82,6 +83,263 @@ void state_step(const Acc* prev, Acc* next, const Acc* kt, const Acc* vt,
 
 }  // namespace detail::recurrent
 
+namespace detail {
+
+/// a · b + c with one rounding when the build has FMA (as Eigen's pmadd then is), else two: the scalar twin of
+/// pmadd, so that scalar tails round exactly like the vectorised body.
+template <class Acc>
+inline Acc madd(Acc a, Acc b, Acc c) {
+#ifdef EIGEN_VECTORIZE_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+/// out[c] ← madd(a, x[c], out[c]) for c < n.
+template <class Acc>
+void axpy_madd(Acc a, const Acc* x, Acc* out, Index n) {
+  namespace ei = Eigen::internal;
+  using P = typename ei::packet_traits<Acc>::type;
+  constexpr Index PS = ei::packet_traits<Acc>::size;
+  Index c = 0;
+  if constexpr (PS > 1) {
+    const P pa = ei::pset1<P>(a);
+    for (; c + PS <= n; c += PS) ei::pstoreu(out + c, ei::pmadd(pa, ei::ploadu<P>(x + c), ei::ploadu<P>(out + c)));
+  }
+  for (; c < n; ++c) out[c] = madd(a, x[c], out[c]);
+}
+
+/// out[j] = Σ_a q[a] · x[j·ld + a] for j < rows, accumulated in ascending a with madd — the same operations, in
+/// the same order, as axpy_madd over the rows of the transposed layout. Full panels of one packet of rows
+/// transpose packet blocks in registers.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // Eigen's packet types as template arguments
+#endif
+template <class Acc>
+void panel_dots(const Acc* x, Index ld, const Acc* q, Index K, Index rows, Acc* out) {
+  namespace ei = Eigen::internal;
+  using P = typename ei::packet_traits<Acc>::type;
+  constexpr Index PS = ei::packet_traits<Acc>::size;
+  Index a = 0;
+  if constexpr (PS > 1) {
+    if (rows == PS) {
+      P acc = ei::pset1<P>(Acc(0));
+      for (; a + PS <= K; a += PS) {
+        ei::PacketBlock<P, PS> b;
+        for (Index j = 0; j < PS; ++j) b.packet[j] = ei::ploadu<P>(x + j * ld + a);
+        ei::ptranspose(b);
+        for (Index i = 0; i < PS; ++i) acc = ei::pmadd(ei::pset1<P>(q[a + i]), b.packet[i], acc);
+      }
+      ei::pstoreu(out, acc);
+    } else {
+      for (Index j = 0; j < rows; ++j) out[j] = Acc(0);
+    }
+  } else {
+    for (Index j = 0; j < rows; ++j) out[j] = Acc(0);
+  }
+  for (; a < K; ++a)
+    for (Index j = 0; j < rows; ++j) out[j] = madd(q[a], x[j * ld + a], out[j]);
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+/// One step of the recurrence on a state tile, reading `src` (null: the zero state) and writing `dst` (which
+/// may be src), with the output row computed in the same pass:
+///   dst = diag(ek) · src · diag(ev) + k vᵀ (then clamped),  o = scale · qᵀ dst.
+/// K-first tiles are K rows of Vt values (row stride ld); V-first tiles are Vt rows of K values (row stride ld).
+/// Gk: rows are scaled by ek (the key gate, gamma folded in); Gv: columns by ev. Both layouts perform the same
+/// operations in the same order on every element (and o accumulates in ascending key order with one madd per
+/// term), so K-first and V-first states give identical bits.
+template <bool VFirst, bool Gk, bool Gv, class Acc>
+void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, const Acc* q, const Acc* k,
+                         const Acc* v, const Acc* ek, const Acc* ev, Acc scale, const std::optional<Acc>& lo,
+                         const std::optional<Acc>& hi, Acc* o) {
+  if constexpr (!VFirst) {
+    const ConstRowArrMap<Acc> vr(v, Vt);
+    RowArrMap<Acc> out(o, Vt);
+    out.setZero();
+    for (Index a = 0; a < K; ++a) {
+      RowArrMap<Acc> x(dst + a * ld, Vt);
+      if (!src) {
+        x = k[a] * vr;
+      } else {
+        const ConstRowArrMap<Acc> p(src + a * ld, Vt);
+        if constexpr (Gv && Gk)
+          x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a] + k[a] * vr;
+        else if constexpr (Gv)
+          x = p * ConstRowArrMap<Acc>(ev, Vt) + k[a] * vr;
+        else if constexpr (Gk)
+          x = p * ek[a] + k[a] * vr;
+        else
+          x = p + k[a] * vr;
+      }
+      if (lo) x = x.max(*lo);
+      if (hi) x = x.min(*hi);
+      axpy_madd(q[a], x.data(), o, Vt);
+    }
+    out *= scale;
+  } else {
+    namespace ei = Eigen::internal;
+    constexpr Index PS = ei::packet_traits<Acc>::size;
+    const ConstRowArrMap<Acc> kr(k, K);
+    const Index ekn = Gk ? K : 0;
+    for (Index c0 = 0; c0 < Vt; c0 += PS) {
+      const Index rows = std::min(PS, Vt - c0);
+      for (Index c = c0; c < c0 + rows; ++c) {
+        RowArrMap<Acc> x(dst + c * ld, K);
+        if (!src) {
+          x = v[c] * kr;
+        } else {
+          // The same operations in the same order as the K-first branch, element by element.
+          const ConstRowArrMap<Acc> p(src + c * ld, K);
+          if constexpr (Gv && Gk)
+            x = p * ev[c] * ConstRowArrMap<Acc>(ek, ekn) + v[c] * kr;
+          else if constexpr (Gv)
+            x = p * ev[c] + v[c] * kr;
+          else if constexpr (Gk)
+            x = p * ConstRowArrMap<Acc>(ek, ekn) + v[c] * kr;
+          else
+            x = p + v[c] * kr;
+        }
+        if (lo) x = x.max(*lo);
+        if (hi) x = x.min(*hi);
+      }
+      panel_dots(dst + c0 * ld, ld, q, K, rows, o + c0);
+      for (Index c = c0; c < c0 + rows; ++c) o[c] *= scale;
+    }
+  }
+}
+
+/// Per-worker scratch of the recurrent forward: a K-first state tile (for double accumulation, or when no
+/// final_state buffer can hold the state) and the rows of one token in Acc.
+template <class Acc>
+struct RecurrentScratch {
+  Acc *S, *q, *k, *v, *ek, *ev, *o;
+  static RecurrentScratch plan(Arena& a, Index K, Index Vt) {
+    return {a.take<Acc>(K * Vt), a.take<Acc>(K), a.take<Acc>(K), a.take<Acc>(Vt),
+            a.take<Acc>(K),      a.take<Acc>(Vt), a.take<Acc>(Vt)};
+  }
+};
+
+/// The recurrent forward after validation. Work items are (sequence, head, value tile) — value columns evolve
+/// independently, so a long sequence splits across threads with no extra work. With float accumulation and a
+/// final_state output, the state is updated directly in the final_state buffer in its own layout (K- or
+/// V-first): a one-token decode step reads each initial-state element once and writes each final-state
+/// element once, with o from the same pass. Double inputs keep their state in double scratch.
+template <class T>
+void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
+                           const ConstView<T, 4>& v, const std::optional<ConstView<T, 4>>& gk,
+                           const std::optional<ConstView<T, 4>>& gv, const GLAOptions& opts, const View<T, 4>& o,
+                           float* ht) {
+  using Acc = acc_t<T>;
+  const Index T_ = s.T, H = s.H, K = s.K, V = s.V, KV = K * V;
+  const Acc scale = recurrent_scale<Acc>(opts, K);
+  std::optional<Acc> lo, hi;
+  if (opts.state_clamp_min) lo = static_cast<Acc>(*opts.state_clamp_min);
+  if (opts.state_clamp_max) hi = static_cast<Acc>(*opts.state_clamp_max);
+  const std::vector<HeadTile> items = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+  const Index n_items = static_cast<Index>(items.size()), Vmax = max_tile_width(items);
+  Scratch scratch;
+  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) {
+    std::vector<RecurrentScratch<Acc>> w;
+    for (int i = 0; i < parallel_workers(n_items); ++i) w.push_back(RecurrentScratch<Acc>::plan(a, K, Vmax));
+    return w;
+  });
+  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+  const bool v_first = opts.state_v_first;
+  const bool in_place = std::is_same_v<Acc, float> && ht != nullptr;
+  const bool any_gk = gk.has_value() || !opts.gamma.empty();
+
+  const auto run = [&](auto vfirst_c, auto gk_c, auto gv_c) {
+    constexpr bool VFirst = decltype(vfirst_c)::value, Gk = decltype(gk_c)::value, Gv = decltype(gv_c)::value;
+    parallel_for(n_items, [&](Index item, int worker) {
+      const HeadTile& it = items[static_cast<std::size_t>(item)];
+      const RecurrentScratch<Acc>& w = ws[static_cast<std::size_t>(worker)];
+      const Index n = it.pair / H, h = it.pair % H, Vt = it.width;
+      const Seq sq = s.seqs[static_cast<std::size_t>(n)];
+      const Acc gam = gamma_for_head<Acc>(opts.gamma, h);
+      // The working tile: inside final_state (its layout) or the K-first scratch tile.
+      Acc* dst = nullptr;
+      const Acc* src = nullptr;
+      Index ld = 0;
+      if constexpr (std::is_same_v<Acc, float>) {
+        if (in_place) {
+          const Index off = it.pair * KV + (VFirst ? it.v0 * K : it.v0);
+          dst = ht + off;
+          src = h0 ? h0 + off : nullptr;
+          ld = VFirst ? K : V;
+        }
+      }
+      if (!in_place) {
+        dst = w.S;
+        ld = VFirst ? K : Vt;
+        if (h0) {
+          if constexpr (VFirst)
+            Eigen::Map<RowMat<Acc>>(w.S, Vt, K) =
+                Eigen::Map<const RowMat<float>>(h0 + it.pair * KV, V, K).middleRows(it.v0, Vt).template cast<Acc>();
+          else
+            load_state_tile(w.S, h0 + it.pair * KV, K, V, it.v0, Vt, false);
+          src = w.S;
+        } else {
+          src = nullptr;
+        }
+      }
+      for (Index i = 0; i < sq.len; ++i) {
+        const Index t = recurrent_step_time(sq, i, opts.reverse);
+        const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
+        RowArrMap<Acc>(w.q, K) = ConstRowArrMap<T>(q.data() + rowk, K).template cast<Acc>();
+        RowArrMap<Acc>(w.k, K) = ConstRowArrMap<T>(k.data() + rowk, K).template cast<Acc>();
+        RowArrMap<Acc>(w.v, Vt) = ConstRowArrMap<T>(v.data() + rowv, Vt).template cast<Acc>();
+        if constexpr (Gk) {
+          RowArrMap<Acc> ek(w.ek, K);
+          if (gk)
+            ek = ConstRowArrMap<T>(gk->data() + rowk, K).template cast<Acc>().exp() * gam;
+          else
+            ek.setConstant(gam);
+        }
+        if constexpr (Gv) RowArrMap<Acc>(w.ev, Vt) = ConstRowArrMap<T>(gv->data() + rowv, Vt).template cast<Acc>().exp();
+        recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, w.q, w.k, w.v, w.ek, w.ev, scale, lo, hi, w.o);
+        src = dst;
+        RowArrMap<T>(o.data() + rowv, Vt) = RowArrMap<Acc>(w.o, Vt).template cast<T>();
+      }
+      if (in_place) {
+        if (sq.len == 0) {  // nothing ran: the final state is the initial state (or zero)
+          for (Index r = 0; r < (VFirst ? Vt : K); ++r) {
+            RowArrMap<Acc> x(dst + r * ld, VFirst ? K : Vt);
+            if (src)
+              x = ConstRowArrMap<Acc>(src + r * ld, VFirst ? K : Vt);
+            else
+              x.setZero();
+          }
+        }
+      } else if (ht) {
+        if (!src) std::fill_n(w.S, K * Vt, Acc(0));
+        if constexpr (VFirst)
+          Eigen::Map<RowMat<float>>(ht + it.pair * KV, V, K).middleRows(it.v0, Vt) =
+              Eigen::Map<const RowMat<Acc>>(w.S, Vt, K).template cast<float>();
+        else
+          store_state_tile(w.S, Vt, ht + it.pair * KV, K, V, it.v0, Vt, false);
+      }
+    });
+  };
+  // The working layout is final_state's when updating in place, else V-first exactly when the state is stored so.
+  const auto with_gates = [&](auto vfirst_c) {
+    if (any_gk && gv) run(vfirst_c, std::true_type{}, std::true_type{});
+    else if (any_gk) run(vfirst_c, std::true_type{}, std::false_type{});
+    else if (gv) run(vfirst_c, std::false_type{}, std::true_type{});
+    else run(vfirst_c, std::false_type{}, std::false_type{});
+  };
+  if (v_first)
+    with_gates(std::true_type{});
+  else
+    with_gates(std::false_type{});
+}
+
+}  // namespace detail
+
 /// Multiplies one head's state [K×V] by gamma: the extra decay fused_recurrent_gla applies per step with
 /// opts.gamma (the kernel folds it into the per-row gate factor instead of a separate pass over the state).
 template <class Derived>
@@ -115,10 +373,12 @@ inline void apply_gamma_decay(View<float, 4> states, const std::vector<float>& g
 /// zero-length sequences pass their state through), reverse; extras gamma (empty, 1 or H values, multiplied
 /// into the state with the gates before adding k vᵀ) and state_clamp_min/max (applied after each step, min
 /// first); unset extras give exactly fla's result. chunk_size, max_seqlen and heuristic_fallback are ignored.
-/// T = float, double, Eigen::bfloat16, Eigen::half; bf16/half are converted to float once up front, states
-/// and arithmetic are in acc_t<T>. Threads: the parallel engine over (sequence, head) pairs, longest sequences
-/// first; deterministic. Allocates its workspace (and bf16/half conversions) before any thread starts.
-/// Throws gla::Error before writing anything.
+/// T = float, double, Eigen::bfloat16, Eigen::half; each token's rows are converted as they are read, states
+/// and arithmetic are in acc_t<T>. With a final_state output (and float accumulation) the state is updated in
+/// that buffer in its own layout, so a one-token step (decoding) reads and writes each state element once.
+/// Threads: the parallel engine over (sequence, head, value tile), longest sequences first; deterministic.
+/// Scratch from opts.workspace (or allocated for the call), before any thread starts. Throws gla::Error before
+/// writing anything.
 template <class Q>
 void fused_recurrent_gla_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
                               std::optional<ConstViewOf<Q, 4>> gk, std::optional<ConstViewOf<Q, 4>> gv,
@@ -126,7 +386,6 @@ void fused_recurrent_gla_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q,
                               std::optional<View<float, 4>> final_state = std::nullopt) {
   namespace rd = detail::recurrent;
   using T = scalar_type_t<Q>;
-  using Acc = acc_t<T>;
   const std::string fn = "fused_recurrent_gla";
   const ConstView<T, 4> q(q_in);
   const detail::OpShape s = rd::check_inputs<T>(fn, q, k, v, gk, gv, opts);
@@ -141,79 +400,7 @@ void fused_recurrent_gla_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q,
        detail::buffer("gv", gv), detail::buffer("initial_state", opts.initial_state)},
       {detail::buffer("o", o), detail::buffer("final_state", final_state)}, {{"final_state", "initial_state"}});
 
-  const Index T_ = s.T, H = s.H, K = s.K, V = s.V, KV = K * V;
-  const Acc scale = detail::recurrent_scale<Acc>(opts, K);
-  const bool clamp_lo = opts.state_clamp_min.has_value(), clamp_hi = opts.state_clamp_max.has_value();
-  const Acc lo = clamp_lo ? static_cast<Acc>(*opts.state_clamp_min) : Acc(0);
-  const Acc hi = clamp_hi ? static_cast<Acc>(*opts.state_clamp_max) : Acc(0);
-
-  rd::AccInputs<Acc, T> in;
-  in.q = detail::AccInput<Acc, T>(q);
-  in.k = detail::AccInput<Acc, T>(k);
-  in.v = detail::AccInput<Acc, T>(v);
-  if (gk) in.gk = detail::AccInput<Acc, T>(*gk);
-  if (gv) in.gv = detail::AccInput<Acc, T>(*gv);
-
-  // Per-thread scratch, allocated here so that nothing is allocated (or can throw) inside the parallel loop.
-  struct Scratch {
-    detail::RowMat<Acc> S;
-    Eigen::Array<Acc, Eigen::Dynamic, 1> ek, ev;
-    Eigen::Array<Acc, 1, Eigen::Dynamic> o_acc;
-  };
-  const std::vector<Index> order = detail::pairs_longest_first(s);
-  const Index items = static_cast<Index>(order.size());
-  Scratch init;
-  init.S.resize(K, V);
-  init.ek.resize(K);
-  init.ev.resize(V);
-  init.o_acc.resize(V);
-  auto scratch = detail::per_worker(items, init);
-
-  const bool has_gv = gv.has_value();
-  T* o_data = o.data();
-  float* ht_data = final_state ? final_state->data() : nullptr;
-  const float* h0_data = opts.initial_state ? opts.initial_state->data() : nullptr;
-
-  detail::parallel_for(items, [&](Index item, int worker) {
-    using RowA = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
-    using CRowA = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
-    const Index p = order[static_cast<std::size_t>(item)];
-    Scratch& w = scratch[static_cast<std::size_t>(worker)];
-    const Index n = p / H, h = p % H;
-    const detail::Seq sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0_data)
-      detail::load_state(w.S.data(), h0_data + p * KV, K, V, opts.state_v_first);
-    else
-      w.S.setZero();
-    const Acc gam = detail::gamma_for_head<Acc>(opts.gamma, h);
-    for (Index i = 0; i < sq.len; ++i) {
-      const Index t = detail::recurrent_step_time(sq, i, opts.reverse);
-      const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V;
-      const Acc* qt = in.q.data() + rowk;
-      const Acc* kt = in.k.data() + rowk;
-      const bool scale_rows = rd::step_decay<Acc>(w.ek, w.ev, gk ? in.gk.data() + rowk : nullptr,
-                                                  gv ? in.gv.data() + rowv : nullptr, K, V, gam);
-      const CRowA vt(in.v.data() + rowv, V);
-      const auto evr = w.ev.transpose();
-      // One pass over the state per step: decay, add k vᵀ, clamp, and accumulate o_t = scale · q_tᵀ S_t
-      // while the row is hot (this is state_step fused with the output and the clamps).
-      w.o_acc.setZero();
-      for (Index a = 0; a < K; ++a) {
-        RowA x(w.S.data() + a * V, V);
-        if (has_gv)
-          x = x * evr * (scale_rows ? w.ek(a) : Acc(1)) + kt[a] * vt;
-        else if (scale_rows)
-          x = x * w.ek(a) + kt[a] * vt;
-        else
-          x += kt[a] * vt;
-        if (clamp_lo) x = x.max(lo);
-        if (clamp_hi) x = x.min(hi);
-        w.o_acc += qt[a] * x;
-      }
-      detail::store_row(o_data + rowv, (scale * w.o_acc).matrix());
-    }
-    if (ht_data) detail::store_state(w.S, ht_data + p * KV, K, V, opts.state_v_first);
-  });
+  detail::recurrent_forward_run<T>(s, q, k, v, gk, gv, opts, o, final_state ? final_state->data() : nullptr);
 }
 
 /// fused_recurrent_gla, fla's API: returns o [B,T,H,V] T and, with opts.output_final_state, the final states

@@ -1,10 +1,14 @@
 #pragma once
 /// gla/detail/chunk_kernels.hpp: the per-chunk building blocks shared by chunk_fwd_h, chunk_gla and
-/// fused_chunk_gla: the state update across one chunk and the output of one chunk, both on [L×D] blocks
-/// through Eigen matrix products, with fla's stability scheme (docs/chunk_algorithm.md).
+/// fused_chunk_gla: the state update across one chunk and the output of one chunk, on contiguous tiles through
+/// the small-GEMM layer (detail/gemm.hpp), with fla's stability scheme (docs/chunk_algorithm.md). Inputs are
+/// read in their own scalar; bf16 inputs feed bf16 operands to the products (fp32 accumulation), everything
+/// else is computed in acc_t of the input.
 
 #include <gla/core.hpp>
+#include <gla/detail/gemm.hpp>
 #include <gla/detail/parallel.hpp>
+#include <gla/workspace.hpp>
 
 #include <memory>
 #include <numeric>
@@ -15,8 +19,25 @@ namespace gla::detail {
 /// exponent <= 0 (docs/chunk_algorithm.md).
 inline constexpr Index kSubChunk = 16;
 
-/// Gate cumsums of one chunk, each optional (nullptr), natural log, chunk-local and inclusive:
-/// g [L] (stride ldg), gk [L×K] (stride ldgk), gv [L×V] (stride ldgv); gamma = per-step log decay.
+/// The floor of per-step log gates on the chunk paths: a gate below it (down to −inf, a hard reset) acts as
+/// the floor. exp(floor) is far below the scalar's resolution, so the result equals the exact one to rounding,
+/// and the chunk-local cumsums stay finite (−inf would make G_t − G_s = −inf − (−inf) = NaN). The recurrent
+/// path needs no floor. docs/chunk_algorithm.md measures the accuracy near the floor.
+template <class Acc>
+inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
+
+/// The scalar of the products' operands for input scalar In: bf16 inputs stay bf16 (the CPU's bf16 dot
+/// products with fp32 accumulation, as fla's tl.dot on a GPU); every other input is computed in acc_t<In>.
+template <class In>
+using operand_t = std::conditional_t<std::is_same_v<In, Eigen::bfloat16>, Eigen::bfloat16, acc_t<In>>;
+
+/// Gate sets of the state update as compile-time flags (a bitwise or): the scalar gate g, the constant decay
+/// gamma, the key gate gk, the value gate gv.
+inline constexpr unsigned kGateG = 1u, kGateGamma = 2u, kGateGk = 4u, kGateGv = 8u;
+
+/// Gate cumsums of one chunk, each optional (nullptr), natural log, chunk-local and inclusive, in Acc:
+/// g [L] (stride ldg), gk [L×K] (stride ldgk), gv [L×Vt] (stride ldgv, starting at the tile's first column);
+/// gamma = per-step log decay.
 template <class Acc>
 struct ChunkGates {
   const Acc* g = nullptr;
@@ -28,145 +49,351 @@ struct ChunkGates {
   std::optional<Acc> gamma;
 };
 
-/// Scratch matrices of one thread, sized once per call so that no hot loop allocates.
-template <class Acc>
-struct ChunkWorkspace {
-  RowMat<Acc> G, qg, kg, qs, kdec, vdec, A, O, expg;
-  RowVec<Acc> e, gl, gvl, egl, egvl;
-  ChunkWorkspace() = default;
-  ChunkWorkspace(Index BT, Index K, Index V) { reserve(BT, K, V); }
-  void reserve(Index BT, Index K, Index V) {
-    G.resize(BT, K);
-    qg.resize(BT, K);
-    kg.resize(BT, K);
-    qs.resize(kSubChunk, K);
-    kdec.resize(BT, K);
-    vdec.resize(BT, V);
-    A.resize(BT, BT);
-    O.resize(BT, V);
-    expg.resize(BT, K);
-    e.resize(K);
-    gl.resize(K);
-    gvl.resize(V);
-    egl.resize(K);
-    egvl.resize(V);
+/// A strided block of rows: row r at p + r·ld.
+template <class T>
+struct Rows {
+  const T* p = nullptr;
+  Index ld = 0;
+  const T* row(Index r) const { return p + r * ld; }
+};
+
+/// The rows of (sequence sq, head h) of a [B,T,H,D] tensor from token c0 of the sequence, starting at column d0.
+template <class T>
+Rows<T> head_rows(const T* base, const OpShape& s, const Seq& sq, Index h, Index c0, Index D, Index d0 = 0) {
+  return {base + ((sq.b * s.T + sq.t0 + c0) * s.H + h) * D + d0, s.H * D};
+}
+
+template <class S>
+using RowArr = Eigen::Array<S, 1, Eigen::Dynamic>;
+template <class S>
+using RowArrMap = Eigen::Map<RowArr<S>>;
+template <class S>
+using ConstRowArrMap = Eigen::Map<const RowArr<S>>;
+
+/// Per-worker scratch of the chunk kernels, carved from a workspace, for chunks of at most BT rows, K key columns
+/// and value tiles of at most Vt columns. Buffers of operand type are unused (size 0) when Op is Acc.
+template <class Acc, class Op>
+struct ChunkScratch {
+  static constexpr bool kLowp = !std::is_same_v<Acc, Op>;
+  Acc* G = nullptr;    // [BT×K] chunk-local gate cumsum (floored)
+  Acc* eg = nullptr;   // [BT×K] e^{g}: the diagonal blocks' running-product factors
+  Acc* tmp = nullptr;  // [BT×K] exponents, then decay factors
+  Acc* qa = nullptr;   // [BT×K] q in Acc (diagonal blocks)
+  Acc* ka = nullptr;   // [BT×K] k in Acc (diagonal blocks)
+  Op* qg = nullptr;    // [BT×K] scale · q ⊙ e^{G}
+  Op* qs = nullptr;    // [kSubChunk×K] scale · q ⊙ e^{G − gn} of one query sub-chunk
+  Op* kd = nullptr;    // [BT×K] k ⊙ decay
+  Acc* A = nullptr;    // [BT×BT] intra-chunk attention (zero above the diagonal)
+  Op* Aop = nullptr;   // [BT×BT] A as an operand (low precision only)
+  Op* vop = nullptr;   // [BT×Vt] a value tile as an operand (converted or decayed by gv)
+  Op* Sop = nullptr;   // [K×Vt] the state tile as an operand (low precision only)
+  Acc* O = nullptr;    // [BT×Vt] the chunk's outputs
+  Acc* S = nullptr;    // [K×Vt] the carried state tile
+  Acc* el = nullptr;   // [K] e^{gk of the chunk's last row}
+  Acc* ev = nullptr;   // [Vt]
+  Acc* e = nullptr;    // [K]
+
+  static ChunkScratch plan(Arena& a, Index BT, Index K, Index Vt) {
+    ChunkScratch w;
+    w.G = a.take<Acc>(BT * K);
+    w.eg = a.take<Acc>(BT * K);
+    w.tmp = a.take<Acc>(BT * K);
+    w.qa = a.take<Acc>(BT * K);
+    w.ka = a.take<Acc>(BT * K);
+    w.qg = a.take<Op>(BT * K);
+    w.qs = a.take<Op>(kSubChunk * K);
+    w.kd = a.take<Op>(BT * K);
+    w.A = a.take<Acc>(BT * BT);
+    w.Aop = a.take<Op>(kLowp ? BT * BT : 0);
+    w.vop = a.take<Op>(BT * Vt);
+    w.Sop = a.take<Op>(kLowp ? K * Vt : 0);
+    w.O = a.take<Acc>(BT * Vt);
+    w.S = a.take<Acc>(K * Vt);
+    w.el = a.take<Acc>(K);
+    w.ev = a.take<Acc>(Vt);
+    w.e = a.take<Acc>(K);
+    return w;
   }
 };
 
-/// Inclusive cumsum over the L rows of a strided gate block into G (top L rows); gates below `floor` count as
-/// `floor` (NaN stays NaN).
-template <class Acc>
-void local_cumsum_rows(const Acc* g, Index ldg, Index L, Index K, Acc floor, RowMat<Acc>& G) {
-  if (L == 0) return;
-  const auto floored = [&](Index r) {
-    const auto row = Eigen::Map<const RowVec<Acc>>(g + r * ldg, K).array();
-    return (row < floor).select(floor, row);
-  };
-  G.row(0) = floored(0).matrix();
-  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + floored(r).matrix();
+/// One scratch per worker of a parallel_for over `items` items.
+template <class Acc, class Op>
+std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT, Index K, Index Vt) {
+  std::vector<ChunkScratch<Acc, Op>> w;
+  const int n = parallel_workers(items);
+  for (int i = 0; i < n; ++i) w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt));
+  return w;
 }
 
-/// Advances the state across one chunk of L tokens (S is K×V, the state before the chunk):
-///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙
-///   e^{gv_l−gv_s})ᵀ
-/// where l is the chunk's last row; every exponent is <= 0 for non-positive gates.
-template <class Acc>
-void chunk_state_update(RowMat<Acc>& S, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
-                        const ChunkGates<Acc>& gt, Index L, ChunkWorkspace<Acc>& ws) {
-  if (L == 0) return;
-  const Index K = S.rows(), V = S.cols();
-  Acc scalar_last = 0;  // g_l + γL: the scalar part of the state's decay
-  if (gt.g) scalar_last += gt.g[(L - 1) * gt.ldg];
-  if (gt.gamma) scalar_last += *gt.gamma * static_cast<Acc>(L);
+/// Rows [0, L) × [0, W) of a strided block in another scalar, into a contiguous [L×W] tile.
+template <class To, class From>
+void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
+  for (Index r = 0; r < L; ++r)
+    RowArrMap<To>(dst + r * W, W) = ConstRowArrMap<From>(src.row(r), W).template cast<To>();
+}
 
-  auto kdec = ws.kdec.topRows(L);
-  if (gt.gk) ws.gl = Eigen::Map<const RowVec<Acc>>(gt.gk + (L - 1) * gt.ldgk, K);
-  for (Index s = 0; s < L; ++s) {
-    Acc sc = 0;  // scalar log decay from token s to the chunk end
-    if (gt.g) sc += gt.g[(L - 1) * gt.ldg] - gt.g[s * gt.ldg];
-    if (gt.gamma) sc += *gt.gamma * static_cast<Acc>(L - 1 - s);
-    if (gt.gk) {
-      kdec.row(s) =
-          k.row(s).array() * ((ws.gl - Eigen::Map<const RowVec<Acc>>(gt.gk + s * gt.ldgk, K)).array() + sc).exp();
-    } else if (gt.g || gt.gamma) {
-      kdec.row(s) = k.row(s) * std::exp(sc);
+/// A block of input rows as product operands: the input itself when its scalar is the operand's, else a
+/// converted contiguous copy in `scratch`.
+template <class Op, class In>
+Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
+  if constexpr (std::is_same_v<Op, In>) {
+    (void)L;
+    (void)W;
+    (void)scratch;
+    return src;
+  } else {
+    convert_rows(src, L, W, scratch);
+    return {scratch, W};
+  }
+}
+
+/// G ← the inclusive cumsum over the L rows of the per-step gates g (each floored), and, when eg is given,
+/// eg ← e^{floored g} (the one-step decays, exponentiated here from the gates themselves, not from differences
+/// of the cumsum, which would carry the cumsum's rounding).
+template <class Acc, class In>
+void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G, Acc* eg) {
+  for (Index r = 0; r < L; ++r) {
+    RowArrMap<Acc> Gr(G + r * K, K);
+    const auto raw = ConstRowArrMap<In>(g.row(r), K).template cast<Acc>();
+    if (eg) {
+      RowArrMap<Acc> er(eg + r * K, K);
+      er = (raw < floor).select(floor, raw);
+      if (r == 0)
+        Gr = er;
+      else
+        Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + er;
+    } else if (r == 0) {
+      Gr = (raw < floor).select(floor, raw);
     } else {
-      kdec.row(s) = k.row(s);
+      Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + (raw < floor).select(floor, raw);
     }
   }
-  // exp into a vector first: Eigen 3.4 re-evaluates (with scalar code) an exp() inside a broadcast.
-  if (gt.gk) {
-    ws.egl = ws.gl.array().exp();
-    S.array().colwise() *= ws.egl.transpose().array();
-  }
-  if (gt.g || gt.gamma) S *= std::exp(scalar_last);
-  if (gt.gv) {
-    ws.gvl = Eigen::Map<const RowVec<Acc>>(gt.gv + (L - 1) * gt.ldgv, V);
-    ws.egvl = ws.gvl.array().exp();
-    S.array().rowwise() *= ws.egvl.array();
-    auto vdec = ws.vdec.topRows(L);
-    for (Index s = 0; s < L; ++s)
-      vdec.row(s) = v.row(s).array() * (ws.gvl - Eigen::Map<const RowVec<Acc>>(gt.gv + s * gt.ldgv, V)).array().exp();
-    S.noalias() += kdec.transpose() * vdec;
-  } else {
-    S.noalias() += kdec.transpose() * v;
+  if (eg) {
+    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(eg, L * K);
+    all = all.exp();
   }
 }
 
-/// The output of one chunk of L tokens of GLA, into ws.O (top L rows):
+/// Advances a state tile across one chunk of L tokens (S is K×Vt with row stride ldS, the state before the chunk):
+///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙
+///   e^{gv_l−gv_s})ᵀ
+/// where l is the chunk's last row; every exponent is <= 0 for non-positive gates. k [L×K] and v [L×Vt] are
+/// input rows (v starting at the tile's first column); the gates are chunk-local cumsums (Gates says which).
+template <unsigned Gates, class Acc, class Op, class In>
+void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt, Index L, Index K, Index Vt,
+                  const ChunkScratch<Acc, Op>& ws) {
+  if (L == 0) return;
+  constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0,
+                 kGv = (Gates & kGateGv) != 0;
+  Acc scalar_last = 0;  // g_l + γL: the scalar part of the state's decay
+  if constexpr (kG) scalar_last += gt.g[(L - 1) * gt.ldg];
+  if constexpr (kGamma) scalar_last += *gt.gamma * static_cast<Acc>(L);
+
+  // kd = k ⊙ decay to the chunk end: the exponents first, one vectorised exp over the block, then the product.
+  if constexpr (kGk || kG || kGamma) {
+    for (Index s = 0; s < L; ++s) {
+      Acc sc = 0;  // scalar log decay from token s to the chunk end
+      if constexpr (kG) sc += gt.g[(L - 1) * gt.ldg] - gt.g[s * gt.ldg];
+      if constexpr (kGamma) sc += *gt.gamma * static_cast<Acc>(L - 1 - s);
+      RowArrMap<Acc> x(ws.tmp + s * K, K);
+      if constexpr (kGk)
+        x = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K) - ConstRowArrMap<Acc>(gt.gk + s * gt.ldgk, K) + sc;
+      else
+        x.setConstant(sc);
+    }
+    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(ws.tmp, L * K);
+    all = all.exp();
+    for (Index s = 0; s < L; ++s)
+      RowArrMap<Op>(ws.kd + s * K, K) =
+          (ConstRowArrMap<In>(k.row(s), K).template cast<Acc>() * RowArrMap<Acc>(ws.tmp + s * K, K)).template cast<Op>();
+  } else {
+    convert_rows(k, L, K, ws.kd);
+  }
+  if constexpr (kGk) {
+    RowArrMap<Acc> el(ws.el, K);
+    el = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K).exp();
+    for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= ws.el[a];
+  }
+  if constexpr (kG || kGamma) {
+    const Acc f = std::exp(scalar_last);
+    for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= f;
+  }
+  Rows<Op> vop;
+  if constexpr (kGv) {
+    RowArrMap<Acc> ev(ws.ev, Vt);
+    const ConstRowArrMap<Acc> gvl(gt.gv + (L - 1) * gt.ldgv, Vt);
+    ev = gvl.exp();
+    for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= ev;
+    // v ⊙ e^{gv_l − gv_s}, rows formed in O's memory as exponents (O is free during a state update).
+    for (Index s = 0; s < L; ++s) {
+      RowArrMap<Acc> x(ws.O + s * Vt, Vt);
+      x = (gvl - ConstRowArrMap<Acc>(gt.gv + s * gt.ldgv, Vt)).exp();
+      RowArrMap<Op>(ws.vop + s * Vt, Vt) =
+          (ConstRowArrMap<In>(v.row(s), Vt).template cast<Acc>() * x).template cast<Op>();
+    }
+    vop = {ws.vop, Vt};
+  } else {
+    vop = as_operand<Op>(v, L, Vt, ws.vop);
+  }
+  gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
+}
+
+/// The output of one chunk of L tokens for one value tile, into ws.O [L×Vt]:
 ///   o_t = scale (q_t ⊙ e^{G_t}) S + Σ_{s ≤ t in chunk} A[t,s] v_s,  A[t,s] = scale Σ_k q_t k_s e^{G_t − G_s}
-/// with S the state before the chunk and G [L×K] the chunk-local gate cumsum.
+/// with S [K×Vt] (row stride ldS) the state before the chunk, G [L×K] the chunk-local gate cumsum and eg [L×K]
+/// the one-step decays e^{g} (gate_cumsum). v is the value tile as an operand.
 /// Off-diagonal 16×16 blocks use a reference point at the query sub-chunk's first row (both factors ≤ 1);
 /// diagonal blocks use e^{G_t − G_s} as a running product of e^{g} (every factor ≤ 1); the upper triangle is
-/// written as 0 (a select, never a multiply by a mask, so no inf·0).
-template <class Acc, class StateMat>
-void chunk_output(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
-                  const ConstStridedMap<Acc>& G, const StateMat& S, Acc scale, Index L, ChunkWorkspace<Acc>& ws) {
+/// written as 0 (never a multiply by a mask, so no inf·0).
+template <class Acc, class Op, class In>
+void chunk_output(Rows<In> q, Rows<In> k, Rows<Op> v, const Acc* S, Index ldS, Acc scale, Index L, Index K, Index Vt,
+                  const ChunkScratch<Acc, Op>& ws, Index BT) {
   if (L == 0) return;
-  auto qg = ws.qg.topRows(L);
-  for (Index r = 0; r < L; ++r) qg.row(r) = q.row(r).array() * G.row(r).array().exp() * scale;
-  auto O = ws.O.topRows(L);
-  O.noalias() = qg * S;
-
-  auto A = ws.A.topLeftCorner(L, L);
-  // e^{g_r} = e^{G_r − G_{r−1}} for the diagonal blocks' running products.
-  auto expg = ws.expg.topRows(L);
-  for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
-    const Index Li = std::min(kSubChunk, L - i0);
-    expg.row(i0).setOnes();
-    for (Index r = i0 + 1; r < i0 + Li; ++r) expg.row(r) = (G.row(r) - G.row(r - 1)).array().exp();
+  const Acc* G = ws.G;
+  // Rows of q and k in Acc (for float/double inputs, the input rows themselves).
+  Rows<Acc> qa, ka;
+  if constexpr (std::is_same_v<In, Acc>) {
+    qa = q;
+    ka = k;
+  } else {
+    convert_rows(q, L, K, ws.qa);
+    convert_rows(k, L, K, ws.ka);
+    qa = {ws.qa, K};
+    ka = {ws.ka, K};
   }
+  // Inter-chunk term: O = (scale q ⊙ e^{G}) · S.
+  {
+    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(ws.tmp, L * K) =
+        Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(G, L * K).exp();
+    for (Index r = 0; r < L; ++r)
+      RowArrMap<Op>(ws.qg + r * K, K) =
+          (ConstRowArrMap<Acc>(qa.row(r), K) * RowArrMap<Acc>(ws.tmp + r * K, K) * scale).template cast<Op>();
+    const Op* Sop = nullptr;
+    Index ldSop = 0;
+    if constexpr (std::is_same_v<Op, Acc>) {
+      Sop = S;
+      ldSop = ldS;
+    } else {
+      convert_rows(Rows<Acc>{S, ldS}, K, Vt, ws.Sop);
+      Sop = ws.Sop;
+      ldSop = Vt;
+    }
+    gemm<Op>(Trans::N, Trans::N, L, Vt, K, ws.qg, K, Sop, ldSop, /*accumulate=*/false, ws.O, Vt);
+  }
+
+  // Intra-chunk attention A [L×L], row stride BT.
+  Acc* A = ws.A;
   for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
     const Index Li = std::min(kSubChunk, L - i0);
     if (i0 > 0) {
       // Off-diagonal blocks of query sub-chunk i against all earlier keys, reference gn = G[i0].
-      auto gn = G.row(i0);
-      auto qs = ws.qs.topRows(Li);
-      for (Index r = 0; r < Li; ++r) qs.row(r) = q.row(i0 + r).array() * (G.row(i0 + r) - gn).array().exp() * scale;
-      auto kg = ws.kg.topRows(i0);
-      for (Index s = 0; s < i0; ++s) kg.row(s) = k.row(s).array() * (gn - G.row(s)).array().exp();
-      A.block(i0, 0, Li, i0).noalias() = qs * kg.transpose();
+      const ConstRowArrMap<Acc> gn(G + i0 * K, K);
+      for (Index r = 0; r < Li; ++r) {
+        RowArrMap<Acc> x(ws.tmp + r * K, K);
+        x = (ConstRowArrMap<Acc>(G + (i0 + r) * K, K) - gn).exp();
+        RowArrMap<Op>(ws.qs + r * K, K) = (ConstRowArrMap<Acc>(qa.row(i0 + r), K) * x * scale).template cast<Op>();
+      }
+      for (Index s = 0; s < i0; ++s) {
+        RowArrMap<Acc> x(ws.tmp + s * K, K);
+        x = (gn - ConstRowArrMap<Acc>(G + s * K, K)).exp();
+        RowArrMap<Op>(ws.kd + s * K, K) = (ConstRowArrMap<Acc>(ka.row(s), K) * x).template cast<Op>();
+      }
+      gemm<Op>(Trans::N, Trans::T, Li, i0, K, ws.qs, K, ws.kd, K, /*accumulate=*/false, A + i0 * BT, BT);
     }
     // Diagonal block: column c, rows r >= c, decay e^{G_r − G_c} = Π_{s=c+1..r} e^{g_s}.
+    RowArrMap<Acc> e(ws.e, K);
     for (Index c = i0; c < i0 + Li; ++c) {
-      ws.e = k.row(c);
-      A(c, c) = scale * (q.row(c).array() * ws.e.array()).sum();
+      e = ConstRowArrMap<Acc>(ka.row(c), K);
+      A[c * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(c), K) * e).sum();
       for (Index r = c + 1; r < i0 + Li; ++r) {
-        ws.e.array() *= expg.row(r).array();
-        A(r, c) = scale * (q.row(r).array() * ws.e.array()).sum();
+        e *= ConstRowArrMap<Acc>(ws.eg + r * K, K);
+        A[r * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(r), K) * e).sum();
       }
-      for (Index r = i0; r < c; ++r) A(r, c) = Acc(0);
+      for (Index r = i0; r < c; ++r) A[r * BT + c] = Acc(0);
     }
-    const Index right = L - i0 - Li;
-    if (right > 0) A.block(i0, i0 + Li, Li, right).setZero();
+    for (Index r = i0; r < i0 + Li; ++r)
+      for (Index c = i0 + Li; c < L; ++c) A[r * BT + c] = Acc(0);
   }
-  O.noalias() += A * v;
+  // Intra-chunk term: O += A · V.
+  const Op* Aop = nullptr;
+  if constexpr (std::is_same_v<Op, Acc>) {
+    Aop = A;
+  } else {
+    for (Index r = 0; r < L; ++r)
+      RowArrMap<Op>(ws.Aop + r * BT, L) = RowArrMap<Acc>(A + r * BT, L).template cast<Op>();
+    Aop = ws.Aop;
+  }
+  gemm<Op>(Trans::N, Trans::N, L, Vt, L, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
+}
+
+/// Loads columns [v0, v0+Vt) of a float state [K,V] (or its V-first transpose [V,K]) into a row-major K×Vt tile.
+template <class Acc>
+void load_state_tile(Acc* S, const float* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
+  Eigen::Map<RowMat<Acc>> dst(S, K, Vt);
+  if (v_first)
+    dst = Eigen::Map<const RowMat<float>>(p, V, K).middleRows(v0, Vt).transpose().template cast<Acc>();
+  else
+    dst = Eigen::Map<const RowMat<float>>(p, K, V).middleCols(v0, Vt).template cast<Acc>();
+}
+
+/// Stores a K×Vt tile (row stride ldS) as columns [v0, v0+Vt) of a state [K,V] (or [V,K] when v_first) of Out.
+template <class Acc, class Out>
+void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
+  const Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>> src(S, K, Vt, Eigen::OuterStride<>(ldS));
+  if (v_first)
+    Eigen::Map<RowMat<Out>>(p, V, K).middleRows(v0, Vt) = src.transpose().template cast<Out>();
+  else
+    Eigen::Map<RowMat<Out>>(p, K, V).middleCols(v0, Vt) = src.template cast<Out>();
+}
+
+/// Writes L rows of a contiguous [L×W] tile into strided output rows (converting to the output scalar).
+template <class T, class Acc>
+void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld) {
+  for (Index r = 0; r < L; ++r)
+    RowArrMap<T>(out + r * ld, W) = ConstRowArrMap<Acc>(tile + r * W, W).template cast<T>();
 }
 
 /// An uninitialised buffer of n accumulators (std::vector would zero-fill memory that is overwritten anyway).
 template <class Acc>
 std::unique_ptr<Acc[]> uninitialized_buffer(Index n) {
   return std::unique_ptr<Acc[]>(new Acc[static_cast<std::size_t>(std::max<Index>(n, 1))]);
+}
+
+/// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.
+struct HeadTile {
+  Index pair;  // n·H + h
+  Index v0, width;
+};
+
+/// The work items of a sweep over (sequence, head) pairs, each split into value tiles when the pairs alone are
+/// too few to keep threads busy: a pair holding more than 1/target of all tokens gets up to `max_tiles` tiles of
+/// at least 32 columns (rounded to 16). The split depends on the shape only — never on the thread count — so
+/// results are identical for any thread count. Items are ordered by work, largest first.
+inline std::vector<HeadTile> head_tiles(const OpShape& s, Index target, Index max_tiles) {
+  Index total = 0;
+  for (const Seq& sq : s.seqs) total += sq.len;
+  total *= s.H;
+  std::vector<HeadTile> items;
+  for (Index p = 0; p < s.N * s.H; ++p) {
+    const Index len = s.seqs[static_cast<std::size_t>(p / s.H)].len;
+    Index tiles = 1;
+    if (total > 0 && len > 0) tiles = std::max<Index>(1, (target * len + total - 1) / total);
+    tiles = std::min({tiles, max_tiles, std::max<Index>(1, s.V / 32)});
+    const Index width = std::min(s.V, ((s.V + tiles - 1) / tiles + 15) / 16 * 16);
+    for (Index v0 = 0; v0 < s.V; v0 += width) items.push_back({p, v0, std::min(width, s.V - v0)});
+  }
+  std::stable_sort(items.begin(), items.end(), [&](const HeadTile& a, const HeadTile& b) {
+    return s.seqs[static_cast<std::size_t>(a.pair / s.H)].len * a.width >
+           s.seqs[static_cast<std::size_t>(b.pair / s.H)].len * b.width;
+  });
+  return items;
+}
+
+/// The widest tile of a list (the scratch size per worker).
+inline Index max_tile_width(const std::vector<HeadTile>& items) {
+  Index w = 0;
+  for (const HeadTile& t : items) w = std::max(w, t.width);
+  return w;
 }
 
 }  // namespace gla::detail
