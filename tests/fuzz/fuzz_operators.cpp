@@ -1741,7 +1741,7 @@ void op_layer(Input& in, bool step) {
     cache.recurrent_state = gla::Tensor<float, 4>(N, H, Vh, Kh + (wrong ? 1 : 0));
     cache.recurrent_state->setConstant(0.5f);
     v.bad(wrong, "cache.recurrent_state has a wrong shape");
-    if (cstate & 1) {
+    if ((cstate & 1) && cfg.conv_size <= 16) {  // conv_size is only bounded with use_short_conv
       cache.conv_state_q = gla::Tensor<T, 3>(N, cfg.key_dim(), cfg.conv_size);
       cache.conv_state_q->setConstant(T(0.25));
       v.bad(!cfg.use_short_conv, "a conv state without use_short_conv");
