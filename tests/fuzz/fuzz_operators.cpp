@@ -302,8 +302,7 @@ class Layout {
   /// The first region whose bytes changed since snapshot(), or -1.
   int changed() const {
     for (std::size_t i = 0; i < regions_.size(); ++i)
-      if (std::memcmp(regions_[i].snap.data(), regions_[i].mem.get(), regions_[i].cap) != 0)
-        return static_cast<int>(i);
+      if (std::memcmp(regions_[i].snap.data(), regions_[i].mem.get(), regions_[i].cap) != 0) return static_cast<int>(i);
     return -1;
   }
   std::string region_name(int r) const {
@@ -488,16 +487,30 @@ std::optional<float> decode_scale(Input& in, bool& moderate) {
   const std::uint8_t b = in.u8();
   moderate = true;
   if (b < 128) return std::nullopt;
-  const float table[] = {0.5f, 0.0f, -2.0f, 1.0f, std::numeric_limits<float>::quiet_NaN(),
-                         std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 1e30f};
+  const float table[] = {0.5f,
+                         0.0f,
+                         -2.0f,
+                         1.0f,
+                         std::numeric_limits<float>::quiet_NaN(),
+                         std::numeric_limits<float>::infinity(),
+                         -std::numeric_limits<float>::infinity(),
+                         1e30f};
   const float s = table[b % 8];
   moderate = std::isfinite(s) && std::fabs(s) <= 4.0f;
   return s;
 }
 
 int decode_chunk_size(Input& in) {
-  return in.pick<int>({64, 16, 32, 128, 256, 64, 16, 32, 0, 3, 24, 512, 1 << 17, std::numeric_limits<int>::max(),
-                       -16, 8, 1, std::numeric_limits<int>::min(), 48, 64});
+  return in.pick<int>({64,      16,
+                       32,      128,
+                       256,     64,
+                       16,      32,
+                       0,       3,
+                       24,      512,
+                       1 << 17, std::numeric_limits<int>::max(),
+                       -16,     8,
+                       1,       std::numeric_limits<int>::min(),
+                       48,      64});
 }
 
 /// The problem of one GLA operator call: shapes, options and what makes it invalid. The shapes the tensors are built
@@ -592,12 +605,11 @@ GlaCase decode_case(Input& in) {
       }
     }
     if (ex & 0x04)
-      c.opts.state_clamp_min =
-          in.pick<float>({-1.0f, -10.0f, 0.0f, 5.0f, std::numeric_limits<float>::quiet_NaN(),
-                          -std::numeric_limits<float>::infinity()});
+      c.opts.state_clamp_min = in.pick<float>({-1.0f, -10.0f, 0.0f, 5.0f, std::numeric_limits<float>::quiet_NaN(),
+                                               -std::numeric_limits<float>::infinity()});
     if (ex & 0x08)
-      c.opts.state_clamp_max = in.pick<float>({1.0f, 10.0f, 0.0f, -5.0f, std::numeric_limits<float>::quiet_NaN(),
-                                               std::numeric_limits<float>::infinity()});
+      c.opts.state_clamp_max = in.pick<float>(
+          {1.0f, 10.0f, 0.0f, -5.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()});
     if (ex & 0x10) c.opts.max_seqlen = in.pick<std::int64_t>({64, 0, -1, 1, 16, kI64Max, kI64Min, 65});
   }
   return c;
@@ -1047,8 +1059,8 @@ template <class T>
 void op_cumsum(Input& in) {
   const bool rank4 = in.bit();
   Dims d = {dim_B(in), dim_T(in), dim_H(in), dim_D(in), 0};
-  const std::int64_t cs = in.pick<std::int64_t>({16, 64, 1, 2, 32, 0, -16, 3, 24, std::int64_t(1) << 62, kI64Max,
-                                                 kI64Min, std::int64_t(1) << 17, 256, 512, 4});
+  const std::int64_t cs = in.pick<std::int64_t>(
+      {16, 64, 1, 2, 32, 0, -16, 3, 24, std::int64_t(1) << 62, kI64Max, kI64Min, std::int64_t(1) << 17, 256, 512, 4});
   bool moderate = true;
   const std::optional<float> scale = decode_scale(in, moderate);
   const bool reverse = in.bit();
@@ -1116,8 +1128,8 @@ void op_router(Input& in) {
   c.expect(L, gv, c.vv(), 4);
   c.expect(L, h0, c.state(), 4);
   c.v.bad(L.any_negative(), "a negative dimension");
-  const bool needs_recurrent = L.slot(gv).present || c.opts.reverse || !c.opts.gamma.empty() ||
-                               c.opts.state_clamp_min || c.opts.state_clamp_max;
+  const bool needs_recurrent =
+      L.slot(gv).present || c.opts.reverse || !c.opts.gamma.empty() || c.opts.state_clamp_min || c.opts.state_clamp_max;
   c.v.bad(needs_recurrent && (mode == gla::Mode::Chunk || mode == gla::Mode::FusedChunk),
           "gv/reverse/extras with an explicit chunk mode");
   if (has_mask) {
@@ -1129,8 +1141,8 @@ void op_router(Input& in) {
         for (Index t = md[1] - c.T; t < md[1]; ++t)
           c.v.bad(L.ptr<std::int64_t>(mask)[b * md[1] + t] == 2, "a mask value other than 0 and 1");
   }
-  const auto mv = has_mask ? std::optional<gla::ConstView<std::int64_t, 2>>(L.view<const std::int64_t, 2>(mask))
-                           : std::nullopt;
+  const auto mv =
+      has_mask ? std::optional<gla::ConstView<std::int64_t, 2>>(L.view<const std::int64_t, 2>(mask)) : std::nullopt;
   call("gla_forward", &L, c.v.invalid, c.v.why, true, [&] {
     auto r = gla::gla_forward(L.view<const T, 4>(q), L.view<const T, 4>(k), L.view<const T, 4>(v),
                               L.opt_view<const T, 4>(gk), L.opt_view<const T, 4>(gv), c.opts, mode, mv);
@@ -1144,8 +1156,8 @@ void op_router(Input& in) {
 std::int64_t big_value(Input& in, Index small_max) {
   const std::uint8_t b = in.u8();
   if (b < 200) return static_cast<std::int64_t>(b % (small_max + 1));
-  const std::int64_t table[] = {-1, -5, kI64Max, kI64Min, std::int64_t(1) << 62, kI64Max - 1, std::int64_t(1) << 40,
-                                std::int64_t(1) << 32};
+  const std::int64_t table[] = {
+      -1, -5, kI64Max, kI64Min, std::int64_t(1) << 62, kI64Max - 1, std::int64_t(1) << 40, std::int64_t(1) << 32};
   return table[b % 8];
 }
 
@@ -1186,8 +1198,10 @@ void op_varlen_cu(Input& in) {
       for (auto l : cu) {
         v.bad(l < 0, "a negative length");
         if (l >= 0) {
-          if (l > kI64Max - sum) overflow = true;
-          else sum += l;
+          if (l > kI64Max - sum)
+            overflow = true;
+          else
+            sum += l;
         }
       }
       v.bad(overflow, "the lengths overflow int64");
@@ -1209,8 +1223,10 @@ void op_varlen_cu(Input& in) {
           const std::int64_t len = cu[i + 1] - cu[i];
           total += static_cast<long double>(len / cs + (len % cs != 0));
         }
-        if (total > static_cast<long double>(std::int64_t(1) << 40)) v.bad(true, "more than 2^40 chunks");
-        else if (total > 100000) return;
+        if (total > static_cast<long double>(std::int64_t(1) << 40))
+          v.bad(true, "more than 2^40 chunks");
+        else if (total > 100000)
+          return;
       }
       const bool indices = which == 3;
       call(indices ? "prepare_chunk_indices" : "prepare_chunk_offsets", nullptr, v.invalid, v.why, false, [&] {
@@ -1243,8 +1259,8 @@ void op_varlen_index(Input& in) {
         other = true;
       }
       if (as_float)
-        L.ptr<float>(m)[i] = (vals & 2) && other && x == 2 ? std::numeric_limits<float>::quiet_NaN()
-                                                           : static_cast<float>(x);
+        L.ptr<float>(m)[i] =
+            (vals & 2) && other && x == 2 ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(x);
       else
         L.ptr<std::int64_t>(m)[i] = x;
     }
@@ -1263,8 +1279,9 @@ void op_varlen_index(Input& in) {
   Dims d = {in.pick<Index>({0, 1, 2, 3, 5, 8, -1, 4}), in.pick<Index>({1, 2, 3, 0, 4, -1, 2, 1}), 0, 0, 0};
   const int ni = in.u8() % 6;
   std::vector<std::int64_t> idx;
-  for (int i = 0; i < ni; ++i) idx.push_back(in.pick<std::int64_t>({0, 1, 2, 3, 4, 5, 7, 0, 1, -1, kI64Max, kI64Min,
-                                                                    std::int64_t(1) << 62, 9, 2, 1}));
+  for (int i = 0; i < ni; ++i)
+    idx.push_back(
+        in.pick<std::int64_t>({0, 1, 2, 3, 4, 5, 7, 0, 1, -1, kI64Max, kI64Min, std::int64_t(1) << 62, 9, 2, 1}));
   Layout L;
   const int x = L.add("x", rank1 ? 1 : 2, d, sizeof(T), true);
   L.allocate();
@@ -1284,15 +1301,16 @@ void op_varlen_index(Input& in) {
     for (auto i : idx) v.bad(i < 0 || i >= d[0], "an index out of range");
     run([&](auto xv) { (void)gla::index_first_axis(xv, idx); }, "index_first_axis");
   } else if (which == 2) {
-    const std::int64_t fad = in.pick<std::int64_t>({0, 1, 2, 5, 8, 3, -1, -5, kI64Max, std::int64_t(1) << 62, kI64Min, 4});
+    const std::int64_t fad =
+        in.pick<std::int64_t>({0, 1, 2, 5, 8, 3, -1, -5, kI64Max, std::int64_t(1) << 62, kI64Min, 4});
     v.bad(static_cast<Index>(idx.size()) != d[0], "indices do not match x");
     v.bad(fad < 0, "first_axis_dim < 0");
     if (row > 0) v.bad(fad > kI64Max / row / 16, "first_axis_dim too large");
     for (auto i : idx) v.bad(i < 0 || i >= fad, "an index out of range");
     run([&](auto xv) { (void)gla::index_put_first_axis(xv, idx, fad); }, "index_put_first_axis");
   } else {
-    const std::int64_t tbl[] = {0, 1, 2, 3, -1, std::int64_t(1) << 31, std::int64_t(1) << 32, kI64Max,
-                                std::int64_t(1) << 62, kI64Min, 4, 2};
+    const std::int64_t tbl[] = {
+        0, 1, 2, 3, -1, std::int64_t(1) << 31, std::int64_t(1) << 32, kI64Max, std::int64_t(1) << 62, kI64Min, 4, 2};
     const std::int64_t batch = in.pick(tbl), seqlen = in.pick(tbl);
     v.bad(batch < 0 || seqlen < 0, "batch or seqlen < 0");
     v.bad(static_cast<Index>(idx.size()) != d[0], "indices do not match hidden");
@@ -1422,8 +1440,9 @@ void op_norm(Input& in, bool gated) {
     v.bad(L.forbidden_overlap(allowed, &why), why);
   }
   const bool finite_in = finite_type<T>() && fx <= Fill::Zero && eps >= 1e-6;
-  const std::string name =
-      std::string(ctor) + (form == 0 ? "::forward_into" : form == 3 ? "::forward_prenorm" : "::forward");
+  const std::string name = std::string(ctor) + (form == 0   ? "::forward_into"
+                                                : form == 3 ? "::forward_prenorm"
+                                                            : "::forward");
   bool fin = true;
   const Outcome out = call(name.c_str(), &L, v.invalid, v.why, form != 0, [&] {
     const auto xv = L.view<const T, 2>(x);
@@ -1540,8 +1559,8 @@ void op_short_conv(Input& in) {
     if (form == 0) v.bad(L.forbidden_overlap({{"y", "residual"}, {"final_state", "cache"}}, &why), why);
     const bool finite_in = finite_type<T>() && fx <= Fill::Zero;
     bool fin = true;
-    const Outcome out = call(form == 0 ? "ShortConvolution::forward_into" : "ShortConvolution::forward", &L,
-                             v.invalid, v.why, form == 1, [&] {
+    const Outcome out = call(form == 0 ? "ShortConvolution::forward_into" : "ShortConvolution::forward", &L, v.invalid,
+                             v.why, form == 1, [&] {
                                const auto xv = L.view<const T, 3>(x);
                                const auto cv = L.opt_view<const T, 3>(cache);
                                const auto rv = L.opt_view<const T, 3>(res);
@@ -1687,8 +1706,8 @@ void op_layer(Input& in, bool step) {
   cfg.gate_low_rank_dim = in.pick<std::int64_t>({16, 2, 4, 1, 0, -1, std::int64_t(1) << 50, 16});
   const std::uint8_t cm = in.u8();
   if (cm >= 200)
-    cfg.clamp_min = in.pick<double>({-1.0, 0.0, 1.0, -std::numeric_limits<double>::infinity(),
-                                     std::numeric_limits<double>::quiet_NaN(), -0.5});
+    cfg.clamp_min = in.pick<double>(
+        {-1.0, 0.0, 1.0, -std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN(), -0.5});
   std::optional<gla::GatedLinearAttention<T>> layer;
   const Outcome made = call("GatedLinearAttention", nullptr, false, "", false, [&] { layer.emplace(cfg); });
   if (!made.ok) return;
@@ -1750,8 +1769,8 @@ void op_layer(Input& in, bool step) {
   const gla::GatedLinearAttentionCache<T> before = cache;
   const bool finite_in = fx <= Fill::Zero && cfg.norm_eps >= 1e-6 && cfg.gate_logit_normalizer >= 0.1;
   bool fin = true;
-  const auto mv = has_mask ? std::optional<gla::ConstView<std::int64_t, 2>>(L.view<const std::int64_t, 2>(mask))
-                           : std::nullopt;
+  const auto mv =
+      has_mask ? std::optional<gla::ConstView<std::int64_t, 2>>(L.view<const std::int64_t, 2>(mask)) : std::nullopt;
   const Outcome out =
       call(step ? "GatedLinearAttention::step" : "GatedLinearAttention::forward", &L, v.invalid, v.why, true, [&] {
         if (step) {
@@ -1812,8 +1831,8 @@ void op_misc(Input& in) {
     std::vector<float> gamma;
     const int n = in.u8() % 5;
     for (int i = 0; i < n; ++i)
-      gamma.push_back(in.pick<float>({0.5f, 1.0f, std::numeric_limits<float>::quiet_NaN(), -2.0f,
-                                      std::numeric_limits<float>::infinity()}));
+      gamma.push_back(in.pick<float>(
+          {0.5f, 1.0f, std::numeric_limits<float>::quiet_NaN(), -2.0f, std::numeric_limits<float>::infinity()}));
     Validity v;
     v.bad(d[1] < 0, "a negative dimension");
     v.bad(!gamma.empty() && gamma.size() != 1 && static_cast<Index>(gamma.size()) != d[1], "gamma has a wrong count");
