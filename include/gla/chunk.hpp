@@ -197,6 +197,7 @@ template <class Q>
 GLAResult<scalar_type_t<Q>> chunk_gla(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                                       const GLAOptions& opts = {}) {
   const ConstViewOf<Q, 4> qv(q);
+  detail::check_chunk_args("chunk_gla", qv, k, v, g, opts);  // before sizing the outputs from the inputs
   GLAResult<scalar_type_t<Q>> r = detail::allocate_result(qv, v, opts);
   chunk_gla_into(qv, k, v, g, opts, r.o, detail::optional_output(r.final_state));
   return r;

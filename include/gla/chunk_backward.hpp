@@ -207,6 +207,7 @@ ChunkGLAGrads<scalar_type_t<Q>> chunk_gla_backward(const Q& q, ConstViewOf<Q, 4>
                                                    std::optional<ConstView<float, 4>> dht = std::nullopt,
                                                    const GLAOptions& opts = {}) {
   const ConstViewOf<Q, 4> qv(q);
+  detail::check_chunk_args("chunk_gla_backward", qv, k, v, g, opts);  // before sizing the gradients from the inputs
   ChunkGLAGrads<scalar_type_t<Q>> r = detail::allocate_grads(qv, k, v, g, opts);
   chunk_gla_backward_into(qv, k, v, g, do_, dht, opts, r.dq, r.dk, r.dv, r.dg, detail::optional_output(r.dh0));
   return r;
@@ -240,6 +241,7 @@ ChunkGLAGrads<scalar_type_t<Q>> fused_chunk_gla_backward(const Q& q, ConstViewOf
                                                          std::optional<ConstView<float, 4>> dht = std::nullopt,
                                                          const GLAOptions& opts = {}) {
   const ConstViewOf<Q, 4> qv(q);
+  detail::check_chunk_args("fused_chunk_gla_backward", qv, k, v, g, opts);  // before sizing the gradients
   ChunkGLAGrads<scalar_type_t<Q>> r = detail::allocate_grads(qv, k, v, g, opts);
   fused_chunk_gla_backward_into(qv, k, v, g, do_, dht, opts, r.dq, r.dk, r.dv, r.dg, detail::optional_output(r.dh0));
   return r;

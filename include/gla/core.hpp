@@ -312,6 +312,14 @@ void expect_dims(const std::string& fn, const std::string& name, const Dims& act
   if (!ok) fail(fn, name + " is " + shape_str(actual) + ", expected " + expected_str(dims));
 }
 
+/// Throws `fn: name is [actual], expected non-negative dimensions` when a view claims a negative dimension; called
+/// before anything is sized or read from the view.
+template <class Dims>
+void expect_nonnegative_dims(const std::string& fn, const std::string& name, const Dims& d) {
+  for (std::size_t i = 0; i < static_cast<std::size_t>(d.size()); ++i)
+    if (d[i] < 0) fail(fn, name + " is " + shape_str(d) + ", expected non-negative dimensions");
+}
+
 inline bool is_power_of_two(std::int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 
 /// The chunked algorithms' chunk sizes: powers of two in [kMinChunkSize, kMaxChunkSize]. fla uses 16 to 64;

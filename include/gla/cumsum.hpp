@@ -64,6 +64,7 @@ Tensor<float, rank_of_v<G>> chunk_local_cumsum(const G& g, std::int64_t chunk_si
   const ConstView<T, R> gv(g);
   if (!detail::is_power_of_two(chunk_size))
     detail::fail(fn, "chunk_size is " + std::to_string(chunk_size) + ", expected a power of two");
+  detail::expect_nonnegative_dims(fn, "g", gv.dimensions());
   const Index B = gv.dimension(0), T_ = gv.dimension(1), H = gv.dimension(2);
   const Index width = R == 4 ? gv.dimension(R - 1) : 1;
   if (!cu_seqlens.empty()) {

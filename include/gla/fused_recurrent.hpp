@@ -350,6 +350,7 @@ void apply_gamma_decay(Eigen::DenseBase<Derived>& state, typename Derived::Scala
 /// Multiplies every state of states float [N,H,K,V] (or [N,H,V,K]) in place by gamma: empty = unchanged,
 /// 1 value = every head, H values = per head (the values of opts.gamma). Throws gla::Error on a wrong count.
 inline void apply_gamma_decay(View<float, 4> states, const std::vector<float>& gamma) {
+  detail::expect_nonnegative_dims("apply_gamma_decay", "states", states.dimensions());
   const Index N = states.dimension(0), H = states.dimension(1), D = states.dimension(2) * states.dimension(3);
   GLAOptions checked;
   checked.gamma = gamma;

@@ -104,6 +104,7 @@ UnpadData get_unpad_data(const MaskT& mask) {
   static_assert(rank_of_v<MaskT> == 2, "get_unpad_data: attention_mask must be [B,S]");
   using M = scalar_type_t<MaskT>;
   const ConstView<M, 2> attention_mask(mask);
+  detail::expect_nonnegative_dims("get_unpad_data", "attention_mask", attention_mask.dimensions());
   const Index B = attention_mask.dimension(0), S = attention_mask.dimension(1);
   UnpadData u;
   u.cu_seqlens.push_back(0);
@@ -175,6 +176,7 @@ Tensor<scalar_type_t<X>, rank_of_v<X>> index_first_axis(const X& x_in, const std
   constexpr int R = rank_of_v<X>;
   static_assert(R >= 1, "index_first_axis: x must have a first axis");
   const ConstView<T, R> x(x_in);
+  detail::expect_nonnegative_dims("index_first_axis", "x", x.dimensions());
   detail::check_indices("index_first_axis", indices, x.dimension(0));
   auto dims = x.dimensions();
   const Index row = detail::row_elements(x);
@@ -195,6 +197,7 @@ Tensor<scalar_type_t<X>, rank_of_v<X>> index_put_first_axis(const X& x_in, const
   static_assert(R >= 1, "index_put_first_axis: x must have a first axis");
   const std::string fn = "index_put_first_axis";
   const ConstView<T, R> x(x_in);
+  detail::expect_nonnegative_dims(fn, "x", x.dimensions());
   if (static_cast<Index>(indices.size()) != x.dimension(0))
     detail::fail(fn, "indices has " + std::to_string(indices.size()) +
                          " entries, expected x.dimension(0) = " + std::to_string(x.dimension(0)));
@@ -219,6 +222,7 @@ Tensor<scalar_type_t<X>, rank_of_v<X> + 1> pad_input(const X& hidden_in, const s
   constexpr int R = rank_of_v<X>;
   const std::string fn = "pad_input";
   const ConstView<T, R> hidden(hidden_in);
+  detail::expect_nonnegative_dims(fn, "hidden", hidden.dimensions());
   if (batch < 0) detail::fail(fn, "batch is " + std::to_string(batch) + ", expected >= 0");
   if (seqlen < 0) detail::fail(fn, "seqlen is " + std::to_string(seqlen) + ", expected >= 0");
   if (seqlen > 0 && batch > std::numeric_limits<Index>::max() / seqlen)

@@ -143,6 +143,7 @@ void apply_activation(Activation a, X&& x_in) {
   using T = scalar_type_t<X>;
   static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
   const View<T, rank_of_v<X>> x(x_in);
+  detail::expect_nonnegative_dims("apply_activation", "x", x.dimensions());
   detail::activate_ptr(a, x.data(), x.data(), x.size());
 }
 /// In place on any writable Eigen matrix/array expression (a Map, a block, a row, ...), computed in acc_t<Scalar>.
@@ -168,6 +169,7 @@ void activate_into(Activation a, const X& x_in, ViewOf<X, rank_of_v<X>> y) {
   static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
   const std::string fn = "activate_into";
   const ConstView<T, rank_of_v<X>> x(x_in);
+  detail::expect_nonnegative_dims(fn, "x", x.dimensions());
   if (x.dimensions() != y.dimensions())
     detail::fail(fn, "y is " + detail::shape_str(y.dimensions()) + ", expected the shape of x " +
                          detail::shape_str(x.dimensions()));
@@ -178,7 +180,9 @@ void activate_into(Activation a, const X& x_in, ViewOf<X, rank_of_v<X>> y) {
 /// Returns act(x) as a new tensor of x's shape and scalar.
 template <class X>
 Tensor<scalar_type_t<X>, rank_of_v<X>> activate(Activation a, const X& x) {
-  Tensor<scalar_type_t<X>, rank_of_v<X>> y(ConstViewOf<X, rank_of_v<X>>(x).dimensions());
+  const ConstViewOf<X, rank_of_v<X>> xv(x);
+  detail::expect_nonnegative_dims("activate", "x", xv.dimensions());  // before sizing y from it
+  Tensor<scalar_type_t<X>, rank_of_v<X>> y(xv.dimensions());
   activate_into(a, x, y);
   return y;
 }

@@ -79,14 +79,17 @@ void rms_norm_rows(const NormArgs<T, R, P>& a) {
 /// Throws `fn: name is [actual], expected [rows=..,D=..]` unless a 2-D view is exactly that shape (rows may be 0).
 template <class Dims>
 void expect_rows(const std::string& fn, const std::string& name, const Dims& d, Index rows, Index D) {
+  if (rows < 0) fail(fn, name + " is " + shape_str(d) + ", expected [rows,D=" + std::to_string(D) + "] with rows >= 0");
   if (d[0] != rows || d[1] != D)
     fail(fn,
          name + " is " + shape_str(d) + ", expected [rows=" + std::to_string(rows) + ",D=" + std::to_string(D) + "]");
 }
 
-/// The rows of a rank-`Rank` tensor normalized over its last dimension: size / D, after checking that dimension.
+/// The rows of a rank-`Rank` tensor normalized over its last dimension: size / D, after checking that dimension
+/// (and that no dimension is negative). Called before anything is sized from the tensor.
 template <class Dims>
 Index rows_of(const std::string& fn, const std::string& name, const Dims& d, Index D) {
+  expect_nonnegative_dims(fn, name, d);
   if (static_cast<Index>(d.size()) < 1 || d[d.size() - 1] != D)
     fail(fn,
          name + " is " + shape_str(d) + ", expected [...,D=" + std::to_string(D) + "] (normalized over the last dim)");
@@ -179,10 +182,10 @@ class RMSNorm {
   Tensor<scalar_type_t<X>, rank_of_v<X>> forward(const X& x_in) const {
     using T = scalar_type_t<X>;
     const ConstView<T, rank_of_v<X>> x(x_in);
-    Tensor<T, rank_of_v<X>> y(x.dimensions());
     const std::string fn = "RMSNorm::forward";
-    run(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-        detail::rows_of(fn, "x", x.dimensions(), D_));
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    Tensor<T, rank_of_v<X>> y(x.dimensions());
+    run(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows);
     return y;
   }
   /// y [..., D] T = norm(x + residual), residual [..., D] of any supported scalar (fla's prenorm=False with a
@@ -193,10 +196,10 @@ class RMSNorm {
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
     const ConstView<scalar_type_t<Res>, rank_of_v<Res>> residual(residual_in);
-    Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "RMSNorm::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    Tensor<T, Rank> y(x.dimensions());
     run(fn, x.data(), nullptr, y.data(), residual.data(), static_cast<scalar_type_t<Res>*>(nullptr), rows);
     return y;
   }
@@ -210,10 +213,10 @@ class RMSNorm {
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
     const ConstView<R, rank_of_v<Res>> residual(residual_in);
-    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     const std::string fn = "RMSNorm::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     run(fn, x.data(), nullptr, out.y.data(), residual.data(), out.residual.data(), rows);
     return out;
   }
@@ -225,10 +228,10 @@ class RMSNorm {
     using Out = scalar_or_t<R, X>;
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
-    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     const std::string fn = "RMSNorm::forward_prenorm";
-    run(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(),
-        detail::rows_of(fn, "x", x.dimensions(), D_));
+    const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
+    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
+    run(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows);
     return out;
   }
 
@@ -316,10 +319,10 @@ class FusedRMSNormGated {
     using T = scalar_type_t<X>;
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
-    Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "FusedRMSNormGated::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    Tensor<T, Rank> y(x.dimensions());
     run(fn, x.data(), g.data(), y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows);
     return y;
   }
@@ -332,11 +335,11 @@ class FusedRMSNormGated {
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
     const ConstView<scalar_type_t<Res>, rank_of_v<Res>> residual(residual_in);
-    Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "FusedRMSNormGated::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    Tensor<T, Rank> y(x.dimensions());
     run(fn, x.data(), g.data(), y.data(), residual.data(), static_cast<scalar_type_t<Res>*>(nullptr), rows);
     return y;
   }
@@ -350,11 +353,11 @@ class FusedRMSNormGated {
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
     const ConstView<R, rank_of_v<Res>> residual(residual_in);
-    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     const std::string fn = "FusedRMSNormGated::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
+    PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     run(fn, x.data(), g.data(), out.y.data(), residual.data(), out.residual.data(), rows);
     return out;
   }
@@ -365,10 +368,10 @@ class FusedRMSNormGated {
     using Out = scalar_or_t<R, X>;
     constexpr int Rank = rank_of_v<X>;
     const ConstView<T, Rank> x(x_in);
-    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     const std::string fn = "FusedRMSNormGated::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
+    PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     run(fn, x.data(), g.data(), out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows);
     return out;
   }

@@ -121,6 +121,7 @@ class ShortConvolution {
                                             std::optional<ConstViewOf<X, 2>> mask = std::nullopt) const {
     using T = scalar_type_t<X>;
     const ConstView<T, 3> x(x_in);
+    expect_x("ShortConvolution::forward", x.dimensions());  // before sizing y from it
     ShortConvResult<T> r;
     r.y = Tensor<T, 3>(x.dimensions());
     const Index N = cu_seqlens.empty() ? x.dimension(0) : std::max<Index>(0, static_cast<Index>(cu_seqlens.size()) - 1);
@@ -143,6 +144,7 @@ class ShortConvolution {
   Tensor<scalar_type_t<X>, 2> step(const X& x_in, ViewOf<X, 3> cache,
                                    std::optional<ConstViewOf<X, 2>> residual = std::nullopt) const {
     const ConstViewOf<X, 2> x(x_in);
+    expect_step_x("ShortConvolution::step", x.dimensions());  // before sizing y from it
     Tensor<scalar_type_t<X>, 2> y(x.dimensions());
     step_impl("ShortConvolution::step", x, cache, View<scalar_type_t<X>, 2>(y), residual);
     return y;
@@ -170,6 +172,20 @@ class ShortConvolution {
               (d[0] != N ? (packed ? " (N = the number of sequences in cu_seqlens)" : " (N = the batch size)") : ""));
   }
 
+  /// x of forward: [B,T,D] with B > 0, T >= 0.
+  template <class Dims>
+  void expect_x(const std::string& fn, const Dims& xd) const {
+    if (xd[0] <= 0 || xd[1] < 0 || xd[2] != D_)
+      detail::fail(
+          fn, "x is " + detail::shape_str(xd) + ", expected [B,T,D=" + std::to_string(D_) + "] with B > 0, T >= 0");
+  }
+  /// x of a decode step: [N,D] with N > 0.
+  template <class Dims>
+  void expect_step_x(const std::string& fn, const Dims& xd) const {
+    if (xd[0] <= 0 || xd[1] != D_)
+      detail::fail(fn, "x is " + detail::shape_str(xd) + ", expected " + detail::expected_str({{"N", -1}, {"D", D_}}));
+  }
+
   void check_params(const std::string& fn) const {
     detail::expect_dims(fn, "weight", weight.dimensions(), {{"D", D_}, {"1", 1}, {"W", W_}});
     if (bias) detail::expect_dims(fn, "bias", bias->dimensions(), {{"D", D_}});
@@ -179,8 +195,7 @@ class ShortConvolution {
   void step_impl(const std::string& fn, const ConstView<T, 2>& x, const View<T, 3>& cache, const View<T, 2>& y,
                  const std::optional<ConstView<T, 2>>& residual) const {
     const auto& xd = x.dimensions();
-    if (xd[0] <= 0 || xd[1] != D_)
-      detail::fail(fn, "x is " + detail::shape_str(xd) + ", expected " + detail::expected_str({{"N", -1}, {"D", D_}}));
+    expect_step_x(fn, xd);
     const Index N = xd[0];
     detail::expect_dims(fn, "y", y.dimensions(), {{"N", N}, {"D", D_}});
     if (residual) detail::expect_dims(fn, "residual", residual->dimensions(), {{"N", N}, {"D", D_}});
@@ -202,9 +217,7 @@ class ShortConvolution {
     using A = acc_t<T>;
     using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
     const auto& xd = x.dimensions();
-    if (xd[0] <= 0 || xd[1] < 0 || xd[2] != D_)
-      detail::fail(
-          fn, "x is " + detail::shape_str(xd) + ", expected [B,T,D=" + std::to_string(D_) + "] with B > 0, T >= 0");
+    expect_x(fn, xd);
     const Index B = xd[0], T_ = xd[1], D = D_, W = W_;
     detail::expect_dims(fn, "y", y.dimensions(), {{"B", B}, {"T", T_}, {"D", D}});
     if (!cu.empty()) {
