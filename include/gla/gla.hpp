@@ -25,5 +25,7 @@
 #include <gla/modules/activations.hpp>
 #include <gla/modules/norms.hpp>
 #include <gla/modules/short_conv.hpp>
+#if __has_include(<nlohmann/json.hpp>)  // else the #error above has stopped the build: one message, not two
 #include <gla/io/safetensors.hpp>
 #include <gla/layers/gated_linear_attention.hpp>
+#endif
