@@ -71,14 +71,14 @@ auto chunked_backward(Into into) {
 }
 
 void recurrent_forward(const bench::Inputs& in, const GLAOptions& opts, bench::Outputs& out) {
-  fused_recurrent_gla_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, opts, mut_view(out.o),
+  fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, opts, mut_view(out.o),
                                   out.ht_view());
 }
 
 void recurrent_backward(const bench::Inputs& in, const bench::Upstream& up, const GLAOptions& opts, bench::Grads& g) {
-  std::optional<TensorMap<float, 4>> dgk;
+  std::optional<gla::View<float, 4>> dgk;
   dgk.emplace(mut_view(g.dg));
-  fused_recurrent_gla_backward_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, view(up.do_),
+  fused_recurrent_gla_backward_into(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, view(up.do_),
                                            dht_view(up), opts, mut_view(g.dq), mut_view(g.dk), mut_view(g.dv), dgk,
                                            std::nullopt, g.dh0_view());
 }
@@ -88,16 +88,16 @@ void recurrent_backward(const bench::Inputs& in, const bench::Upstream& up, cons
 int main(int argc, char** argv) {
   const auto& shapes = bench::forward_shapes();
   bench::register_shapes("chunk_gla", shapes, [](benchmark::State& st, const Shape& s) {
-    run_forward(st, s, chunked_forward(chunk_gla_into<float>), bench::chunk_flops(s));
+    run_forward(st, s, chunked_forward(chunk_gla_into<ConstTensorMap<float, 4>>), bench::chunk_flops(s));
   });
   bench::register_shapes("chunk_gla_backward", shapes, [](benchmark::State& st, const Shape& s) {
-    run_backward(st, s, chunked_backward(chunk_gla_backward_into<float>), bench::chunk_backward_flops(s));
+    run_backward(st, s, chunked_backward(chunk_gla_backward_into<ConstTensorMap<float, 4>>), bench::chunk_backward_flops(s));
   });
   bench::register_shapes("fused_chunk_gla", shapes, [](benchmark::State& st, const Shape& s) {
-    run_forward(st, s, chunked_forward(fused_chunk_gla_into<float>), bench::chunk_flops(s));
+    run_forward(st, s, chunked_forward(fused_chunk_gla_into<ConstTensorMap<float, 4>>), bench::chunk_flops(s));
   });
   bench::register_shapes("fused_chunk_gla_backward", shapes, [](benchmark::State& st, const Shape& s) {
-    run_backward(st, s, chunked_backward(fused_chunk_gla_backward_into<float>), bench::chunk_backward_flops(s));
+    run_backward(st, s, chunked_backward(fused_chunk_gla_backward_into<ConstTensorMap<float, 4>>), bench::chunk_backward_flops(s));
   });
   bench::register_shapes("fused_recurrent_gla", shapes, [](benchmark::State& st, const Shape& s) {
     run_forward(st, s, recurrent_forward, bench::recurrent_flops(s));

@@ -33,12 +33,12 @@ void run_chunked(benchmark::State& st, const Shape& s, Kernel kernel) {
 void run_chunk_fwd_h(benchmark::State& st, const Shape& s) {
   const bench::Inputs& in = bench::inputs(s);
   const GLAOptions opts = bench::options(s, in);
-  const Tensor<float, 4> gc = chunk_local_cumsum<float, 4>(view(in.g), opts.chunk_size);
+  const Tensor<float, 4> gc = chunk_local_cumsum(view(in.g), opts.chunk_size);
   ChunkHGates gates;
   gates.gk.emplace(view(gc));
   const bench::ProcessMeter meter;
   for (auto _ : st) {
-    ChunkHResult r = chunk_fwd_h<float>(view(in.k), view(in.v), gates, opts);
+    ChunkHResult r = chunk_fwd_h(view(in.k), view(in.v), gates, opts);
     benchmark::DoNotOptimize(r.h.data());
     benchmark::ClobberMemory();
   }
@@ -50,10 +50,10 @@ void run_chunk_fwd_h(benchmark::State& st, const Shape& s) {
 
 int main(int argc, char** argv) {
   bench::register_shapes("chunk_gla", bench::forward_shapes(), [](benchmark::State& st, const Shape& s) {
-    run_chunked(st, s, chunk_gla_into<float>);
+    run_chunked(st, s, chunk_gla_into<ConstTensorMap<float, 4>>);
   });
   bench::register_shapes("fused_chunk_gla", bench::forward_shapes(), [](benchmark::State& st, const Shape& s) {
-    run_chunked(st, s, fused_chunk_gla_into<float>);
+    run_chunked(st, s, fused_chunk_gla_into<ConstTensorMap<float, 4>>);
   });
   bench::register_shapes("chunk_fwd_h", {bench::kPrefill, bench::kLong}, run_chunk_fwd_h);
   // The ceiling the two are quoted against (the decode shape has a single token: no GEMM to compare with).

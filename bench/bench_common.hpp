@@ -99,7 +99,7 @@ inline GLAOptions options(const Shape& s, const Inputs& in) {
   GLAOptions o;
   o.chunk_size = static_cast<int>(kChunk);
   if (s.decode) {
-    o.set_initial_state(*in.h0);
+    o.initial_state = *in.h0;
     o.output_final_state = true;
   }
   return o;
@@ -117,8 +117,8 @@ struct Outputs {
       ht->setZero();
     }
   }
-  std::optional<TensorMap<float, 4>> ht_view() {
-    std::optional<TensorMap<float, 4>> m;
+  std::optional<gla::View<float, 4>> ht_view() {
+    std::optional<gla::View<float, 4>> m;
     if (ht) m.emplace(mut_view(*ht));
     return m;
   }
@@ -209,8 +209,8 @@ struct Grads {
       dh0->setZero();
     }
   }
-  std::optional<TensorMap<float, 4>> dh0_view() {
-    std::optional<TensorMap<float, 4>> m;
+  std::optional<gla::View<float, 4>> dh0_view() {
+    std::optional<gla::View<float, 4>> m;
     if (dh0) m.emplace(mut_view(*dh0));
     return m;
   }

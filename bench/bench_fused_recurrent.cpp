@@ -16,7 +16,7 @@ void run_fused_recurrent(benchmark::State& st, const Shape& s) {
   bench::Outputs out(s);
   const bench::ProcessMeter meter;
   for (auto _ : st) {
-    fused_recurrent_gla_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, opts,
+    fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), view(in.g), std::nullopt, opts,
                                     mut_view(out.o), out.ht_view());
     benchmark::DoNotOptimize(out.o.data());
     benchmark::ClobberMemory();

@@ -18,7 +18,7 @@ void run_naive(benchmark::State& st, const Shape& s) {
   const bench::ProcessMeter meter;
   for (auto _ : st) {
     // The reference has no `_into` form; its allocation is negligible next to its scalar loops.
-    NaiveResult<Acc> r = naive_recurrent_gla<float, Acc>(view(in.q), view(in.k), view(in.v), view(in.g),
+    NaiveResult<Acc> r = naive_recurrent_gla<Acc>(view(in.q), view(in.k), view(in.v), view(in.g),
                                                          std::nullopt, opts);
     benchmark::DoNotOptimize(r.o.data());
     benchmark::ClobberMemory();
@@ -33,7 +33,7 @@ void run_chunk(benchmark::State& st, const Shape& s) {
   bench::Outputs out(s);
   const bench::ProcessMeter meter;
   for (auto _ : st) {
-    chunk_gla_into<float>(view(in.q), view(in.k), view(in.v), view(in.g), opts, mut_view(out.o), out.ht_view());
+    chunk_gla_into(view(in.q), view(in.k), view(in.v), view(in.g), opts, mut_view(out.o), out.ht_view());
     benchmark::DoNotOptimize(out.o.data());
     benchmark::ClobberMemory();
   }

@@ -74,11 +74,11 @@ int main() {
 
   gla::GLAOptions packed_opts;
   packed_opts.cu_seqlens = cu_seqlens;
-  packed_opts.set_initial_state(h0);
+  packed_opts.initial_state = h0;
   packed_opts.output_final_state = true;
 
   const auto t0 = std::chrono::steady_clock::now();
-  const gla::NaiveResult<double> ref = gla::naive_recurrent_gla<float, double>(
+  const gla::NaiveResult<double> ref = gla::naive_recurrent_gla<double>(
       gla::view(q), gla::view(k), gla::view(v), gla::view(gk), std::nullopt, packed_opts);
   const double ref_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
@@ -96,7 +96,7 @@ int main() {
     double ms = 0;
     const gla::GLAResult<float> r = best_of_3(
         [&] {
-          return gla::gla_forward<float>(mode, gla::view(q), gla::view(k), gla::view(v), gla::view(gk), packed_opts);
+          return gla::gla_forward(gla::view(q), gla::view(k), gla::view(v), gla::view(gk), std::nullopt, packed_opts, mode);
         },
         ms);
     all_ok &= report("packed", mode, gla::select_gla_mode(mode, total), rel_rms(r.o, ref.o),
@@ -133,7 +133,7 @@ int main() {
     }
   }
   gla::GLAOptions padded_opts;
-  padded_opts.set_initial_state(h0);
+  padded_opts.initial_state = h0;
   padded_opts.output_final_state = true;
   const gla::ConstTensorMap<std::int64_t, 2> mask_view(mask.data(), mask.dimensions());
 
@@ -141,8 +141,7 @@ int main() {
     double ms = 0;
     const gla::GLAResult<float> r = best_of_3(
         [&] {
-          return gla::gla_forward<float>(mode, gla::view(qp), gla::view(kp), gla::view(vp), gla::view(gkp),
-                                         padded_opts, mask_view);
+          return gla::gla_forward(gla::view(qp), gla::view(kp), gla::view(vp), gla::view(gkp), std::nullopt, padded_opts, mode, mask_view);
         },
         ms);
     // Gather the valid outputs into packed order; any non-zero at padding counts as a failure.

@@ -30,11 +30,11 @@ TEST_CASE("slow sweep: every forward operator against the float64 reference", "[
     gla::test::fill_strong_gate(g, rng);
   GLAOptions o;
   o.output_final_state = true;
-  o.set_initial_state(h0);
+  o.initial_state = h0;
   const Tensor<double, 4> qd = q.cast<double>(), kd = k.cast<double>(), vd = v.cast<double>(), gd = g.cast<double>();
   const auto ref = naive_recurrent_gla<double>(view(qd), view(kd), view(vd), view(gd), std::nullopt, o);
   for (Mode mode : {Mode::Chunk, Mode::FusedChunk, Mode::FusedRecurrent}) {
-    const auto r = gla_forward<float>(mode, view(q), view(k), view(v), view(g), o);
+    const auto r = gla_forward(view(q), view(k), view(v), view(g), std::nullopt, o, mode);
     const auto d_o = gla::test::compare(r.o, ref.o);
     const auto d_s = gla::test::compare(*r.final_state, ref.final_state);
     INFO(to_string(mode) << " B" << B << " T" << T << " H" << H << " K" << K << " V" << V << " norm " << norm

@@ -30,12 +30,12 @@ TEST_CASE("backward equivalence: chunk = fused_chunk = fused_recurrent on every 
   gla::test::fill_normal(dht, rng);
   GLAOptions o;
   o.cu_seqlens = cu;
-  o.set_initial_state(h0);
+  o.initial_state = h0;
   o.output_final_state = true;
 
-  const auto chunk = chunk_gla_backward<float>(view(q), view(k), view(v), view(g), view(do_), view(dht), o);
-  const auto fused = fused_chunk_gla_backward<float>(view(q), view(k), view(v), view(g), view(do_), view(dht), o);
-  const auto rec = fused_recurrent_gla_backward<float>(view(q), view(k), view(v), view(g), std::nullopt, view(do_),
+  const auto chunk = chunk_gla_backward(view(q), view(k), view(v), view(g), view(do_), view(dht), o);
+  const auto fused = fused_chunk_gla_backward(view(q), view(k), view(v), view(g), view(do_), view(dht), o);
+  const auto rec = fused_recurrent_gla_backward(view(q), view(k), view(v), view(g), std::nullopt, view(do_),
                                                        view(dht), o);
   REQUIRE(rec.dgk);
   REQUIRE(chunk.dh0);

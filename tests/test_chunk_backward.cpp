@@ -74,7 +74,7 @@ Inputs make_inputs(const Case& c) {
 GLAOptions options(const Case& c, const Inputs& in) {
   GLAOptions o;
   o.scale = c.scale;
-  if (c.h0) o.set_initial_state(in.h0);
+  if (c.h0) o.initial_state = in.h0;
   o.state_v_first = c.v_first;
   o.cu_seqlens = c.cu;
   o.chunk_size = c.chunk_size;
@@ -113,7 +113,8 @@ struct Grads {
   Tensor<float, 4> dh0;
 };
 
-/// Runs the `_into` API on NaN-filled outputs (so an element left unwritten fails), always asking for dh0.
+/// Runs the `_into` API on NaN-filled outputs (so an element left unwritten fails), asking for dh0 when there is
+/// an initial state (the output contract: dh0 is given iff initial_state is).
 template <class T>
 Grads<T> run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v, const Tensor<T, 4>& g,
                 const Tensor<T, 4>& do_, std::optional<ConstTensorMap<float, 4>> dht, const GLAOptions& o,
@@ -125,13 +126,13 @@ Grads<T> run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tenso
   gla::test::fill_nan(r.dv);
   gla::test::fill_nan(r.dg);
   gla::test::fill_nan(r.dh0);
-  std::optional<TensorMap<float, 4>> dh0;
-  dh0.emplace(mut_view(r.dh0));
+  std::optional<gla::View<float, 4>> dh0;
+  if (o.initial_state) dh0 = r.dh0;
   if (op == Op::Chunk)
-    chunk_gla_backward_into<T>(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
+    chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
                                mut_view(r.dg), dh0);
   else
-    fused_chunk_gla_backward_into<T>(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
+    fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
                                      mut_view(r.dg), dh0);
   return r;
 }
@@ -150,7 +151,7 @@ GradDiffs check_case(Op op, const Case& c) {
       naive_recurrent_gla_backward<double>(qd, kd, vd, view(gd), std::nullopt, dod, dht_of(c, in), o);
   const Grads<T> got = run_op<T>(op, q, k, v, g, do_, dht_of(c, in), o, in.h0.dimensions());
   return {compare(got.dq, ref.dq), compare(got.dk, ref.dk), compare(got.dv, ref.dv), compare(got.dg, *ref.dgk),
-          compare(got.dh0, ref.dh0)};
+          o.initial_state ? compare(got.dh0, ref.dh0) : gla::test::Diff{}};
 }
 
 constexpr double kFloatTol = 1e-5;
@@ -377,8 +378,8 @@ TEST_CASE("chunk backward: the owning API returns dh0 iff initial_state is set a
                          g = in.g.cast<float>(), do_ = in.do_.cast<float>();
   const auto into = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
   for (Op op : {Op::Chunk, Op::FusedChunk}) {
-    const ChunkGLAGrads<float> r = op == Op::Chunk ? chunk_gla_backward<float>(q, k, v, g, do_, view(in.dht), o)
-                                                   : fused_chunk_gla_backward<float>(q, k, v, g, do_, view(in.dht), o);
+    const ChunkGLAGrads<float> r = op == Op::Chunk ? chunk_gla_backward(q, k, v, g, do_, view(in.dht), o)
+                                                   : fused_chunk_gla_backward(q, k, v, g, do_, view(in.dht), o);
     INFO(op_name(op) << " h0=" << h0);
     CHECK(r.dh0.has_value() == h0);
     if (r.dh0) CHECK(tensors_equal(*r.dh0, into.dh0));
@@ -415,7 +416,7 @@ TEST_CASE("chunk backward: varlen equals per-sequence calls", "[chunk][backward]
     const Tensor<float, 4> h0n = state(in.h0), dhtn = state(in.dht);
     GLAOptions on = o;
     on.cu_seqlens.clear();
-    on.set_initial_state(h0n);
+    on.initial_state = h0n;
     const auto one = run_op<float>(Op::Chunk, slice(q), slice(k), slice(v), slice(g), slice(do_), view(dhtn), on,
                                    h0n.dimensions());
     INFO("sequence " << n << " len=" << len);
@@ -521,7 +522,7 @@ TEST_CASE("chunk backward: double gradients equal finite differences of the forw
     for (Index i = 0; i < h0d.size(); ++i) h0f.data()[i] = static_cast<float>(h0d.data()[i]);
     return f();
   };
-  o.set_initial_state(h0f);
+  o.initial_state = h0f;
   // The h0 step must be representable in float: use a larger step on an exactly representable grid.
   Tensor<double, 4> dh0(h0d.dimensions());
   for (Index i = 0; i < h0d.size(); ++i) {
@@ -555,12 +556,12 @@ TEST_CASE("chunk backward: fla's golden float64 gradients (ops-chunk_cases)", "[
     Tensor<float, 4> h0;
     if (meta["has_h0"].get<bool>()) {
       h0 = get("h0");
-      o.set_initial_state(h0);
+      o.initial_state = h0;
     }
     const auto check = [&](auto tag, double tol, double tol_dh0) {
       using T = decltype(tag);
       const Tensor<T, 4> qt = q.cast<T>(), kt = k.cast<T>(), vt = v.cast<T>(), gt = g.cast<T>(), dot = do_.cast<T>();
-      const ChunkGLAGrads<T> r = chunk_gla_backward<T>(qt, kt, vt, gt, dot, view(dht), o);
+      const ChunkGLAGrads<T> r = chunk_gla_backward(qt, kt, vt, gt, dot, view(dht), o);
       GradDiffs d{compare(r.dq, get("dq_ref")), compare(r.dk, get("dk_ref")), compare(r.dv, get("dv_ref")),
                   compare(r.dg, get("dgk_ref")), {}};
       REQUIRE(r.dh0.has_value() == o.initial_state.has_value());
@@ -673,10 +674,10 @@ TEST_CASE("chunk_bwd_dh: every gate mode against the float64 reverse recurrence"
   o.chunk_size = chunk;
   o.scale = 0.4f;
   o.state_v_first = v_first;
-  if (with_h0) o.set_initial_state(h0);
-  const Tensor<float, 3> gc = chunk_local_cumsum<float, 3>(g, chunk, false, {}, cu);
-  const Tensor<float, 4> gkc = chunk_local_cumsum<float, 4>(gk, chunk, false, {}, cu),
-                         gvc = chunk_local_cumsum<float, 4>(gv, chunk, false, {}, cu);
+  if (with_h0) o.initial_state = h0;
+  const Tensor<float, 3> gc = chunk_local_cumsum(g, chunk, false, {}, cu);
+  const Tensor<float, 4> gkc = chunk_local_cumsum(gk, chunk, false, {}, cu),
+                         gvc = chunk_local_cumsum(gv, chunk, false, {}, cu);
   ChunkHGates gates;
   if (m.g) gates.g.emplace(view(gc));
   if (m.gamma) gates.g_gamma.emplace(view(gamma));
@@ -685,7 +686,7 @@ TEST_CASE("chunk_bwd_dh: every gate mode against the float64 reverse recurrence"
   // dht/dh0 follow the state layout: the V-first run gets no dht here, so only dh's layout changes.
   std::optional<ConstTensorMap<float, 4>> dht_v;
   if (with_dht) dht_v.emplace(view(dht));
-  const ChunkBwdDhResult r = chunk_bwd_dh<float>(q, k, v, do_, gates, dht_v, o);
+  const ChunkBwdDhResult r = chunk_bwd_dh(q, k, v, gates, do_, dht_v, o);
   auto [ref_dh, ref_dh0] = dh_reference(q, do_, g, gamma, gk, gv, with_dht ? &dht : nullptr, m, cu, chunk, 0.4);
   Index NT = 0;  // chunks per batch row (fixed length) or in total (varlen)
   if (cu.empty())
@@ -723,10 +724,10 @@ TEST_CASE("chunk_bwd_dh: double inputs with gk = cumsum(g) give the recurrence's
   c.chunk_size = 32;
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
-  const Tensor<float, 4> gkf = chunk_local_cumsum<double, 4>(in.g, 32);
+  const Tensor<float, 4> gkf = chunk_local_cumsum(in.g, 32);
   ChunkHGates gates;
   gates.gk.emplace(view(gkf));
-  const ChunkBwdDhResult r = chunk_bwd_dh<double>(in.q, in.k, in.v, in.do_, gates, view(in.dht), o);
+  const ChunkBwdDhResult r = chunk_bwd_dh(in.q, in.k, in.v, gates, in.do_, view(in.dht), o);
   const auto ref = naive_recurrent_gla_backward<double>(in.q, in.k, in.v, view(in.g), std::nullopt, in.do_,
                                                         view(in.dht), o);
   REQUIRE(r.dh0.has_value());
@@ -769,13 +770,13 @@ TEST_CASE("chunk backward: validation errors name the function and the argument"
                         const Tensor<float, 4>& g, const Tensor<float, 4>& do_,
                         std::optional<ConstTensorMap<float, 4>> dht, const GLAOptions& o, Tensor<float, 4>& dq,
                         Tensor<float, 4>& dk, Tensor<float, 4>& dv, Tensor<float, 4>& dg, Tensor<float, 4>& dh0) {
-    std::optional<TensorMap<float, 4>> dh0v;
+    std::optional<gla::View<float, 4>> dh0v;
     dh0v.emplace(mut_view(dh0));
     if (op == Op::Chunk)
-      chunk_gla_backward_into<float>(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv), mut_view(dg),
+      chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv), mut_view(dg),
                                      dh0v);
     else
-      fused_chunk_gla_backward_into<float>(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv),
+      fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv),
                                            mut_view(dg), dh0v);
   };
   const std::optional<ConstTensorMap<float, 4>> dht = view(e.dht);
@@ -811,8 +812,15 @@ TEST_CASE("chunk backward: validation errors name the function and the argument"
     expect_error("dk is [2,20,2,9]", [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, o, e.dq, bdq, e.dv, e.dg, e.dh0); });
     expect_error("dv is [2,20,2,7]", [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, o, e.dq, e.dk, bdv, e.dg, e.dh0); });
     expect_error("dg is [2,20,2,9]", [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, o, e.dq, e.dk, e.dv, bdq, e.dh0); });
+    Tensor<float, 4> h0(e.B, e.H, e.K, e.V);
+    h0.setZero();
+    GLAOptions with_h0;
+    with_h0.initial_state = h0;
     expect_error("dh0 is [2,2,8,7], expected [N=2,H=2,K=8,V=6]",
-                 [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, o, e.dq, e.dk, e.dv, e.dg, bdh0); });
+                 [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, with_h0, e.dq, e.dk, e.dv, e.dg, bdh0); });
+    // The output contract: dh0 is given if and only if initial_state is.
+    expect_error("dh0 is given, expected none since initial_state is not given",
+                 [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, o, e.dq, e.dk, e.dv, e.dg, e.dh0); });
   }
   {
     GLAOptions bad;
@@ -828,7 +836,7 @@ TEST_CASE("chunk backward: validation errors name the function and the argument"
   {
     GLAOptions bad;
     Tensor<float, 4> h0_wrong(3, e.H, e.K, e.V);
-    bad.set_initial_state(h0_wrong);
+    bad.initial_state = h0_wrong;
     expect_error("initial_state has 3 states, expected N = 2",
                  [&] { call(e.q, e.k, e.v, e.g, e.do_, dht, bad, e.dq, e.dk, e.dv, e.dg, e.dh0); });
   }
@@ -863,7 +871,7 @@ TEST_CASE("fused_chunk_gla_backward: max_seqlen is validated like its forward", 
   ErrorInputs e;
   GLAOptions o;
   const auto call = [&](const GLAOptions& opts) {
-    return fused_chunk_gla_backward<float>(e.q, e.k, e.v, e.g, e.do_, view(e.dht), opts);
+    return fused_chunk_gla_backward(e.q, e.k, e.v, e.g, e.do_, view(e.dht), opts);
   };
   o.max_seqlen = -1;
   REQUIRE_THROWS_AS(call(o), gla::Error);
@@ -875,7 +883,7 @@ TEST_CASE("fused_chunk_gla_backward: max_seqlen is validated like its forward", 
   CHECK_NOTHROW(call(o));
   // chunk_gla_backward has no max_seqlen (as chunk_gla): the option is not checked there.
   o.max_seqlen = 19;
-  CHECK_NOTHROW(chunk_gla_backward<float>(e.q, e.k, e.v, e.g, e.do_, view(e.dht), o));
+  CHECK_NOTHROW(chunk_gla_backward(e.q, e.k, e.v, e.g, e.do_, view(e.dht), o));
 }
 
 TEST_CASE("chunk_bwd_dh: validation errors name the function and the argument", "[chunk][backward][dh][errors]") {
@@ -893,47 +901,47 @@ TEST_CASE("chunk_bwd_dh: validation errors name the function and the argument", 
   {
     ChunkHGates gt;
     expect_error("do_ is [2,20,2,7], expected [B=2,T=20,H=2,V=6]",
-                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, bad_do, gt, dht, o); });
+                 [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, bad_do, dht, o); });
     expect_error("dht is [3,2,8,6], expected [N=2,H=2,K=8,V=6]",
-                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, view(bad_dht), o); });
-    expect_error("k is [2,20,2,9]", [&] { chunk_bwd_dh<float>(e.q, bad_gk, e.v, e.do_, gt, dht, o); });
+                 [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, view(bad_dht), o); });
+    expect_error("k is [2,20,2,9]", [&] { chunk_bwd_dh(e.q, bad_gk, e.v, gt, e.do_, dht, o); });
     GLAOptions bad;
     bad.chunk_size = 8;
-    expect_error("chunk_size is 8", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    expect_error("chunk_size is 8", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, bad); });
     bad = GLAOptions{};
     bad.reverse = true;
-    expect_error("reverse", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    expect_error("reverse", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, bad); });
     bad = GLAOptions{};
     bad.state_clamp_max = 1.0f;
-    expect_error("gamma/state_clamp_min/state_clamp_max", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+    expect_error("gamma/state_clamp_min/state_clamp_max", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, bad); });
     bad = GLAOptions{};
     bad.state_v_first = true;
     expect_error("dht (state_v_first) is [2,2,8,6], expected [N=2,H=2,V=6,K=8]",
-                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+                 [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, bad); });
     bad = GLAOptions{};
     Tensor<float, 4> h0_wrong(e.B, e.H, e.K + 1, e.V);
-    bad.set_initial_state(h0_wrong);
+    bad.initial_state = h0_wrong;
     expect_error("initial_state is [2,2,9,6], expected [N=2,H=2,K=8,V=6]",
-                 [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, bad); });
+                 [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, bad); });
   }
   {
     ChunkHGates gt;
     gt.g.emplace(view(bad_g3));
-    expect_error("g is [2,21,2], expected [B=2,T=20,H=2]", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, o); });
+    expect_error("g is [2,21,2], expected [B=2,T=20,H=2]", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, o); });
   }
   {
     ChunkHGates gt;
     gt.gk.emplace(view(bad_gk));
-    expect_error("gk is [2,20,2,9]", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, o); });
+    expect_error("gk is [2,20,2,9]", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, o); });
   }
   {
     ChunkHGates gt;
     gt.gv.emplace(view(bad_gv));
-    expect_error("gv is [2,20,2,7]", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, o); });
+    expect_error("gv is [2,20,2,7]", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, o); });
   }
   {
     ChunkHGates gt;
     gt.g_gamma.emplace(view(bad_gamma));
-    expect_error("g_gamma is [3], expected [H=2]", [&] { chunk_bwd_dh<float>(e.q, e.k, e.v, e.do_, gt, dht, o); });
+    expect_error("g_gamma is [3], expected [H=2]", [&] { chunk_bwd_dh(e.q, e.k, e.v, gt, e.do_, dht, o); });
   }
 }

@@ -39,8 +39,8 @@ Tensor<float, 4> slice_t(const Tensor<float, 4>& x, Index t0, Index len) {
 }
 
 GLAResult<float> run(bool fused, const Data& d, const GLAOptions& o) {
-  return fused ? fused_chunk_gla<float>(view(d.q), view(d.k), view(d.v), view(d.g), o)
-               : chunk_gla<float>(view(d.q), view(d.k), view(d.v), view(d.g), o);
+  return fused ? fused_chunk_gla(view(d.q), view(d.k), view(d.v), view(d.g), o)
+               : chunk_gla(view(d.q), view(d.k), view(d.v), view(d.g), o);
 }
 
 }  // namespace
@@ -52,7 +52,7 @@ TEST_CASE("chunk equivalence: varlen equals per-sequence calls", "[chunk][varlen
   const Data d = make(1, cu.back(), 2, 20, 12, N, 11);
   GLAOptions o;
   o.cu_seqlens = cu;
-  o.set_initial_state(d.h0);
+  o.initial_state = d.h0;
   o.output_final_state = true;
   const auto packed = run(fused, d, o);
   for (Index n = 0; n < N; ++n) {
@@ -60,7 +60,7 @@ TEST_CASE("chunk equivalence: varlen equals per-sequence calls", "[chunk][varlen
     Data one{slice_t(d.q, t0, len), slice_t(d.k, t0, len), slice_t(d.v, t0, len), slice_t(d.g, t0, len),
              d.h0.slice(std::array<Index, 4>{n, 0, 0, 0}, std::array<Index, 4>{1, 2, 20, 12})};
     GLAOptions o1;
-    o1.set_initial_state(one.h0);
+    o1.initial_state = one.h0;
     o1.output_final_state = true;
     const auto r = run(fused, one, o1);
     const Tensor<float, 4> part = slice_t(packed.o, t0, len);
@@ -77,14 +77,14 @@ TEST_CASE("chunk equivalence: one call equals two calls carrying the final state
   const Data d = make(1, 200, 3, 16, 24, 1, 12);
   GLAOptions o;
   o.output_final_state = true;
-  o.set_initial_state(d.h0);
+  o.initial_state = d.h0;
   const auto whole = run(fused, d, o);
   Data a{slice_t(d.q, 0, split), slice_t(d.k, 0, split), slice_t(d.v, 0, split), slice_t(d.g, 0, split), d.h0};
   Data b{slice_t(d.q, split, 200 - split), slice_t(d.k, split, 200 - split), slice_t(d.v, split, 200 - split),
          slice_t(d.g, split, 200 - split), d.h0};
   const auto ra = run(fused, a, o);
   GLAOptions ob = o;
-  ob.set_initial_state(*ra.final_state);
+  ob.initial_state = *ra.final_state;
   const auto rb = run(fused, b, ob);
   CHECK(gla::test::ok(compare(ra.o, slice_t(whole.o, 0, split)), 1e-6));
   CHECK(gla::test::ok(compare(rb.o, slice_t(whole.o, split, 200 - split)), 1e-6));
@@ -96,12 +96,12 @@ TEST_CASE("chunk equivalence: state_v_first is the transpose", "[chunk]") {
   const Data d = make(2, 90, 2, 12, 20, 2, 13);
   GLAOptions o;
   o.output_final_state = true;
-  o.set_initial_state(d.h0);
+  o.initial_state = d.h0;
   const auto kfirst = run(fused, d, o);
   const Tensor<float, 4> h0t = d.h0.shuffle(std::array<int, 4>{0, 1, 3, 2});
   GLAOptions ov = o;
   ov.state_v_first = true;
-  ov.set_initial_state(h0t);
+  ov.initial_state = h0t;
   const auto vfirst = run(fused, d, ov);
   CHECK(vfirst.final_state->dimension(2) == 20);
   const Tensor<float, 4> back = vfirst.final_state->shuffle(std::array<int, 4>{0, 1, 3, 2});
@@ -134,8 +134,8 @@ TEST_CASE("chunk errors: every bad argument raises gla::Error and leaves outputs
   const Data d = make(2, 20, 2, 8, 4, 2, 15);
   auto call = [&](const Tensor<float, 4>& q, const Tensor<float, 4>& k, const Tensor<float, 4>& v,
                   const Tensor<float, 4>& g, const GLAOptions& o) {
-    return fused ? fused_chunk_gla<float>(view(q), view(k), view(v), view(g), o)
-                 : chunk_gla<float>(view(q), view(k), view(v), view(g), o);
+    return fused ? fused_chunk_gla(view(q), view(k), view(v), view(g), o)
+                 : chunk_gla(view(q), view(k), view(v), view(g), o);
   };
   const GLAOptions none;
   Tensor<float, 4> k_bad(2, 20, 2, 9), v_bad(2, 19, 2, 4), g_bad(2, 20, 1, 8), v_zero(2, 20, 2, 0), q_zero(2, 20, 2, 0);
@@ -147,7 +147,7 @@ TEST_CASE("chunk errors: every bad argument raises gla::Error and leaves outputs
 
   GLAOptions o;
   o.chunk_size = 48;
-  CHECK_GLA_ERROR(fn + ": chunk_size is 48, expected a power of two >= 16", call(d.q, d.k, d.v, d.g, o));
+  CHECK_GLA_ERROR(fn + ": chunk_size is 48, expected a power of two in [16, 256]", call(d.q, d.k, d.v, d.g, o));
   o.chunk_size = 8;
   CHECK_GLA_ERROR("chunk_size is 8", call(d.q, d.k, d.v, d.g, o));
   o = GLAOptions{};
@@ -166,12 +166,12 @@ TEST_CASE("chunk errors: every bad argument raises gla::Error and leaves outputs
   // Initial state: wrong count, wrong layout.
   Tensor<float, 4> h0_count(3, 2, 8, 4), h0_vfirst(2, 2, 4, 8);
   o = GLAOptions{};
-  o.set_initial_state(h0_count);
+  o.initial_state = h0_count;
   CHECK_GLA_ERROR(fn + ": initial_state has 3 states, expected N = 2 (the batch size)", call(d.q, d.k, d.v, d.g, o));
-  o.set_initial_state(h0_vfirst);
+  o.initial_state = h0_vfirst;
   CHECK_GLA_ERROR(fn + ": initial_state is [2,2,4,8], expected [N=2,H=2,K=8,V=4]", call(d.q, d.k, d.v, d.g, o));
   o.state_v_first = true;
-  o.set_initial_state(d.h0);
+  o.initial_state = d.h0;
   CHECK_GLA_ERROR(fn + ": initial_state (state_v_first) is [2,2,8,4], expected [N=2,H=2,V=4,K=8]",
                   call(d.q, d.k, d.v, d.g, o));
 
@@ -189,21 +189,24 @@ TEST_CASE("chunk errors: every bad argument raises gla::Error and leaves outputs
   GLAOptions ov;
   ov.cu_seqlens = {0, 5, 20};
   Tensor<float, 4> h0_three(3, 2, 8, 4);
-  ov.set_initial_state(h0_three);
+  ov.initial_state = h0_three;
   CHECK_GLA_ERROR("initial_state has 3 states, expected N = 2 (the number of sequences in cu_seqlens)",
                   call(one.q, one.k, one.v, one.g, ov));
 
   // The core API: output views of the wrong shape, and nothing written on error.
   Tensor<float, 4> o_bad(2, 20, 2, 5), o_ok(2, 20, 2, 4), fs_bad(2, 2, 4, 8);
   gla::test::fill_nan(o_ok);
-  auto into = [&](Tensor<float, 4>& out, std::optional<TensorMap<float, 4>> fs, const GLAOptions& oo) {
+  auto into = [&](Tensor<float, 4>& out, std::optional<gla::View<float, 4>> fs, const GLAOptions& oo) {
     if (fused)
-      fused_chunk_gla_into<float>(view(d.q), view(d.k), view(d.v), view(d.g), oo, mut_view(out), fs);
+      fused_chunk_gla_into(view(d.q), view(d.k), view(d.v), view(d.g), oo, mut_view(out), fs);
     else
-      chunk_gla_into<float>(view(d.q), view(d.k), view(d.v), view(d.g), oo, mut_view(out), fs);
+      chunk_gla_into(view(d.q), view(d.k), view(d.v), view(d.g), oo, mut_view(out), fs);
   };
   CHECK_GLA_ERROR(fn + ": o is [2,20,2,5], expected [B=2,T=20,H=2,V=4]", into(o_bad, std::nullopt, none));
-  CHECK_GLA_ERROR(fn + ": final_state is [2,2,4,8], expected [N=2,H=2,K=8,V=4]", into(o_ok, mut_view(fs_bad), none));
+  GLAOptions want_state;
+  want_state.output_final_state = true;
+  CHECK_GLA_ERROR(fn + ": final_state is [2,2,4,8], expected [N=2,H=2,K=8,V=4]",
+                  into(o_ok, mut_view(fs_bad), want_state));
   GLAOptions bad_chunk;
   bad_chunk.chunk_size = 3;
   CHECK_GLA_ERROR("chunk_size is 3", into(o_ok, std::nullopt, bad_chunk));

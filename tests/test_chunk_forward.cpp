@@ -64,7 +64,7 @@ Inputs make_inputs(const Case& c) {
 GLAOptions options(const Case& c, const Inputs& in) {
   GLAOptions o;
   o.scale = c.scale;
-  if (c.h0) o.set_initial_state(in.h0);
+  if (c.h0) o.initial_state = in.h0;
   o.output_final_state = true;
   o.state_v_first = c.v_first;
   o.cu_seqlens = c.cu;
@@ -77,13 +77,13 @@ void run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T,
             GLAOptions o, Tensor<T, 4>& out, Tensor<float, 4>& fs) {
   gla::test::fill_nan(out);
   gla::test::fill_nan(fs);
-  std::optional<TensorMap<float, 4>> fsv;
+  std::optional<gla::View<float, 4>> fsv;
   fsv.emplace(mut_view(fs));
   if (op == Op::Chunk) {
-    chunk_gla_into<T>(q, k, v, g, o, mut_view(out), fsv);
+    chunk_gla_into(q, k, v, g, o, mut_view(out), fsv);
   } else {
     o.heuristic_fallback = op == Op::FusedChunk;
-    fused_chunk_gla_into<T>(q, k, v, g, o, mut_view(out), fsv);
+    fused_chunk_gla_into(q, k, v, g, o, mut_view(out), fsv);
   }
 }
 

@@ -98,18 +98,18 @@ TEST_CASE("chunk_fwd_h: every gate mode against the float64 recurrence", "[chunk
   ChunkHGates gates;
   Tensor<float, 3> gc;
   Tensor<float, 4> gkc, gvc;
-  if (m.g) gates.g.emplace(view(gc = chunk_local_cumsum<float, 3>(view(p.g_raw), 64, false, {}, cu)));
-  if (m.gk) gates.gk.emplace(view(gkc = chunk_local_cumsum<float, 4>(view(p.gk_raw), 64, false, {}, cu)));
-  if (m.gv) gates.gv.emplace(view(gvc = chunk_local_cumsum<float, 4>(view(p.gv_raw), 64, false, {}, cu)));
+  if (m.g) gates.g.emplace(view(gc = chunk_local_cumsum(view(p.g_raw), 64, false, {}, cu)));
+  if (m.gk) gates.gk.emplace(view(gkc = chunk_local_cumsum(view(p.gk_raw), 64, false, {}, cu)));
+  if (m.gv) gates.gv.emplace(view(gvc = chunk_local_cumsum(view(p.gv_raw), 64, false, {}, cu)));
   if (m.gamma) gates.g_gamma.emplace(view(p.gamma));
   // The same initial state in the V-first layout when state_v_first is on.
   const Tensor<float, 4> h0_vfirst = p.h0.shuffle(std::array<int, 4>{0, 1, 3, 2});
   GLAOptions opts;
-  opts.set_initial_state(v_first ? h0_vfirst : p.h0);
+  opts.initial_state = v_first ? h0_vfirst : p.h0;
   opts.output_final_state = true;
   opts.state_v_first = v_first;
   opts.cu_seqlens = cu;
-  const ChunkHResult r = chunk_fwd_h<float>(view(p.k), view(p.v), gates, opts);
+  const ChunkHResult r = chunk_fwd_h(view(p.k), view(p.v), gates, opts);
   // Back to K-first for the comparison.
   const Tensor<float, 5> h = v_first ? Tensor<float, 5>(r.h.shuffle(std::array<int, 5>{0, 1, 2, 4, 3})) : r.h;
   const Tensor<float, 4> ht =
@@ -131,16 +131,16 @@ TEST_CASE("chunk_fwd_h: bad arguments raise gla::Error", "[chunk_h][errors]") {
   Tensor<float, 4> gk_bad(2, 20, 2, 7);
   gk_bad.setZero();
   gates.gk.emplace(view(gk_bad));
-  CHECK_GLA_ERROR("chunk_fwd_h: gk is [2,20,2,7], expected [B=2,T=20,H=2,K=8]", chunk_fwd_h<float>(view(p.k), view(p.v), gates));
+  CHECK_GLA_ERROR("chunk_fwd_h: gk is [2,20,2,7], expected [B=2,T=20,H=2,K=8]", chunk_fwd_h(view(p.k), view(p.v), gates));
   ChunkHGates g2;
   Tensor<float, 1> gamma(3);
   gamma.setZero();
   g2.g_gamma.emplace(view(gamma));
-  CHECK_GLA_ERROR("g_gamma is [3], expected [H=2]", chunk_fwd_h<float>(view(p.k), view(p.v), g2));
+  CHECK_GLA_ERROR("g_gamma is [3], expected [H=2]", chunk_fwd_h(view(p.k), view(p.v), g2));
   GLAOptions o;
   o.chunk_size = 24;
-  CHECK_GLA_ERROR("chunk_size is 24, expected a power of two >= 16", chunk_fwd_h<float>(view(p.k), view(p.v), ChunkHGates{}, o));
+  CHECK_GLA_ERROR("chunk_size is 24, expected a power of two in [16, 256]", chunk_fwd_h(view(p.k), view(p.v), ChunkHGates{}, o));
   GLAOptions o2;
   o2.chunk_size = 8;
-  CHECK_GLA_ERROR("chunk_size is 8", chunk_fwd_h<float>(view(p.k), view(p.v), ChunkHGates{}, o2));
+  CHECK_GLA_ERROR("chunk_size is 8", chunk_fwd_h(view(p.k), view(p.v), ChunkHGates{}, o2));
 }

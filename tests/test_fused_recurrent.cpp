@@ -54,9 +54,9 @@ void check_forward(const RecCase& c, std::uint64_t salt) {
   Tensor<float, 4> ht = state_tensor<T>(c);
   test::fill_nan(o);
   test::fill_nan(ht);
-  fused_recurrent_gla_into<T>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts, mut_view(o),
+  fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts, mut_view(o),
                               mut_view(ht));
-  const auto ref = naive_recurrent_gla<T, double>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
+  const auto ref = naive_recurrent_gla<double>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
                                                   in.opts);
   INFO(type_name<T>() << " " << c.str());
   test::check_close("forward o " + type_name<T>(), "o", o, ref.o, o_tol<T>());
@@ -185,16 +185,16 @@ TEST_CASE("fused_recurrent_gla forward: the convenience API equals the core", "[
   c.V = 24;
   RecInputs<float> in;
   test::make_rec_inputs(in, c, 410);
-  const auto a = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+  const auto a = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   CHECK_FALSE(a.final_state.has_value());
   in.opts.output_final_state = true;
-  const auto b = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+  const auto b = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   REQUIRE(b.final_state.has_value());
   CHECK(test::compare(a.o, b.o).max_abs == 0);
   Tensor<float, 4> o(c.B, c.T, c.H, c.V), ht = state_tensor<float>(c);
   test::fill_nan(o);
   test::fill_nan(ht);
-  fused_recurrent_gla_into<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts,
+  fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts,
                                   mut_view(o), mut_view(ht));
   CHECK(test::compare(o, b.o).max_abs == 0);
   CHECK(test::compare(ht, *b.final_state).max_abs == 0);
@@ -213,13 +213,13 @@ TEST_CASE("fused_recurrent_gla forward: state_v_first is the transpose", "[fused
     RecInputs<float> in;
     test::make_rec_inputs(in, c, 420);
     in.opts.output_final_state = true;
-    const auto a = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+    const auto a = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
     const std::array<int, 4> swap{0, 1, 3, 2};
     const Tensor<float, 4> h0t = in.h0.shuffle(swap);
     GLAOptions o = in.opts;
     o.state_v_first = true;
-    o.set_initial_state(h0t);
-    const auto b = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), o);
+    o.initial_state = h0t;
+    const auto b = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), o);
     CHECK(test::compare(b.o, a.o).max_abs == 0);
     const Tensor<float, 4> ht_t = a.final_state->shuffle(swap);
     REQUIRE(b.final_state->dimension(2) == c.V);
@@ -258,7 +258,7 @@ TEST_CASE("fused_recurrent_gla forward: one call equals two calls carrying final
       RecInputs<float> in;
       test::make_rec_inputs(in, c, 430);
       in.opts.output_final_state = true;
-      const auto full = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
+      const auto full = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
                                                    in.opts);
       const Index T1 = 37;
       // Processing order: [0,T1) then [T1,T); reversed: [T1,T) then [0,T1).
@@ -268,8 +268,8 @@ TEST_CASE("fused_recurrent_gla forward: one call equals two calls carrying final
         const auto q = time_slice(in.q, t0, len), k = time_slice(in.k, t0, len), v = time_slice(in.v, t0, len);
         const auto gk = time_slice(in.gk, t0, len), gv = time_slice(in.gv, t0, len);
         GLAOptions o = in.opts;
-        o.set_initial_state(h0);
-        return fused_recurrent_gla<float>(view(q), view(k), view(v), view(gk),
+        o.initial_state = h0;
+        return fused_recurrent_gla(view(q), view(k), view(v), view(gk),
                                           gates == test::kBothGates ? std::optional<ConstTensorMap<float, 4>>(view(gv))
                                                                     : std::nullopt,
                                           o);
@@ -297,7 +297,7 @@ TEMPLATE_TEST_CASE("fused_recurrent_gla forward: varlen equals per-sequence call
     RecInputs<TestType> in;
     test::make_rec_inputs(in, c, 440);
     in.opts.output_final_state = true;
-    const auto packed = fused_recurrent_gla<TestType>(view(in.q), view(in.k), view(in.v), in.gk_view(c),
+    const auto packed = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c),
                                                       in.gv_view(c), in.opts);
     for (std::size_t n = 0; n + 1 < c.cu.size(); ++n) {
       const Index t0 = c.cu[n], len = c.cu[n + 1] - c.cu[n];
@@ -306,8 +306,8 @@ TEMPLATE_TEST_CASE("fused_recurrent_gla forward: varlen equals per-sequence call
       const auto h0 = state_slice(in.h0, static_cast<Index>(n));
       GLAOptions o = in.opts;
       o.cu_seqlens.clear();
-      o.set_initial_state(h0);
-      const auto r = fused_recurrent_gla<TestType>(view(q), view(k), view(v), view(gk), view(gv), o);
+      o.initial_state = h0;
+      const auto r = fused_recurrent_gla(view(q), view(k), view(v), view(gk), view(gv), o);
       INFO("sequence " << n << " length " << len << " reverse " << reverse);
       CHECK(test::compare(r.o, time_slice(packed.o, t0, len)).max_abs == 0);
       CHECK(test::compare(*r.final_state, state_slice(*packed.final_state, static_cast<Index>(n))).max_abs == 0);
@@ -327,13 +327,13 @@ TEST_CASE("fused_recurrent_gla forward: in-place state update (final_state is th
   RecInputs<float> in;
   test::make_rec_inputs(in, c, 450);
   in.opts.output_final_state = true;
-  const auto ref = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+  const auto ref = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   Tensor<float, 4> state = in.h0;
   GLAOptions o = in.opts;
-  o.set_initial_state(state);
+  o.initial_state = state;
   Tensor<float, 4> out(c.B, c.T, c.H, c.V);
   test::fill_nan(out);
-  fused_recurrent_gla_into<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), o, mut_view(out),
+  fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), o, mut_view(out),
                                   mut_view(state));
   CHECK(test::compare(out, ref.o).max_abs == 0);
   CHECK(test::compare(state, *ref.final_state).max_abs == 0);
@@ -350,7 +350,7 @@ TEST_CASE("fused_recurrent_gla forward: results do not depend on the thread coun
   test::make_rec_inputs(in, c, 460);
   in.opts.output_final_state = true;
   const auto run = [&] {
-    return fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+    return fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   };
 #ifdef _OPENMP
   const int saved = omp_get_max_threads();
@@ -404,9 +404,9 @@ TEMPLATE_TEST_CASE("fused_recurrent_gla forward: extras gamma and state clamps m
     Tensor<float, 4> ht = state_tensor<TestType>(c);
     test::fill_nan(o);
     test::fill_nan(ht);
-    fused_recurrent_gla_into<TestType>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts,
+    fused_recurrent_gla_into(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts,
                                        mut_view(o), mut_view(ht));
-    const auto ref = naive_recurrent_gla<TestType, double>(view(in.q), view(in.k), view(in.v), in.gk_view(c),
+    const auto ref = naive_recurrent_gla<double>(view(in.q), view(in.k), view(in.v), in.gk_view(c),
                                                            in.gv_view(c), in.opts);
     INFO(e.name);
     test::check_close("forward o " + type_name<TestType>(), "o", o, ref.o, o_tol<TestType>());
@@ -427,21 +427,21 @@ TEST_CASE("fused_recurrent_gla forward: explicit scale 0 is kept, T = 0 passes h
   RecInputs<float> in;
   test::make_rec_inputs(in, c, 520);
   in.opts.output_final_state = true;
-  const auto def = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+  const auto def = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   in.opts.scale = 0.0f;
-  const auto zero = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
+  const auto zero = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   CHECK(test::all_equal_to(zero.o, 0.0f));
   CHECK(test::compare(*zero.final_state, *def.final_state).max_abs == 0);
 
   Tensor<float, 4> q0(2, 0, 2, 16), v0(2, 0, 2, 8);
   GLAOptions o;
   o.output_final_state = true;
-  o.set_initial_state(in.h0);
-  const auto empty = fused_recurrent_gla<float>(view(q0), view(q0), view(v0), view(q0), view(v0), o);
+  o.initial_state = in.h0;
+  const auto empty = fused_recurrent_gla(view(q0), view(q0), view(v0), view(q0), view(v0), o);
   CHECK(empty.o.size() == 0);
   CHECK(test::compare(*empty.final_state, in.h0).max_abs == 0);
   o.initial_state.reset();
-  const auto empty0 = fused_recurrent_gla<float>(view(q0), view(q0), view(v0), std::nullopt, std::nullopt, o);
+  const auto empty0 = fused_recurrent_gla(view(q0), view(q0), view(v0), std::nullopt, std::nullopt, o);
   CHECK(test::all_equal_to(*empty0.final_state, 0.0f));
 }
 
@@ -461,7 +461,7 @@ TEST_CASE("apply_gamma_decay: the helper is the kernel's gamma step", "[fused_re
     in.k.setZero();
     in.opts.output_final_state = true;
     in.opts.gamma = {0.5f, 0.9f, 0.25f};
-    const auto r = fused_recurrent_gla<float>(view(in.q), view(in.k), view(in.v), std::nullopt, std::nullopt, in.opts);
+    const auto r = fused_recurrent_gla(view(in.q), view(in.k), view(in.v), std::nullopt, std::nullopt, in.opts);
     Tensor<float, 4> s = in.h0;
     apply_gamma_decay(mut_view(s), in.opts.gamma);
     CHECK(test::compare(s, *r.final_state).max_abs == 0);
@@ -502,13 +502,13 @@ void check_golden_forward(const test::Golden& gf, const std::string& cs) {
   o.scale = static_cast<float>(m.at("scale").get<double>());
   o.reverse = m.value("reverse", false);
   if (!m.at("cu_seqlens").is_null()) o.cu_seqlens = gf.ints(cs + ".cu_seqlens");
-  if (h0) o.set_initial_state(*h0);
+  if (h0) o.initial_state = *h0;
   o.output_final_state = true;
   const auto o_ref = gf.get<float, 4>(cs + ".o_ref"), ht_ref = gf.get<float, 4>(cs + ".ht_ref");
   Tensor<float, 4> out(o_ref.dimensions()), ht(ht_ref.dimensions());
   test::fill_nan(out);
   test::fill_nan(ht);
-  fused_recurrent_gla_into<float>(view(q), view(k), view(v), view(gk),
+  fused_recurrent_gla_into(view(q), view(k), view(v), view(gk),
                                   gv ? std::optional<ConstTensorMap<float, 4>>(view(*gv)) : std::nullopt, o,
                                   mut_view(out), mut_view(ht));
   INFO("golden case " << cs);
@@ -552,8 +552,8 @@ TEST_CASE("fused_recurrent_gla forward: every gla::Error path, nothing written",
   // call(q, k, v, gk, gv, opts, o, ht) with defaults for everything not under test.
   const auto call = [&](const Tensor<float, 4>& q_, const Tensor<float, 4>& k_, const Tensor<float, 4>& v_,
                         std::optional<ConstTensorMap<float, 4>> gk_, std::optional<ConstTensorMap<float, 4>> gv_,
-                        const GLAOptions& op, TensorMap<float, 4> o_, std::optional<TensorMap<float, 4>> ht_) {
-    fused_recurrent_gla_into<float>(view(q_), view(k_), view(v_), gk_, gv_, op, o_, ht_);
+                        const GLAOptions& op, TensorMap<float, 4> o_, std::optional<gla::View<float, 4>> ht_) {
+    fused_recurrent_gla_into(view(q_), view(k_), view(v_), gk_, gv_, op, o_, ht_);
   };
   const auto expect = [&](auto&& f, std::initializer_list<const char*> needles) {
     reset();
@@ -580,7 +580,7 @@ TEST_CASE("fused_recurrent_gla forward: every gla::Error path, nothing written",
     expect([&] { call(q, k, v, view(gk), view(gvb), opts, mut_view(o), mut_view(ht)); },
            {"fused_recurrent_gla", "gv is [2,6,2,3], expected [B=2,T=6,H=2,V=4]"});
     // The convenience API validates the same way.
-    expect([&] { fused_recurrent_gla<float>(view(q), view(k), view(v), view(gkb), std::nullopt, opts); },
+    expect([&] { fused_recurrent_gla(view(q), view(k), view(v), view(gkb), std::nullopt, opts); },
            {"fused_recurrent_gla", "gk is [2,6,2,4]"});
   }
   SECTION("cu_seqlens") {
@@ -612,11 +612,11 @@ TEST_CASE("fused_recurrent_gla forward: every gla::Error path, nothing written",
     Tensor<float, 4> h3(3, H, K, V), hb(B, H, V, K);
     h3.setZero();
     hb.setZero();
-    op.set_initial_state(h3);
+    op.initial_state = h3;
     expect([&] { dflt(op); }, {"fused_recurrent_gla", "initial_state has 3 states, expected N = 2"});
-    op.set_initial_state(hb);
+    op.initial_state = hb;
     expect([&] { dflt(op); }, {"fused_recurrent_gla", "initial_state is [2,2,4,3], expected [N=2,H=2,K=3,V=4]"});
-    op.set_initial_state(h0);
+    op.initial_state = h0;
     op.state_v_first = true;
     expect([&] { dflt(op); }, {"fused_recurrent_gla", "initial_state (state_v_first) is [2,2,3,4]"});
     GLAOptions os = opts;
@@ -667,7 +667,7 @@ TEST_CASE("fused_recurrent_gla forward: every gla::Error path, nothing written",
     ConstTensorMap<float, 4> q_over(big.data() + 1, B, T, H, K);
     reset();
     test::require_gla_error(
-        [&] { fused_recurrent_gla_into<float>(q_over, view(k), view(v), view(gk), view(gv), opts, o_over, mut_view(ht)); },
+        [&] { fused_recurrent_gla_into(q_over, view(k), view(v), view(gk), view(gv), opts, o_over, mut_view(ht)); },
         {"fused_recurrent_gla", "output o overlaps input q"});
     CHECK(test::all_equal_to(big, 0.5f));
     TensorMap<float, 4> ht_over(o.data() + 3, B, H, K, V);
@@ -680,7 +680,7 @@ TEST_CASE("fused_recurrent_gla forward: every gla::Error path, nothing written",
     Tensor<float, 4> hbuf(B * H * K * V + 1, 1, 1, 1);
     hbuf.setConstant(1.0f);
     GLAOptions op = opts;
-    op.set_initial_state(ConstTensorMap<float, 4>(hbuf.data(), B, H, K, V));
+    op.initial_state = ConstTensorMap<float, 4>(hbuf.data(), B, H, K, V);
     reset();
     test::require_gla_error(
         [&] { call(q, k, v, view(gk), view(gv), op, mut_view(o), TensorMap<float, 4>(hbuf.data() + 1, B, H, K, V)); },

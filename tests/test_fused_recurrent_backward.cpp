@@ -62,12 +62,12 @@ struct GradOut {
 
 template <class T>
 void run_backward_into(const RecCase& c, const RecInputs<T>& in, bool with_dht, GradOut<T>& g) {
-  fused_recurrent_gla_backward_into<T>(
+  fused_recurrent_gla_backward_into(
       view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), view(in.do_),
       with_dht ? std::optional<ConstTensorMap<float, 4>>(view(in.dht)) : std::nullopt, in.opts, mut_view(g.dq),
       mut_view(g.dk), mut_view(g.dv), c.has_gk() ? std::optional<TensorMap<T, 4>>(mut_view(g.dgk)) : std::nullopt,
       c.has_gv() ? std::optional<TensorMap<T, 4>>(mut_view(g.dgv)) : std::nullopt,
-      c.h0 ? std::optional<TensorMap<float, 4>>(mut_view(g.dh0)) : std::nullopt);
+      c.h0 ? std::optional<gla::View<float, 4>>(mut_view(g.dh0)) : std::nullopt);
 }
 
 /// dgk/dgv are exactly zero when no decayed state exists yet (T = 1 without h0): the kernel then returns
@@ -95,10 +95,11 @@ void check_backward(const RecCase& c, std::uint64_t salt, bool with_dht = true) 
   test::make_rec_inputs(in, c, salt);
   GradOut<T> g(c);
   run_backward_into(c, in, with_dht, g);
-  // The reference computes dgk/dgv with spec §2.5's reverse cumulative sums, which cancel under strong decay
-  // (dgk ≈ 1e-4 of the summed terms): in float64 that costs ~1e-10, so fp64 is checked against long double.
+  // The reference computes dgk/dgv with fla's reverse cumulative sums (docs/fused_recurrent.md), which cancel
+  // under strong decay (dgk ≈ 1e-4 of the summed terms): in float64 that costs ~1e-10, so fp64 is checked
+  // against long double.
   using RefAcc = std::conditional_t<std::is_same_v<T, double>, long double, double>;
-  const auto ref = naive_recurrent_gla_backward<T, RefAcc>(
+  const auto ref = naive_recurrent_gla_backward<RefAcc>(
       view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), view(in.do_),
       with_dht ? std::optional<ConstTensorMap<float, 4>>(view(in.dht)) : std::nullopt, in.opts);
   INFO(type_name<T>() << " " << c.str() << " dht=" << with_dht);
@@ -258,7 +259,7 @@ TEST_CASE("fused_recurrent_gla_backward: varlen equals per-sequence calls", "[fu
     c.reverse = reverse;
     RecInputs<float> in;
     test::make_rec_inputs(in, c, 1600);
-    const auto packed = fused_recurrent_gla_backward<float>(view(in.q), view(in.k), view(in.v), view(in.gk),
+    const auto packed = fused_recurrent_gla_backward(view(in.q), view(in.k), view(in.v), view(in.gk),
                                                             view(in.gv), view(in.do_), view(in.dht), in.opts);
     for (std::size_t n = 0; n + 1 < c.cu.size(); ++n) {
       const Index t0 = c.cu[n], len = c.cu[n + 1] - c.cu[n];
@@ -267,8 +268,8 @@ TEST_CASE("fused_recurrent_gla_backward: varlen equals per-sequence calls", "[fu
       const auto h0 = state_slice(in.h0, static_cast<Index>(n)), dht = state_slice(in.dht, static_cast<Index>(n));
       GLAOptions o = in.opts;
       o.cu_seqlens.clear();
-      o.set_initial_state(h0);
-      const auto r = fused_recurrent_gla_backward<float>(view(q), view(k), view(v), view(gk), view(gv), view(d),
+      o.initial_state = h0;
+      const auto r = fused_recurrent_gla_backward(view(q), view(k), view(v), view(gk), view(gv), view(d),
                                                          view(dht), o);
       INFO("sequence " << n << " length " << len << " reverse " << reverse);
       CHECK(test::compare(r.dq, sl(packed.dq)).max_abs == 0);
@@ -291,14 +292,14 @@ TEST_CASE("fused_recurrent_gla_backward: state_v_first is the transpose", "[fuse
   c.V = 60;
   RecInputs<float> in;
   test::make_rec_inputs(in, c, 1700);
-  const auto a = fused_recurrent_gla_backward<float>(view(in.q), view(in.k), view(in.v), view(in.gk), view(in.gv),
+  const auto a = fused_recurrent_gla_backward(view(in.q), view(in.k), view(in.v), view(in.gk), view(in.gv),
                                                      view(in.do_), view(in.dht), in.opts);
   const std::array<int, 4> swap{0, 1, 3, 2};
   const Tensor<float, 4> h0t = in.h0.shuffle(swap), dhtt = in.dht.shuffle(swap);
   GLAOptions o = in.opts;
   o.state_v_first = true;
-  o.set_initial_state(h0t);
-  const auto b = fused_recurrent_gla_backward<float>(view(in.q), view(in.k), view(in.v), view(in.gk), view(in.gv),
+  o.initial_state = h0t;
+  const auto b = fused_recurrent_gla_backward(view(in.q), view(in.k), view(in.v), view(in.gk), view(in.gv),
                                                      view(in.do_), view(dhtt), o);
   CHECK(test::compare(b.dq, a.dq).max_abs == 0);
   CHECK(test::compare(b.dk, a.dk).max_abs == 0);
@@ -322,7 +323,7 @@ TEST_CASE("fused_recurrent_gla_backward: convenience API, absent gradients, dh0 
   RecInputs<float> in;
   test::make_rec_inputs(in, c, 1800);
   const auto run = [&] {
-    return fused_recurrent_gla_backward<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
+    return fused_recurrent_gla_backward(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c),
                                                view(in.do_), view(in.dht), in.opts);
   };
   const auto a = run();
@@ -339,7 +340,7 @@ TEST_CASE("fused_recurrent_gla_backward: convenience API, absent gradients, dh0 
   // dh0 written over the dht buffer.
   Tensor<float, 4> buf = in.dht;
   GradOut<float> g2(c);
-  fused_recurrent_gla_backward_into<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), std::nullopt,
+  fused_recurrent_gla_backward_into(view(in.q), view(in.k), view(in.v), in.gk_view(c), std::nullopt,
                                            view(in.do_), view(buf), in.opts, mut_view(g2.dq), mut_view(g2.dk),
                                            mut_view(g2.dv), mut_view(g2.dgk), std::nullopt, mut_view(buf));
   CHECK(test::compare(buf, *a.dh0).max_abs == 0);
@@ -348,7 +349,7 @@ TEST_CASE("fused_recurrent_gla_backward: convenience API, absent gradients, dh0 
   // Without an initial state there is no dh0; the other gradients do not change (h0 = 0 vs none differ in S).
   GLAOptions no_h0 = in.opts;
   no_h0.initial_state.reset();
-  const auto b = fused_recurrent_gla_backward<float>(view(in.q), view(in.k), view(in.v), in.gk_view(c), std::nullopt,
+  const auto b = fused_recurrent_gla_backward(view(in.q), view(in.k), view(in.v), in.gk_view(c), std::nullopt,
                                                      view(in.do_), view(in.dht), no_h0);
   CHECK_FALSE(b.dh0.has_value());
   CHECK(test::compare(b.dk, a.dk).max_abs == 0);  // dk, dv do not depend on the states
@@ -382,10 +383,10 @@ void check_golden_backward(const test::Golden& gf, const std::string& cs) {
   o.scale = static_cast<float>(m.at("scale").get<double>());
   o.reverse = m.value("reverse", false);
   if (!m.at("cu_seqlens").is_null()) o.cu_seqlens = gf.ints(cs + ".cu_seqlens");
-  if (h0) o.set_initial_state(*h0);
+  if (h0) o.initial_state = *h0;
   std::optional<ConstTensorMap<float, 4>> gvv;
   if (gv) gvv.emplace(view(*gv));
-  const auto g = fused_recurrent_gla_backward<float>(view(q), view(k), view(v), view(gk), gvv, view(do_), view(dht), o);
+  const auto g = fused_recurrent_gla_backward(view(q), view(k), view(v), view(gk), gvv, view(do_), view(dht), o);
   INFO("golden case " << cs);
   const auto check = [&](const std::string& name, const Tensor<float, 4>& got) {
     test::check_close("golden backward vs *_ref (fp32)", cs + "." + name, got, gf.get<float, 4>(cs + "." + name + "_ref"),
@@ -435,14 +436,14 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     return ok;
   };
   GLAOptions opts;
-  opts.set_initial_state(h0);
+  opts.initial_state = h0;
   // The full argument list, each engaged with a valid value; a test re-points one of them. Every view is held in
   // a std::optional and re-pointed with reset() + emplace(): assigning to an engaged Eigen TensorMap would copy
   // data instead.
   struct Args {
     std::optional<ConstTensorMap<float, 4>> q, k, v, gk, gv, do_, dht;
     GLAOptions opts;
-    std::optional<TensorMap<float, 4>> dq, dk, dv, dgk, dgv, dh0;
+    std::optional<gla::View<float, 4>> dq, dk, dv, dgk, dgv, dh0;
   };
   const auto repoint = [](auto& opt, auto map) {
     opt.reset();
@@ -457,7 +458,7 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     a.gv.emplace(view(gv));
     a.do_.emplace(view(d));
     a.dht.emplace(view(dht));
-    a.opts.set_initial_state(h0);
+    a.opts.initial_state = h0;
     a.dq.emplace(mut_view(dq));
     a.dk.emplace(mut_view(dk));
     a.dv.emplace(mut_view(dv));
@@ -467,7 +468,7 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     return a;
   };
   const auto call = [](const Args& a) {
-    fused_recurrent_gla_backward_into<float>(*a.q, *a.k, *a.v, a.gk, a.gv, *a.do_, a.dht, a.opts, *a.dq, *a.dk, *a.dv,
+    fused_recurrent_gla_backward_into(*a.q, *a.k, *a.v, a.gk, a.gv, *a.do_, a.dht, a.opts, *a.dq, *a.dk, *a.dv,
                                              a.dgk, a.dgv, a.dh0);
   };
   // Builds a valid argument set, lets `modify` change it, and requires a gla::Error and untouched outputs.
@@ -500,11 +501,11 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     expect([&](Args& a) { a.opts.cu_seqlens = {0, 6}; }, {fn, "the batch size is 2"});
     Tensor<float, 4> h3(3, H, K, V);
     h3.setZero();
-    expect([&](Args& a) { a.opts.set_initial_state(h3); }, {fn, "initial_state has 3 states"});
+    expect([&](Args& a) { a.opts.initial_state = h3; }, {fn, "initial_state has 3 states"});
     // The convenience API validates the same way.
     test::require_gla_error(
         [&] {
-          fused_recurrent_gla_backward<float>(view(q), view(k), view(v), view(gk), view(gv), view(db), view(dht), opts);
+          fused_recurrent_gla_backward(view(q), view(k), view(v), view(gk), view(gv), view(db), view(dht), opts);
         },
         {fn, "do_ is [2,6,2,3]"});
   }
@@ -514,7 +515,7 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     dhtt.setZero();
     const auto v_first = [&](Args& a) {
       a.opts.state_v_first = true;
-      a.opts.set_initial_state(h0t);
+      a.opts.initial_state = h0t;
     };
     expect(v_first, {fn, "dht (state_v_first) is [2,2,3,4], expected [N=2,H=2,V=4,K=3]"});
     expect(
@@ -532,7 +533,7 @@ TEST_CASE("fused_recurrent_gla_backward: every gla::Error path, nothing written"
     clamped.state_clamp_max = 1.0f;
     test::require_gla_error(
         [&] {
-          fused_recurrent_gla_backward<float>(view(q), view(k), view(v), view(gk), view(gv), view(d), view(dht), clamped);
+          fused_recurrent_gla_backward(view(q), view(k), view(v), view(gk), view(gv), view(d), view(dht), clamped);
         },
         {fn, "state_clamp_max is set"});
   }

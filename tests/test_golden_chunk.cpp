@@ -33,12 +33,12 @@ TEST_CASE("golden cumsum: chunk_local_cumsum equals fla's out and the float64 ou
     gla::test::Diff d_fla, d_ref;
     if (rank == 3) {
       const auto g = gd.get<float, 3>(c + ".g");
-      const auto out = chunk_local_cumsum<float, 3>(view(g), chunk, reverse, {}, cu);
+      const auto out = chunk_local_cumsum(view(g), chunk, reverse, {}, cu);
       d_fla = compare(out, gd.get<float, 3>(c + ".out"));
       d_ref = compare(out, gd.get<float, 3>(c + ".out_ref"));
     } else {
       const auto g = gd.get<float, 4>(c + ".g");
-      const auto out = chunk_local_cumsum<float, 4>(view(g), chunk, reverse, {}, cu);
+      const auto out = chunk_local_cumsum(view(g), chunk, reverse, {}, cu);
       d_fla = compare(out, gd.get<float, 4>(c + ".out"));
       d_ref = compare(out, gd.get<float, 4>(c + ".out_ref"));
     }
@@ -64,24 +64,24 @@ TEST_CASE("golden chunk_h: states before each chunk and final states for every g
     Tensor<float, 4> g4;
     Tensor<float, 1> gamma;
     if (mode == "g") {
-      g3 = chunk_local_cumsum<float, 3>(view(gd.get<float, 3>(c + ".gate_raw")), chunk, false, {}, cu);
+      g3 = chunk_local_cumsum(view(gd.get<float, 3>(c + ".gate_raw")), chunk, false, {}, cu);
       gates.g.emplace(view(g3));
     } else if (mode == "g_gamma") {
       gamma = gd.get<float, 1>(c + ".gate_raw");
       gates.g_gamma.emplace(view(gamma));
     } else {
-      g4 = chunk_local_cumsum<float, 4>(view(gd.get<float, 4>(c + ".gate_raw")), chunk, false, {}, cu);
+      g4 = chunk_local_cumsum(view(gd.get<float, 4>(c + ".gate_raw")), chunk, false, {}, cu);
       if (mode == "gk")
         gates.gk.emplace(view(g4));
       else
         gates.gv.emplace(view(g4));
     }
     GLAOptions opts;
-    opts.set_initial_state(h0);
+    opts.initial_state = h0;
     opts.output_final_state = true;
     opts.cu_seqlens = cu;
     opts.chunk_size = chunk;
-    const ChunkHResult r = chunk_fwd_h<float>(view(k), view(v), gates, opts);
+    const ChunkHResult r = chunk_fwd_h(view(k), view(v), gates, opts);
     const auto dh_ref = compare(r.h, gd.get<float, 5>(c + ".h_ref"));
     const auto dh_fla = compare(r.h, gd.get<float, 5>(c + ".h"));
     const auto dt_ref = compare(*r.final_state, gd.get<float, 4>(c + ".ht_ref"));
@@ -109,10 +109,10 @@ TEST_CASE("golden ops-chunk_cases: chunk_gla and fused_chunk_gla forward against
     Tensor<float, 4> h0;
     if (meta.at("has_h0").get<bool>()) {
       h0 = gd.get<float, 4>(c + ".h0");
-      opts.set_initial_state(h0);
+      opts.initial_state = h0;
     }
-    const auto r = fused ? fused_chunk_gla<float>(view(q), view(k), view(v), view(g), opts)
-                         : chunk_gla<float>(view(q), view(k), view(v), view(g), opts);
+    const auto r = fused ? fused_chunk_gla(view(q), view(k), view(v), view(g), opts)
+                         : chunk_gla(view(q), view(k), view(v), view(g), opts);
     const auto d_o = compare(r.o, gd.get<float, 4>(c + ".o_ref"));
     const auto d_s = compare(*r.final_state, gd.get<float, 4>(c + ".ht_ref"));
     INFO((fused ? "fused_chunk_gla " : "chunk_gla ") << c << "\n o: " << d_o.str() << "\n ht: " << d_s.str());

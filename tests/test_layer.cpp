@@ -182,7 +182,7 @@ TEST_CASE("GatedLinearAttention state_dict: fla's names, exact round trip, stric
   CHECK(d.shape("gk_proj.1.weight") == std::vector<Index>{16, 16});
   CHECK(d.shape("o_proj.weight") == std::vector<Index>{64, 64});
 
-  // Presence rules of spec §8 / Part II §E.
+  // Presence rules: which parameters exist for a config (docs/layer.md, Weights).
   auto names_of = [](Config cc) { return Layer<float>(cc).state_dict().names(); };
   auto has = [](const std::vector<std::string>& v, const std::string& n) {
     return std::find(v.begin(), v.end(), n) != v.end();
@@ -445,7 +445,8 @@ TEST_CASE("GatedLinearAttention: prefill with a cache, then single-token steps, 
     for (Index s = 0; s < steps; ++s) {
       Tensor<float, 2> xs(B, 64);
       for (Index b = 0; b < B; ++b) std::copy_n(x.data() + (b * S + P + s) * 64, 64, xs.data() + b * 64);
-      // Alternate between no mask and an all-ones mask (what HF generate passes): identical per Part II §C.
+      // Alternate between no mask and an all-ones mask (what HF generate passes): identical, since a decode step
+      // reads only the mask's last column (docs/layer.md, Cache).
       const Tensor<float, 2> ys = s % 2 ? layer.step(gla::view(xs), cache, mv(ones)) : layer.step(gla::view(xs), cache);
       for (Index b = 0; b < B; ++b) {
         INFO("step " << s << " row " << b);

@@ -43,7 +43,7 @@ void run_case(const std::string& name) {
             << "\n";
   CHECK(gla::test::ok(d, kTol));
 
-  if (mask) {  // padded positions are exactly 0 (Part II §B)
+  if (mask) {  // padded positions are exactly 0 (docs/layer.md, Forward step 9)
     Index nonzero = 0;
     const Index B = x.dimension(0), S = x.dimension(1), D = x.dimension(2);
     for (Index b = 0; b < B; ++b)

@@ -59,7 +59,7 @@ TinyData make_tiny(const Tiny& c, std::uint64_t salt) {
   d.opts.state_v_first = c.v_first;
   d.opts.cu_seqlens = c.cu;
   d.opts.output_final_state = true;
-  if (c.h0) d.opts.set_initial_state(d.h0);
+  if (c.h0) d.opts.initial_state = d.h0;
   return d;
 }
 
@@ -68,7 +68,7 @@ double loss(const Tiny& c, const TinyData& d, const GLAOptions& opts) {
   std::optional<ConstTensorMap<double, 4>> gk, gv;
   if (c.gk) gk.emplace(view(d.gk));
   if (c.gv) gv.emplace(view(d.gv));
-  const auto r = naive_recurrent_gla<double, double>(view(d.q), view(d.k), view(d.v), gk, gv, opts);
+  const auto r = naive_recurrent_gla<double>(view(d.q), view(d.k), view(d.v), gk, gv, opts);
   double l = 0;
   for (Index i = 0; i < r.o.size(); ++i) l += r.o.data()[i] * d.do_.data()[i];
   for (Index i = 0; i < r.final_state.size(); ++i) l += r.final_state.data()[i] * static_cast<double>(d.dht.data()[i]);
@@ -121,7 +121,7 @@ TEST_CASE("naive_recurrent_gla: hand-computed steps with gates, gamma and clamps
   Tensor<float, 4> h0(1, 1, 1, 1);
   h0.setConstant(1.5f);
   GLAOptions o;
-  o.set_initial_state(h0);
+  o.initial_state = h0;
   o.scale = 0.5f;
   o.gamma = {0.75f};
   const double S1 = std::exp(-0.75) * 0.75 * 1.5 + 2.0, S2 = std::exp(-3.0) * 0.75 * S1 + 0.75;
@@ -170,7 +170,7 @@ TEST_CASE("naive_recurrent_gla_backward matches central finite differences", "[n
       std::optional<ConstTensorMap<double, 4>> gk, gv;
       if (c.gk) gk.emplace(view(d.gk));
       if (c.gv) gv.emplace(view(d.gv));
-      const auto g = naive_recurrent_gla_backward<double, double>(view(d.q), view(d.k), view(d.v), gk, gv,
+      const auto g = naive_recurrent_gla_backward<double>(view(d.q), view(d.k), view(d.v), gk, gv,
                                                                    view(d.do_), view(d.dht), d.opts);
       REQUIRE(g.dgk.has_value() == c.gk);
       REQUIRE(g.dgv.has_value() == c.gv);
@@ -189,7 +189,7 @@ TEST_CASE("naive_recurrent_gla_backward matches central finite differences", "[n
       GLAOptions o0 = d.opts;
       Tensor<float, 4> h0 = d.h0;
       if (!c.h0) h0.setZero();
-      o0.set_initial_state(h0);
+      o0.initial_state = h0;
       check("dh0", g.dh0, fd_grad_h0(h0, [&] { return loss(c, d, o0); }));
     }
     ++salt;
@@ -204,7 +204,7 @@ TEST_CASE("naive_recurrent_gla_backward: no initial state equals a zero initial 
   Tensor<float, 4> zero(d.h0.dimensions());
   zero.setZero();
   GLAOptions o = d.opts;
-  o.set_initial_state(zero);
+  o.initial_state = zero;
   const auto b = naive_recurrent_gla_backward<double>(view(d.q), view(d.k), view(d.v), view(d.gk), view(d.gv),
                                                       view(d.do_), view(d.dht), o);
   CHECK(test::compare(a.dq, b.dq).max_abs == 0);
@@ -237,13 +237,13 @@ void check_golden_case(const test::Golden& gf, const std::string& cs, double tol
   o.scale = static_cast<float>(m.at("scale").get<double>());
   o.reverse = m.value("reverse", false);
   if (!m.at("cu_seqlens").is_null()) o.cu_seqlens = m.at("cu_seqlens").get<std::vector<std::int64_t>>();
-  if (h0) o.set_initial_state(*h0);
+  if (h0) o.initial_state = *h0;
   o.output_final_state = true;
   std::optional<ConstTensorMap<float, 4>> gvv;
   if (gv) gvv.emplace(view(*gv));
-  const auto r = naive_recurrent_gla<float, double>(view(q), view(k), view(v), view(gk), gvv, o);
+  const auto r = naive_recurrent_gla<double>(view(q), view(k), view(v), view(gk), gvv, o);
   const auto do_ = gf.get<float, 4>(cs + ".do"), dht = gf.get<float, 4>(cs + ".dht");
-  const auto g = naive_recurrent_gla_backward<float, double>(view(q), view(k), view(v), view(gk), gvv, view(do_),
+  const auto g = naive_recurrent_gla_backward<double>(view(q), view(k), view(v), view(gk), gvv, view(do_),
                                                              view(dht), o);
   const auto check = [&](const std::string& name, const Tensor<double, 4>& got) {
     test::check_close("naive (fp64) vs golden *_ref (stored as float32)", cs + "." + name, got,

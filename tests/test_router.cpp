@@ -52,7 +52,7 @@ TEST_CASE("router: every mode equals the float64 reference (with and without gk)
   o.output_final_state = true;
   std::optional<ConstTensorMap<float, 4>> gk;
   if (with_gk) gk.emplace(view(d.g));
-  const auto r = gla_forward<float>(mode, view(d.q), view(d.k), view(d.v), gk, o);
+  const auto r = gla_forward(view(d.q), view(d.k), view(d.v), gk, std::nullopt, o, mode);
   const Tensor<double, 4> qd = d.q.cast<double>(), kd = d.k.cast<double>(), vd = d.v.cast<double>(),
                           gd = d.g.cast<double>();
   std::optional<ConstTensorMap<double, 4>> gkd;
@@ -76,8 +76,8 @@ TEST_CASE("router: a left-padded masked batch equals per-row calls, with zeros a
   gla::test::fill_normal(h0, rng);
   GLAOptions o;
   o.output_final_state = true;
-  o.set_initial_state(h0);
-  const auto r = gla_forward<float>(mode, view(d.q), view(d.k), view(d.v), view(d.g), o, view(mask));
+  o.initial_state = h0;
+  const auto r = gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, o, mode, view(mask));
   for (Index b = 0; b < B; ++b) {
     const Index p = pads[static_cast<std::size_t>(b)], len = S - p;
     for (Index s = 0; s < p; ++s)
@@ -94,8 +94,8 @@ TEST_CASE("router: a left-padded masked batch equals per-row calls, with zeros a
     };
     GLAOptions ob;
     ob.output_final_state = true;
-    ob.set_initial_state(h0b);
-    const auto one = gla_forward<float>(mode, view(row(d.q)), view(row(d.k)), view(row(d.v)), view(row(d.g)), ob);
+    ob.initial_state = h0b;
+    const auto one = gla_forward(view(row(d.q)), view(row(d.k)), view(row(d.v)), view(row(d.g)), std::nullopt, ob, mode);
     const Tensor<float, 4> got = r.o.slice(std::array<Index, 4>{b, p, 0, 0}, std::array<Index, 4>{1, len, H, V});
     INFO("row " << b << " mode " << to_string(mode));
     CHECK(gla::test::ok(compare(got, one.o), 1e-5));
@@ -106,18 +106,18 @@ TEST_CASE("router: a left-padded masked batch equals per-row calls, with zeros a
 TEST_CASE("router: gv and reverse route to fused_recurrent under Auto and are rejected by chunk modes", "[router]") {
   const Data d = make(1, 80, 2, 8, 8, 24);
   GLAOptions o;
-  const auto r = gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(d.g), o, std::nullopt, view(d.gv));
+  const auto r = gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), view(d.gv), o, Mode::Auto);
   const Tensor<double, 4> qd = d.q.cast<double>(), kd = d.k.cast<double>(), vd = d.v.cast<double>(),
                           gd = d.g.cast<double>(), gvd = d.gv.cast<double>();
   const auto ref = naive_recurrent_gla<double>(view(qd), view(kd), view(vd), view(gd), view(gvd), o);
   CHECK(gla::test::ok(compare(r.o, ref.o), 1e-5));
   CHECK_GLA_ERROR("gla_forward: mode is 'chunk', but gv, reverse",
-                  gla_forward<float>(Mode::Chunk, view(d.q), view(d.k), view(d.v), view(d.g), o, std::nullopt, view(d.gv)));
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), view(d.gv), o, Mode::Chunk));
   GLAOptions rev;
   rev.reverse = true;
   CHECK_GLA_ERROR("gla_forward: mode is 'fused_chunk'",
-                  gla_forward<float>(Mode::FusedChunk, view(d.q), view(d.k), view(d.v), view(d.g), rev));
-  const auto rr = gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(d.g), rev);
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, rev, Mode::FusedChunk));
+  const auto rr = gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, rev, Mode::Auto);
   const auto rref = naive_recurrent_gla<double>(view(qd), view(kd), view(vd), view(gd), std::nullopt, rev);
   CHECK(gla::test::ok(compare(rr.o, rref.o), 1e-5));
 }
@@ -131,19 +131,19 @@ TEST_CASE("router: bad masks and option combinations raise gla::Error", "[router
   bad_values.setConstant(2);
   const GLAOptions none;
   CHECK_GLA_ERROR("gla_forward: attention_mask is [2,29], expected [B=2,S] with S >= T=30",
-                  gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(d.g), none, view(short_mask)));
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, none, Mode::Auto, view(short_mask)));
   CHECK_GLA_ERROR("gla_forward: attention_mask is [3,30]",
-                  gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(d.g), none, view(wrong_b)));
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, none, Mode::Auto, view(wrong_b)));
   CHECK_GLA_ERROR("expected 0 or 1",
-                  gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(d.g), none, view(bad_values)));
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(d.g), std::nullopt, none, Mode::Auto, view(bad_values)));
   const Data one = make(1, 30, 2, 8, 8, 26);
   GLAOptions cu;
   cu.cu_seqlens = {0, 10, 30};
   Tensor<std::int64_t, 2> m1(1, 30);
   m1.setConstant(1);
   CHECK_GLA_ERROR("gla_forward: attention_mask and cu_seqlens were both given",
-                  gla_forward<float>(Mode::Auto, view(one.q), view(one.k), view(one.v), view(one.g), cu, view(m1)));
+                  gla_forward(view(one.q), view(one.k), view(one.v), view(one.g), std::nullopt, cu, Mode::Auto, view(m1)));
   Tensor<float, 4> g_bad(2, 30, 2, 7);
   CHECK_GLA_ERROR("gla_forward: gk is [2,30,2,7], expected [B=2,T=30,H=2,K=8]",
-                  gla_forward<float>(Mode::Auto, view(d.q), view(d.k), view(d.v), view(g_bad), none));
+                  gla_forward(view(d.q), view(d.k), view(d.v), view(g_bad), std::nullopt, none, Mode::Auto));
 }

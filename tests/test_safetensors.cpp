@@ -664,3 +664,147 @@ TEST_CASE("lookup errors name the tensor and the file", "[safetensors][malformed
   CHECK_GLA_ERROR("gla::io::SafeTensors::get_int64_vector: tensor 'conv_fixed.bias' in " + path + " element 0 is",
                   f.get_int64_vector("conv_fixed.bias"));
 }
+
+TEST_CASE("duplicate keys are rejected at every depth, and only within one object", "[safetensors][malformed]") {
+  const std::string entry = R"("dtype": "F32", "shape": [1], "data_offsets": [0, 4])";
+  const auto with_extra = [&](const std::string& extra) {
+    return with_header("{\"t\": {" + entry + ", \"x\": " + extra + "}}", 4);
+  };
+  // Top level: two tensors of one name, and two __metadata__ objects.
+  CHECK_GLA_ERROR("crafted.safetensors: the header has the key 't' more than once",
+                  parse(with_header("{\"t\": {" + entry + "}, \"u\": {}, \"t\": {" + entry + "}}", 4)));
+  CHECK_GLA_ERROR("the header has the key '__metadata__' more than once",
+                  parse(with_header(R"({"__metadata__": {"a": "1"}, "__metadata__": {"b": "2"}})")));
+  // In __metadata__ and in an entry.
+  CHECK_GLA_ERROR("the header has the key 'k' more than once",
+                  parse(with_header(R"({"__metadata__": {"j": "0", "k": "1", "l": "2", "k": "1"}})")));
+  CHECK_GLA_ERROR("the key 'shape' more than once", parse(with_header("{\"t\": {" + entry + ", \"shape\": [1]}}", 4)));
+  // In objects nested in an entry, inside arrays, and deep down.
+  CHECK_GLA_ERROR("the key 'b' more than once", parse(with_extra(R"({"a": {"b": 1, "c": {}, "b": 2}})")));
+  CHECK_GLA_ERROR("the key 'k' more than once", parse(with_extra(R"([{"k": 1}, [{"k": 1, "k": 1}]])")));
+  std::string deep;
+  for (int i = 0; i < 5000; ++i) deep += "{\"k\": ";
+  deep += R"({"d": 1, "d": 1})" + std::string(5000, '}');
+  CHECK_GLA_ERROR("the key 'd' more than once", parse(with_extra(deep)));
+  // In a root that is not an object: the duplicate is reported before the root's type.
+  CHECK_GLA_ERROR("the header has the key 'a' more than once", parse(with_header(R"([{"a": 1, "a": 2}])")));
+
+  // The same key in sibling objects, at different depths, or as a tensor name and a field name is not a duplicate.
+  CHECK(parse(with_extra(R"([{"k": 1}, {"k": 2}, {"k": {"k": {"k": 3}}}])")).size() == 1);
+  const SafeTensors named_like_fields = parse(with_header(
+      R"({"dtype": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+          "shape": {"dtype": "I64", "shape": [1], "data_offsets": [4, 12]}})",
+      12));
+  CHECK(named_like_fields.names() == std::vector<std::string>{"dtype", "shape"});
+  CHECK(named_like_fields.info("shape").dtype == DType::I64);
+}
+
+TEST_CASE("the order of header problems: JSON syntax, duplicate key, root type, then entries in file order",
+          "[safetensors][malformed]") {
+  // A syntax error anywhere wins over a duplicate or a bad entry before it.
+  CHECK_GLA_ERROR("the header is not valid JSON", parse(with_header(R"({"a": 1, "a": 2} x)")));
+  CHECK_GLA_ERROR("the header is not valid JSON", parse(with_header(R"({"t": 3, "u": [})")));
+  // A duplicate wins over an invalid entry before it.
+  CHECK_GLA_ERROR("the key 'k' more than once", parse(with_header(R"({"t": 3, "u": {"k": 1, "k": 2}})")));
+  // Entries are checked in the order the file lists them (not sorted by name).
+  CHECK_GLA_ERROR("tensor 'b' is a JSON number", parse(with_header(R"({"b": 3, "a": 4})")));
+  CHECK_GLA_ERROR("tensor 'a' is a JSON number", parse(with_header(R"({"a": 4, "b": 3})")));
+  CHECK_GLA_ERROR("__metadata__ is a JSON number", parse(with_header(R"({"__metadata__": 1, "a": 4})")));
+  CHECK_GLA_ERROR("tensor 'a' is a JSON number", parse(with_header(R"({"a": 4, "__metadata__": 1})")));
+}
+
+namespace {
+/// A file of n one-element F32 tensors "layers.<i>.w" at consecutive offsets, listed in file order i = 0..n−1,
+/// with `tail` (e.g. a further entry, starting with a comma) before the closing brace.
+Bytes many_entries(std::size_t n, const std::string& tail = "") {
+  std::string h = R"({"__metadata__": {"format": "pt"})";
+  h.reserve(n * 72 + tail.size() + 64);
+  for (std::size_t i = 0; i < n; ++i)
+    h += ",\"layers." + std::to_string(i) + ".w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[" +
+         std::to_string(4 * i) + "," + std::to_string(4 * i + 4) + "]}";
+  h += tail + "}";
+  Bytes b = with_header(h, 4 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(i);
+    std::memcpy(b.data() + 8 + h.size() + 4 * i, &v, 4);
+  }
+  return b;
+}
+}  // namespace
+
+TEST_CASE("a header of 100k entries opens, and a duplicate at its end is still found", "[safetensors][large]") {
+  // Reading time grows as n log n (a timed run with up to 1M entries is bench/bench_safetensors.cpp).
+  const std::size_t n = 100000;
+  const SafeTensors f = parse(many_entries(n));
+  CHECK(f.size() == n);
+  CHECK(f.metadata().at("format") == "pt");
+  for (std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{54321}, n - 1}) {
+    const std::string name = "layers." + std::to_string(i) + ".w";
+    CHECK(f.info(name).begin == 4 * i);
+    CHECK(f.get<float, 1>(name)(0) == static_cast<float>(i));
+  }
+  CHECK_GLA_ERROR("the header has the key 'layers.7.w' more than once",
+                  parse(many_entries(n, R"(,"layers.7.w":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})")));
+  CHECK_GLA_ERROR("the header has the key '__metadata__' more than once",
+                  parse(many_entries(n, R"(,"__metadata__":{"format":"np"})")));
+  CHECK_GLA_ERROR(
+      "the header has the key 'f' more than once",
+      parse(many_entries(n, R"(,"late":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"x":{"f":1,"f":2}})")));
+  CHECK_GLA_ERROR("tensors 'layers.99998.w' [399992,399996) and 'late' [399994,399998) overlap",
+                  parse(many_entries(n, R"(,"late":{"dtype":"F16","shape":[2],"data_offsets":[399994,399998]})")));
+}
+
+TEST_CASE("the writer's header text, with escaped names, and a 100k-tensor round trip", "[safetensors][write][large]") {
+  StateDict d;
+  gla::Tensor<float, 2> w(1, 2);
+  w.setValues({{1.f, 2.f}});
+  d.set("b.\"quoted\"\\", w);
+  d.set("a.\xc3\xa9", gla::Tensor<std::int64_t, 1>(0));  // "a.é"
+  const Bytes bytes = gla::io::to_safetensors_bytes(d, {{"k", "line\nbreak"}});
+  std::string header(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(header_length(bytes)));
+  CHECK(header.size() % 8 == 0);
+  header.erase(header.find_last_not_of(' ') + 1);  // the padding
+  CHECK(header ==
+        "{\"__metadata__\":{\"k\":\"line\\nbreak\"},"
+        "\"a.\xc3\xa9\":{\"dtype\":\"I64\",\"shape\":[0],\"data_offsets\":[0,0]},"
+        "\"b.\\\"quoted\\\"\\\\\":{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}}");
+  const SafeTensors f = SafeTensors::from_bytes(bytes);
+  CHECK(f.get<float, 2>("b.\"quoted\"\\")(0, 1) == 2.f);
+  CHECK(f.metadata().at("k") == "line\nbreak");
+
+  // Many tensors: the writer's time grows linearly (it never searches the header it has written so far).
+  const std::size_t n = 100000;
+  StateDict many;
+  gla::Tensor<float, 1> one(1);
+  for (std::size_t i = 0; i < n; ++i) {
+    one(0) = static_cast<float>(i);
+    many.set("t" + std::to_string(i), one);
+  }
+  const SafeTensors g = SafeTensors::from_bytes(gla::io::to_safetensors_bytes(many));
+  REQUIRE(g.size() == n);
+  CHECK(g.get<float, 1>("t0")(0) == 0.f);
+  CHECK(g.get<float, 1>("t99999")(0) == 99999.f);
+  CHECK(g.info("t10").begin == 8);  // offsets in name order: t0, t1, t10, ...
+}
+
+TEST_CASE("the fuzzer's seed corpus: valid_* files open and read, invalid_* files are rejected",
+          "[safetensors][malformed]") {
+  const std::filesystem::path dir = std::filesystem::path(GLA_TEST_DATA_DIR) / ".." / "fuzz" / "corpus" / "safetensors";
+  REQUIRE(std::filesystem::is_directory(dir));
+  int valid = 0, invalid = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string stem = entry.path().stem().string();
+    INFO(stem);
+    if (stem.rfind("valid_", 0) == 0) {
+      const SafeTensors f = SafeTensors::load(entry.path().string());
+      for (const std::string& name : f.names()) CHECK(read_any_rank(f, name).size() == std::size_t(f.info(name).numel()));
+      ++valid;
+    } else {
+      REQUIRE(stem.rfind("invalid_", 0) == 0);
+      CHECK_THROWS_AS(SafeTensors::load(entry.path().string()), gla::Error);
+      ++invalid;
+    }
+  }
+  CHECK(valid >= 5);
+  CHECK(invalid >= 5);
+}

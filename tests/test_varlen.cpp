@@ -49,18 +49,18 @@ TEST_CASE("varlen: get_unpad_data, index_first_axis, index_put_first_axis and pa
   // Left-padded rows: [0 1 1 1], [1 1 1 1], [0 0 0 0] (an all-padding row is a zero-length sequence).
   Tensor<std::int64_t, 2> mask(3, 4);
   mask.setValues({{0, 1, 1, 1}, {1, 1, 1, 1}, {0, 0, 0, 0}});
-  const UnpadData u = get_unpad_data<std::int64_t>(view(mask));
+  const UnpadData u = get_unpad_data(view(mask));
   CHECK(u.indices == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7});
   CHECK(u.cu_seqlens == std::vector<std::int64_t>{0, 3, 7, 7});
   CHECK(u.max_seqlen == 4);
 
   Tensor<float, 3> x(12, 2, 3);  // [(B·S), H, D]
   for (Index i = 0; i < x.size(); ++i) x.data()[i] = static_cast<float>(i + 1);
-  const Tensor<float, 3> packed = index_first_axis<float, 3>(view(x), u.indices);
+  const Tensor<float, 3> packed = index_first_axis(view(x), u.indices);
   REQUIRE(packed.dimension(0) == 7);
   CHECK(packed(0, 0, 0) == x(1, 0, 0));
   CHECK(packed(6, 1, 2) == x(7, 1, 2));
-  const Tensor<float, 4> padded = pad_input<float, 3>(view(packed), u.indices, 3, 4);
+  const Tensor<float, 4> padded = pad_input(view(packed), u.indices, 3, 4);
   for (Index b = 0; b < 3; ++b)
     for (Index s = 0; s < 4; ++s)
       for (Index h = 0; h < 2; ++h)
@@ -68,9 +68,9 @@ TEST_CASE("varlen: get_unpad_data, index_first_axis, index_put_first_axis and pa
 
   Tensor<std::int64_t, 2> bad(1, 2);
   bad.setValues({{1, 2}});
-  CHECK_GLA_ERROR("expected 0 or 1", get_unpad_data<std::int64_t>(view(bad)));
-  CHECK_GLA_ERROR("indices[1] is 12", index_first_axis<float, 3>(view(x), {0, 12}));
-  CHECK_GLA_ERROR("indices has 2 entries", index_put_first_axis<float, 3>(view(packed), {0, 1}, 12));
+  CHECK_GLA_ERROR("expected 0 or 1", get_unpad_data(view(bad)));
+  CHECK_GLA_ERROR("indices[1] is 12", index_first_axis(view(x), {0, 12}));
+  CHECK_GLA_ERROR("indices has 2 entries", index_put_first_axis(view(packed), {0, 1}, 12));
 }
 
 TEST_CASE("cumsum: chunk_local_cumsum against a plain loop, forward and reverse, varlen", "[cumsum]") {
@@ -80,7 +80,7 @@ TEST_CASE("cumsum: chunk_local_cumsum against a plain loop, forward and reverse,
   const int chunk = GENERATE(16, 64);
   Tensor<float, 4> g(1, 200, 2, 5);
   gla::test::fill_gate(g, rng, 1.0);
-  const Tensor<float, 4> out = chunk_local_cumsum<float, 4>(view(g), chunk, reverse, 0.5f, cu);
+  const Tensor<float, 4> out = chunk_local_cumsum(view(g), chunk, reverse, 0.5f, cu);
   const std::vector<std::int64_t> bounds = cu.empty() ? std::vector<std::int64_t>{0, 200} : cu;
   double worst = 0;
   for (std::size_t n = 0; n + 1 < bounds.size(); ++n)
@@ -98,7 +98,7 @@ TEST_CASE("cumsum: chunk_local_cumsum against a plain loop, forward and reverse,
 
   Tensor<double, 3> g3(2, 33, 3);
   gla::test::fill_gate(g3, rng, 1.0);
-  const Tensor<float, 3> o3 = chunk_local_cumsum<double, 3>(view(g3), 16);
+  const Tensor<float, 3> o3 = chunk_local_cumsum(view(g3), 16);
   CHECK(std::abs(o3(1, 17, 2) - (g3(1, 16, 2) + g3(1, 17, 2))) < 1e-6);
   CHECK(std::abs(o3(1, 32, 0) - g3(1, 32, 0)) < 1e-6);
 }
@@ -106,9 +106,9 @@ TEST_CASE("cumsum: chunk_local_cumsum against a plain loop, forward and reverse,
 TEST_CASE("cumsum: bad arguments raise gla::Error", "[cumsum][errors]") {
   Tensor<float, 3> g(2, 10, 1);
   g.setZero();
-  CHECK_GLA_ERROR("chunk_size is 48", chunk_local_cumsum<float, 3>(view(g), 48));
-  CHECK_GLA_ERROR("the batch size is 2, expected 1", chunk_local_cumsum<float, 3>(view(g), 16, false, {}, {0, 10}));
+  CHECK_GLA_ERROR("chunk_size is 48", chunk_local_cumsum(view(g), 48));
+  CHECK_GLA_ERROR("the batch size is 2, expected 1", chunk_local_cumsum(view(g), 16, false, {}, {0, 10}));
   Tensor<float, 3> g1(1, 10, 1);
   g1.setZero();
-  CHECK_GLA_ERROR("cu_seqlens[N] is 11", chunk_local_cumsum<float, 3>(view(g1), 16, false, {}, {0, 11}));
+  CHECK_GLA_ERROR("cu_seqlens[N] is 11", chunk_local_cumsum(view(g1), 16, false, {}, {0, 11}));
 }

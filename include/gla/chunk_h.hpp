@@ -11,12 +11,14 @@ namespace gla {
 /// the same chunk_size (what chunk_local_cumsum returns with no scale), except g_gamma:
 ///   g  float [B,T,H]   scalar gate per head;      gk float [B,T,H,K]  gate on the state's K axis;
 ///   gv float [B,T,H,V] gate on the state's V axis; g_gamma float [H]  constant per-step log decay per head.
-/// fla's kernels take log2-domain values (× 1/ln 2); ours take natural logs (spec §3; do not rescale).
+/// fla's kernels take log2-domain values (× 1/ln 2); ours take natural logs (do not rescale).
+/// The fields are views (assignment re-points them); the viewed buffers must outlive the call.
+/// g_gamma must be finite and <= 0 (a decay).
 struct ChunkHGates {
-  std::optional<ConstTensorMap<float, 3>> g;
-  std::optional<ConstTensorMap<float, 1>> g_gamma;
-  std::optional<ConstTensorMap<float, 4>> gk;
-  std::optional<ConstTensorMap<float, 4>> gv;
+  std::optional<HeldView<float, 3>> g;
+  std::optional<HeldView<float, 1>> g_gamma;
+  std::optional<HeldView<float, 4>> gk;
+  std::optional<HeldView<float, 4>> gv;
 };
 
 /// Result of chunk_fwd_h: h float [B,NT,H,K,V] (varlen [1,ΣNT,H,K,V]; [..,V,K] with state_v_first), the state
@@ -31,9 +33,9 @@ namespace detail {
 /// Pointers to the whole-tensor gates in the accumulator type (nullptr = absent).
 template <class Acc>
 struct FullGates {
-  const Acc* g = nullptr;   // [B,T,H]
-  const Acc* gk = nullptr;  // [B,T,H,K]
-  const Acc* gv = nullptr;  // [B,T,H,V]
+  const Acc* g = nullptr;                   // [B,T,H]
+  const Acc* gk = nullptr;                  // [B,T,H,K]
+  const Acc* gv = nullptr;                  // [B,T,H,V]
   const std::vector<Acc>* gamma = nullptr;  // [H]
 
   /// The gates of chunk [c0, c0+L) of sequence sq, head h.
@@ -98,57 +100,70 @@ void chunk_fwd_h_impl(const OpShape& s, Index BT, const Acc* k, const Acc* v, co
                       const float* h0, bool v_first, HOut* h, bool h_v_first, float* ht) {
   const Index K = s.K, V = s.V, H = s.H;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const Index pairs = s.N * H;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(num_threads_for(pairs))
-#endif
-  {
-    ChunkWorkspace<Acc> ws;
-    ws.reserve(BT, K, V);
-    RowMat<Acc> S(K, V);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (Index p = 0; p < pairs; ++p) {
-      const Index n = p / H, hh = p % H;
-      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-      if (h0)
-        load_state(S, h0 + p * K * V, K, V, v_first);
-      else
-        S.setZero();
-      Index c = 0;
-      for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
-        const Index L = std::min(BT, sq.len - c0);
-        if (h) store_state(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, h_v_first);
-        chunk_state_update(S, rows(k, s, sq, hh, c0, L, K), rows(v, s, sq, hh, c0, L, V),
-                           gates.chunk(s, sq, hh, c0), L, ws);
-      }
-      if (ht) store_state(S, ht + p * K * V, K, V, v_first);
+  const std::vector<Index> order = pairs_longest_first(s);
+  const Index items = static_cast<Index>(order.size());
+  auto ws = per_worker(items, ChunkWorkspace<Acc>(BT, K, V));
+  auto Sw = per_worker(items, RowMat<Acc>(K, V));
+  parallel_for(items, [&](Index i, int w) {
+    const Index p = order[static_cast<std::size_t>(i)];
+    RowMat<Acc>& S = Sw[static_cast<std::size_t>(w)];
+    const Index n = p / H, hh = p % H;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (h0)
+      load_state(S, h0 + p * K * V, K, V, v_first);
+    else
+      S.setZero();
+    Index c = 0;
+    for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+      const Index L = std::min(BT, sq.len - c0);
+      if (h) store_state(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, h_v_first);
+      chunk_state_update(S, rows(k, s, sq, hh, c0, L, K), rows(v, s, sq, hh, c0, L, V), gates.chunk(s, sq, hh, c0), L,
+                         ws[static_cast<std::size_t>(w)]);
+    }
+    if (ht) store_state(S, ht + p * K * V, K, V, v_first);
+  });
+}
+
+/// Checks the gates of chunk_fwd_h / chunk_bwd_dh against the problem shape; g_gamma must be a finite decay.
+inline void check_chunk_h_gates(const std::string& fn, const OpShape& s, const ChunkHGates& gates) {
+  if (gates.g) expect_dims(fn, "g", gates.g->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}});
+  if (gates.gk) expect_dims(fn, "gk", gates.gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
+  if (gates.gv) expect_dims(fn, "gv", gates.gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
+  if (gates.g_gamma) {
+    expect_dims(fn, "g_gamma", gates.g_gamma->dimensions(), {{"H", s.H}});
+    for (Index h = 0; h < s.H; ++h) {
+      const float x = (*gates.g_gamma)(h);
+      if (!(std::isfinite(x) && x <= 0.0f))
+        fail(fn, "g_gamma[" + std::to_string(h) + "] is " + std::to_string(x) +
+                     ", expected a finite per-step log decay <= 0");
     }
   }
+}
+
+/// The options chunk_fwd_h and chunk_bwd_dh do not take.
+inline void check_chunk_h_options(const std::string& fn, const GLAOptions& opts) {
+  check_chunk_size(fn, opts.chunk_size);
+  reject_option(fn, opts.reverse, "reverse");
+  reject_option(fn, !opts.gamma.empty() || opts.state_clamp_min || opts.state_clamp_max,
+                "gamma/state_clamp_min/state_clamp_max (fused_recurrent_gla only)");
 }
 
 }  // namespace detail
 
 /// States of the chunked recurrence S ← diag(e^{gk}) S diag(e^{gv}) e^{g + γ} + k vᵀ, stored before every chunk.
-/// k [B,T,H,K] and v [B,T,H,V] in T (float, double, bf16, half; accumulated in acc_t<T>); gates as ChunkHGates;
-/// uses opts.initial_state, output_final_state, state_v_first, cu_seqlens and chunk_size (the chunk size the
-/// gate cumsums were computed with). Threads: OpenMP over (sequence, head); deterministic.
-template <class T>
-ChunkHResult chunk_fwd_h(ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v, const ChunkHGates& gates,
-                         const GLAOptions& opts = {}) {
-  static_assert(is_supported_scalar_v<T>, "chunk_fwd_h: unsupported scalar type");
+/// k [B,T,H,K] and v [B,T,H,V] (float, double, bf16, half; accumulated in acc_t of the scalar); gates as
+/// ChunkHGates; uses opts.initial_state, output_final_state, state_v_first, cu_seqlens and chunk_size (the chunk
+/// size the gate cumsums were computed with). Threads: the parallel engine over (sequence, head); deterministic.
+template <class KT>
+ChunkHResult chunk_fwd_h(const KT& k, ConstViewOf<KT, 4> v, const ChunkHGates& gates, const GLAOptions& opts = {}) {
+  using T = scalar_type_t<KT>;
+  static_assert(is_supported_scalar_v<T>, "chunk_fwd_h: k and v must be float, double, Eigen::bfloat16 or Eigen::half");
   using Acc = acc_t<T>;
   const std::string fn = "chunk_fwd_h";
-  const detail::OpShape s = detail::check_qkv(fn, k.dimensions(), k.dimensions(), v.dimensions(), opts);
-  detail::check_chunk_size(fn, opts.chunk_size);
-  detail::reject_option(fn, opts.reverse, "reverse");
-  detail::reject_option(fn, !opts.gamma.empty() || opts.state_clamp_min || opts.state_clamp_max,
-                        "gamma/state_clamp_min/state_clamp_max (fused_recurrent_gla only)");
-  if (gates.g) detail::expect_dims(fn, "g", gates.g->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}});
-  if (gates.gk) detail::expect_dims(fn, "gk", gates.gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
-  if (gates.gv) detail::expect_dims(fn, "gv", gates.gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  if (gates.g_gamma) detail::expect_dims(fn, "g_gamma", gates.g_gamma->dimensions(), {{"H", s.H}});
+  const ConstView<T, 4> kv(k);
+  const detail::OpShape s = detail::check_qkv(fn, kv.dimensions(), kv.dimensions(), v.dimensions(), opts);
+  detail::check_chunk_h_options(fn, opts);
+  detail::check_chunk_h_gates(fn, s, gates);
 
   const Index BT = opts.chunk_size;
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
@@ -160,10 +175,9 @@ ChunkHResult chunk_fwd_h(ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v, const C
     r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.K, s.V);
   if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
 
-  const detail::AccInput<Acc, T> ka(k), va(v);
+  const detail::AccInput<Acc, T> ka(kv), va(v);
   const detail::AccGates<Acc> acc_gates(gates, s.H);
-  const detail::FullGates<Acc>& fg = acc_gates.full;
-  detail::chunk_fwd_h_impl<Acc, float>(s, BT, ka.data(), va.data(), fg,
+  detail::chunk_fwd_h_impl<Acc, float>(s, BT, ka.data(), va.data(), acc_gates.full,
                                        opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
                                        r.h.data(), opts.state_v_first, r.final_state ? r.final_state->data() : nullptr);
   return r;

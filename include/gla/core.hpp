@@ -44,11 +44,10 @@ template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T>
-inline constexpr bool is_supported_scalar_v =
-    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, Eigen::bfloat16> ||
-    std::is_same_v<T, Eigen::half>;
+inline constexpr bool is_supported_scalar_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                              std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>;
 
-/// A read-only view of an owned tensor or of a mutable view (Eigen has no implicit map→const-map conversion).
+/// A read-only Eigen map of an owned tensor or of a mutable map (Eigen has no implicit map→const-map conversion).
 template <class T, int R>
 ConstTensorMap<T, R> view(const Tensor<T, R>& t) {
   return ConstTensorMap<T, R>(t.data(), t.dimensions());
@@ -61,23 +60,164 @@ template <class T, int R>
 ConstTensorMap<T, R> view(const ConstTensorMap<T, R>& t) {
   return t;
 }
-/// A mutable view of an owned tensor (for the `*_into` API).
+/// A mutable Eigen map of an owned tensor.
 template <class T, int R>
 TensorMap<T, R> mut_view(Tensor<T, R>& t) {
   return TensorMap<T, R>(t.data(), t.dimensions());
 }
 
-/// Options of the GLA operators; field names are fla's keyword arguments.
+/// A non-owning view of a contiguous row-major tensor: a data pointer and R dimensions. `View<const T, R>`
+/// (alias ConstView<T, R>) reads, `View<T, R>` writes. Every operator takes its tensors as views.
 ///
-/// Views held in std::optional: assigning a new tensor to an engaged `std::optional<TensorMap>` would call
-/// Eigen's `TensorMap::operator=`, which copies data instead of re-pointing. Use `set_initial_state()`
-/// (or `initial_state.reset(); initial_state.emplace(t);`). The viewed buffer must outlive the call.
+/// Copying or assigning a View re-points it (value semantics) — unlike Eigen::TensorMap, whose assignment
+/// copies the viewed data. So `opts.initial_state = *result.final_state;` makes the option view the new
+/// state. A View converts implicitly from an owned gla::Tensor, an Eigen TensorMap or a mutable View; the viewed
+/// buffer must outlive its use (a temporary tensor passed as a function argument lives until the call returns).
+template <class T, int R>
+class View {
+  static_assert(R >= 0, "gla::View: negative rank");
+
+ public:
+  using Scalar = std::remove_const_t<T>;
+  using Dimensions = std::array<Index, static_cast<std::size_t>(R)>;
+  static constexpr int rank = R;
+  static constexpr bool is_const = std::is_const_v<T>;
+
+  /// A null view (data() == nullptr, every dimension 0).
+  View() noexcept : dims_{} {}
+  View(T* data, const Dimensions& dims) noexcept : data_(data), dims_(dims) {}
+  /// View(ptr, d0, d1, ...) with exactly R dimensions.
+  template <class... I,
+            class = std::enable_if_t<sizeof...(I) == static_cast<std::size_t>(R) && (std::is_integral_v<I> && ...)>>
+  View(T* data, I... dims) noexcept : data_(data), dims_{static_cast<Index>(dims)...} {}
+
+  /// From an owned tensor (const tensors only give read-only views).
+  View(std::conditional_t<is_const, const Tensor<Scalar, R>&, Tensor<Scalar, R>&> t) noexcept
+      : data_(t.data()), dims_(to_array(t.dimensions())) {}
+  /// From Eigen maps (a mutable map also gives a read-only view).
+  View(const TensorMap<Scalar, R>& m) noexcept : data_(m.data()), dims_(to_array(m.dimensions())) {}
+  template <bool C = is_const, class = std::enable_if_t<C>>
+  View(const ConstTensorMap<Scalar, R>& m) noexcept : data_(m.data()), dims_(to_array(m.dimensions())) {}
+  /// A mutable view converts to a read-only one.
+  template <bool C = is_const, class = std::enable_if_t<C>>
+  View(const View<Scalar, R>& v) noexcept : data_(v.data()), dims_(v.dimensions()) {}
+
+  T* data() const noexcept { return data_; }
+  const Dimensions& dimensions() const noexcept { return dims_; }
+  Index dimension(int i) const noexcept { return dims_[static_cast<std::size_t>(i)]; }
+  /// Number of elements (1 for rank 0).
+  Index size() const noexcept {
+    Index n = 1;
+    for (Index d : dims_) n *= d;
+    return n;
+  }
+  /// Element access by R row-major indices (unchecked).
+  template <class... I, class = std::enable_if_t<sizeof...(I) == static_cast<std::size_t>(R)>>
+  T& operator()(I... idx) const noexcept {
+    const Index ii[] = {static_cast<Index>(idx)...};
+    Index off = 0;
+    for (std::size_t d = 0; d < static_cast<std::size_t>(R); ++d) off = off * dims_[d] + ii[d];
+    return data_[off];
+  }
+  /// The same memory as an Eigen TensorMap (for Eigen tensor expressions).
+  Eigen::TensorMap<std::conditional_t<is_const, const Tensor<Scalar, R>, Tensor<Scalar, R>>> map() const noexcept {
+    return {data_, dims_};
+  }
+
+ private:
+  template <class D>
+  static Dimensions to_array(const D& d) noexcept {
+    Dimensions a{};
+    for (std::size_t i = 0; i < static_cast<std::size_t>(R); ++i) a[i] = d[i];
+    return a;
+  }
+  T* data_ = nullptr;
+  Dimensions dims_;
+};
+
+/// A read-only view.
+template <class T, int R>
+using ConstView = View<const T, R>;
+
+/// A read-only view kept in an options struct (GLAOptions::initial_state, ChunkHGates): a ConstView that cannot
+/// be made from a temporary tensor, because the option would dangle as soon as the statement ends.
+template <class T, int R>
+class HeldView : public ConstView<T, R> {
+ public:
+  using ConstView<T, R>::ConstView;
+  HeldView(const ConstView<T, R>& v) noexcept : ConstView<T, R>(v) {}
+  HeldView(Tensor<T, R>&&) = delete;
+};
+
+/// The element type of a tensor-like argument (gla::Tensor, Eigen TensorMap, gla::View), without const;
+/// operators deduce their scalar type from their first tensor argument with it.
+template <class X, class = void>
+struct scalar_type {};
+template <class S, int R, int O, class I>
+struct scalar_type<Eigen::Tensor<S, R, O, I>> {
+  using type = S;
+};
+template <class S, int R, int O, class I, int Opt>
+struct scalar_type<Eigen::TensorMap<Eigen::Tensor<S, R, O, I>, Opt>> {
+  using type = S;
+};
+template <class S, int R, int O, class I, int Opt>
+struct scalar_type<Eigen::TensorMap<const Eigen::Tensor<S, R, O, I>, Opt>> {
+  using type = S;
+};
+template <class T, int R>
+struct scalar_type<View<T, R>> {
+  using type = std::remove_const_t<T>;
+};
+template <class T, int R>
+struct scalar_type<HeldView<T, R>> {
+  using type = T;
+};
+template <class X>
+using scalar_type_t = typename scalar_type<std::remove_cv_t<std::remove_reference_t<X>>>::type;
+
+/// True for the tensor-like argument types: gla::Tensor, Eigen TensorMaps of them, gla::View.
+template <class X, class = void>
+struct is_tensor_like : std::false_type {};
+template <class X>
+struct is_tensor_like<X, std::void_t<typename scalar_type<std::remove_cv_t<std::remove_reference_t<X>>>::type>>
+    : std::true_type {};
+template <class X>
+inline constexpr bool is_tensor_like_v = is_tensor_like<X>::value;
+
+/// The rank of a tensor-like argument.
+template <class X>
+struct rank_of : std::integral_constant<int, std::remove_cv_t<std::remove_reference_t<X>>::NumDimensions> {};
+template <class T, int R>
+struct rank_of<View<T, R>> : std::integral_constant<int, R> {};
+template <class T, int R>
+struct rank_of<HeldView<T, R>> : std::integral_constant<int, R> {};
+template <class X>
+inline constexpr int rank_of_v = rank_of<std::remove_cv_t<std::remove_reference_t<X>>>::value;
+
+/// A read-only (ConstViewOf) or mutable (ViewOf) view with the scalar type of the tensor-like X. Operators
+/// deduce their scalar from their first tensor argument and take the others as ConstViewOf<decltype(first)>,
+/// so any mix of gla::Tensor, Eigen maps and views is accepted without naming the scalar.
+template <class X, int R>
+using ConstViewOf = ConstView<scalar_type_t<X>, R>;
+template <class X, int R>
+using ViewOf = View<scalar_type_t<X>, R>;
+
+/// R, or the scalar of X when R is void: the scalar of an optional second input (e.g. a residual kept in
+/// float for bf16 activations) that defaults to the first input's. Used as a non-deduced parameter type.
+template <class R, class X>
+using scalar_or_t = std::conditional_t<std::is_void_v<R>, scalar_type_t<X>, R>;
+
+/// Options of the GLA operators; field names are fla's keyword arguments.
 struct GLAOptions {
   /// Multiplier of q; default 1/sqrt(K). An explicit 0 is kept (as fla).
   std::optional<float> scale;
   /// h0 float [N,H,K,V] (or [N,H,V,K] with state_v_first); N = B, or the number of sequences with cu_seqlens.
-  std::optional<ConstTensorMap<float, 4>> initial_state;
-  /// Return the state after the last token of every sequence, float [N,H,K,V] (or V-first).
+  /// A view: the buffer must outlive the call. It may be the very buffer of the call's final_state output
+  /// (an in-place state update, e.g. when decoding).
+  std::optional<HeldView<float, 4>> initial_state;
+  /// Return the state after the last token of every sequence, float [N,H,K,V] (or V-first). The `*_into`
+  /// forms take a final_state view if and only if this is true.
   bool output_final_state = false;
   /// Store initial/final states (and their gradients) as [N,H,V,K], the layout of fla's layer caches.
   bool state_v_first = false;
@@ -85,7 +225,7 @@ struct GLAOptions {
   std::vector<std::int64_t> cu_seqlens;
   /// Run time backwards (fused_recurrent_gla only).
   bool reverse = false;
-  /// Tokens per chunk of the chunked algorithms: a power of two, at least 16.
+  /// Tokens per chunk of the chunked algorithms: a power of two in [16, 256] (fla uses 16 to 64).
   int chunk_size = 64;
 
   // fused_chunk_gla extras.
@@ -101,14 +241,6 @@ struct GLAOptions {
   /// Clamp every state entry after each step.
   std::optional<float> state_clamp_min;
   std::optional<float> state_clamp_max;
-
-  /// Re-point the initial state at another buffer (see the note on views above).
-  GLAOptions& set_initial_state(ConstTensorMap<float, 4> h0) {
-    initial_state.reset();
-    initial_state.emplace(h0);
-    return *this;
-  }
-  GLAOptions& set_initial_state(const Tensor<float, 4>& h0) { return set_initial_state(view(h0)); }
 };
 
 /// Output of a forward operator: o [B,T,H,V] in the input scalar; final_state float [N,H,K,V] (or V-first)
@@ -176,9 +308,15 @@ void expect_dims(const std::string& fn, const std::string& name, const Dims& act
 
 inline bool is_power_of_two(std::int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 
+/// The chunked algorithms' chunk sizes: powers of two in [kMinChunkSize, kMaxChunkSize]. fla uses 16 to 64;
+/// the per-thread scratch grows with chunk_size², and beyond a few hundred the intra-chunk part only costs more.
+inline constexpr std::int64_t kMinChunkSize = 16;
+inline constexpr std::int64_t kMaxChunkSize = 256;
+
 inline void check_chunk_size(const std::string& fn, std::int64_t chunk_size) {
-  if (chunk_size < 16 || !is_power_of_two(chunk_size))
-    fail(fn, "chunk_size is " + std::to_string(chunk_size) + ", expected a power of two >= 16");
+  if (chunk_size < kMinChunkSize || chunk_size > kMaxChunkSize || !is_power_of_two(chunk_size))
+    fail(fn, "chunk_size is " + std::to_string(chunk_size) + ", expected a power of two in [" +
+                 std::to_string(kMinChunkSize) + ", " + std::to_string(kMaxChunkSize) + "]");
 }
 
 /// One sequence of a (fixed-length or packed) batch: batch row b, first token t0, length len.
@@ -189,9 +327,11 @@ struct Seq {
 };
 
 /// Throws unless cu_seqlens starts at 0, never decreases and ends at total (zero-length sequences allowed).
-inline void check_cu_seqlens(const std::string& fn, const std::vector<std::int64_t>& cu, Index total) {
-  if (cu.size() < 2)
-    fail(fn, "cu_seqlens has " + std::to_string(cu.size()) + " entries, expected at least 2 ([0, ..., T])");
+inline void check_cu_seqlens(const std::string& fn, const std::vector<std::int64_t>& cu, Index total,
+                             std::size_t min_entries = 2) {
+  if (cu.size() < min_entries)
+    fail(fn, "cu_seqlens has " + std::to_string(cu.size()) + " entries, expected at least " +
+                 std::to_string(min_entries) + " ([0, ..., T])");
   if (cu.front() != 0) fail(fn, "cu_seqlens[0] is " + std::to_string(cu.front()) + ", expected 0");
   for (std::size_t i = 1; i < cu.size(); ++i)
     if (cu[i] < cu[i - 1])
@@ -219,6 +359,15 @@ struct OpShape {
   std::vector<Seq> seqs;
 };
 
+/// Checks a state-shaped argument: [N,H,K,V], or [N,H,V,K] when v_first.
+template <class Dims>
+void expect_state_dims(const std::string& fn, const std::string& name, const Dims& d, const OpShape& s, bool v_first) {
+  if (v_first)
+    expect_dims(fn, name + " (state_v_first)", d, {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
+  else
+    expect_dims(fn, name, d, {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
+}
+
 /// Checks q, k, v and the options every GLA operator shares (fla's checks plus ours); returns the shape.
 template <class QD, class KD, class VD>
 OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& vd, const GLAOptions& opts) {
@@ -234,8 +383,7 @@ OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& v
     fail(fn, "v is " + shape_str(vd) + ", expected " + expected_str({{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", -1}}));
   s.V = vd[3];
   if (!opts.cu_seqlens.empty()) {
-    if (s.B != 1)
-      fail(fn, "the batch size is " + std::to_string(s.B) + ", expected 1 when cu_seqlens is given");
+    if (s.B != 1) fail(fn, "the batch size is " + std::to_string(s.B) + ", expected 1 when cu_seqlens is given");
     check_cu_seqlens(fn, opts.cu_seqlens, s.T);
   }
   s.seqs = make_sequences(s.B, s.T, opts.cu_seqlens);
@@ -245,10 +393,7 @@ OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& v
     if (d[0] != s.N)
       fail(fn, "initial_state has " + std::to_string(d[0]) + " states, expected N = " + std::to_string(s.N) +
                    (opts.cu_seqlens.empty() ? " (the batch size)" : " (the number of sequences in cu_seqlens)"));
-    if (opts.state_v_first)
-      expect_dims(fn, "initial_state (state_v_first)", d, {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
-    else
-      expect_dims(fn, "initial_state", d, {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
+    expect_state_dims(fn, "initial_state", d, s, opts.state_v_first);
   }
   if (opts.scale && !std::isfinite(*opts.scale))
     fail(fn, "scale is " + std::to_string(*opts.scale) + ", expected a finite number");
@@ -258,6 +403,72 @@ OpShape check_qkv(const std::string& fn, const QD& qd, const KD& kd, const VD& v
 /// The options a kernel does not support must be left at their defaults.
 inline void reject_option(const std::string& fn, bool set, const char* what) {
   if (set) fail(fn, std::string(what) + " is not supported here");
+}
+
+/// The one output contract of the `*_into` forms: an optional output is given if and only if the flag that
+/// asks for it is set (final_state ⇔ output_final_state; dh0 ⇔ initial_state; dgk ⇔ gk; ...).
+template <class Out>
+void expect_output_iff(const std::string& fn, const char* name, const std::optional<Out>& out, bool wanted,
+                       const char* if_wanted, const char* if_not_wanted) {
+  if (wanted && !out) fail(fn, std::string(name) + " is not given, expected a view since " + if_wanted);
+  if (!wanted && out) fail(fn, std::string(name) + " is given, expected none since " + if_not_wanted);
+}
+
+/// The memory of one argument, for the aliasing rule.
+struct Buffer {
+  const char* name;
+  const void* ptr;
+  std::size_t bytes;
+  bool overlaps(const Buffer& o) const {
+    if (bytes == 0 || o.bytes == 0) return false;
+    const auto a = reinterpret_cast<std::uintptr_t>(ptr), b = reinterpret_cast<std::uintptr_t>(o.ptr);
+    return a < b + o.bytes && b < a + bytes;
+  }
+  bool same(const Buffer& o) const { return ptr == o.ptr && bytes == o.bytes; }
+};
+template <class V>
+Buffer buffer(const char* name, const V& v) {
+  return {name, v.data(), static_cast<std::size_t>(v.size()) * sizeof(scalar_type_t<V>)};
+}
+/// An absent optional argument occupies no memory.
+template <class V>
+Buffer buffer(const char* name, const std::optional<V>& v) {
+  return v ? buffer(name, *v) : Buffer{name, nullptr, 0};
+}
+
+/// The aliasing rule of every `*_into` form: no output may overlap an input or another output, except the
+/// in-place pairs (output, input) that the function documents, which must then coincide exactly (same first
+/// element, same size). Partial overlaps are always rejected. Absent arguments (size 0) never overlap.
+inline void check_aliasing(const std::string& fn, const std::vector<Buffer>& inputs, const std::vector<Buffer>& outputs,
+                           const std::vector<std::pair<const char*, const char*>>& in_place = {}) {
+  const auto in_place_pair = [&](const Buffer& out, const Buffer& in) {
+    for (const auto& [o, i] : in_place)
+      if (std::string(o) == out.name && std::string(i) == in.name) return true;
+    return false;
+  };
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const Buffer& out = outputs[i];
+    for (const Buffer& in : inputs) {
+      if (!out.overlaps(in)) continue;
+      if (!in_place_pair(out, in))
+        fail(fn, std::string("output ") + out.name + " overlaps input " + in.name + ", expected disjoint buffers");
+      if (!out.same(in))
+        fail(fn, std::string("output ") + out.name + " overlaps input " + in.name +
+                     " without being exactly the same buffer, expected disjoint buffers or the very same buffer (an "
+                     "in-place update)");
+    }
+    for (std::size_t j = 0; j < i; ++j)
+      if (out.overlaps(outputs[j]))
+        fail(fn,
+             std::string("output ") + out.name + " overlaps output " + outputs[j].name + ", expected disjoint buffers");
+  }
+}
+
+/// An optional owned output tensor as the optional output view of an `*_into` call.
+template <class X, int R>
+std::optional<View<X, R>> optional_output(std::optional<Tensor<X, R>>& t) {
+  if (!t) return std::nullopt;
+  return View<X, R>(*t);
 }
 
 /// Shape of a final-state output: [N,H,K,V] or [N,H,V,K].
@@ -281,7 +492,7 @@ class AccInput {
     }
   }
   template <int R>
-  explicit AccInput(const ConstTensorMap<T, R>& t) : AccInput(t.data(), t.size()) {}
+  explicit AccInput(const ConstView<T, R>& t) : AccInput(t.data(), t.size()) {}
   const Acc* data() const { return ptr_; }
   explicit operator bool() const { return ptr_ != nullptr; }
 

@@ -1,15 +1,12 @@
 #pragma once
 /// gla/fused_recurrent.hpp: fused_recurrent_gla, the token-by-token GLA recurrence (forward and backward) with
-/// fla's semantics (spec §2.5): one K×V state per (sequence, head), optional gk/gv gates, reverse time, varlen.
+/// fla's semantics: one K×V state per (sequence, head), optional gk/gv gates, reverse time, varlen.
 
 #include <gla/core.hpp>
-#include <gla/naive.hpp>  // the shared validation of the extras (check_state_extras, gamma_for_head)
+#include <gla/detail/parallel.hpp>
+#include <gla/detail/recurrent_common.hpp>
 
 #include <cstring>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace gla {
 
@@ -25,66 +22,13 @@ struct FusedRecurrentGLAGrads {
 
 namespace detail::recurrent {
 
-/// Blocks template argument deduction, so that `std::nullopt` can be passed for an optional view.
-template <class T>
-struct Identity {
-  using type = T;
-};
-template <class T>
-using nondeduced_t = typename Identity<T>::type;
-
-/// One contiguous argument buffer, for the overlap checks.
-struct Span {
-  const char* name;
-  const void* ptr;
-  std::size_t bytes;
-  bool overlaps(const Span& o) const {
-    if (bytes == 0 || o.bytes == 0) return false;
-    const auto a = reinterpret_cast<std::uintptr_t>(ptr), b = reinterpret_cast<std::uintptr_t>(o.ptr);
-    return a < b + o.bytes && b < a + bytes;
-  }
-};
-template <class M>
-Span span_of(const char* name, const M& m) {
-  return {name, m.data(), static_cast<std::size_t>(m.size()) * sizeof(typename M::Scalar)};
-}
-
-/// Throws unless every output is disjoint from every input and from the other outputs. An output listed in
-/// `in_place` may coincide exactly (same pointer and size) with its input partner: each (sequence, head)
-/// reads its own slice of that input completely before writing the same slice of the output.
-inline void check_no_overlap(const std::string& fn, const std::vector<Span>& inputs, const std::vector<Span>& outputs,
-                             const std::vector<std::pair<const char*, const char*>>& in_place = {}) {
-  const auto allowed = [&](const Span& out, const Span& in) {
-    for (const auto& [o, i] : in_place)
-      if (std::string(o) == out.name && std::string(i) == in.name) return out.ptr == in.ptr && out.bytes == in.bytes;
-    return false;
-  };
-  for (std::size_t i = 0; i < outputs.size(); ++i) {
-    for (const Span& in : inputs)
-      if (outputs[i].overlaps(in) && !allowed(outputs[i], in))
-        fail(fn, std::string("output ") + outputs[i].name + " overlaps input " + in.name +
-                     ", expected disjoint buffers");
-    for (std::size_t j = 0; j < i; ++j)
-      if (outputs[i].overlaps(outputs[j]))
-        fail(fn, std::string("output ") + outputs[i].name + " overlaps output " + outputs[j].name +
-                     ", expected disjoint buffers");
-  }
-}
-
-template <class Dims>
-void expect_state_dims(const std::string& fn, const std::string& name, const Dims& d, const OpShape& s, bool v_first) {
-  if (v_first)
-    expect_dims(fn, name + " (state_v_first)", d, {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
-  else
-    expect_dims(fn, name, d, {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
-}
-
 /// The input checks shared by the forward and the backward.
 template <class T>
-OpShape check_inputs(const std::string& fn, const ConstTensorMap<T, 4>& q, const ConstTensorMap<T, 4>& k,
-                     const ConstTensorMap<T, 4>& v, const std::optional<ConstTensorMap<T, 4>>& gk,
-                     const std::optional<ConstTensorMap<T, 4>>& gv, const GLAOptions& opts) {
-  static_assert(is_supported_scalar_v<T>, "fused_recurrent_gla: T must be float, double, Eigen::bfloat16 or Eigen::half");
+OpShape check_inputs(const std::string& fn, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
+                     const ConstView<T, 4>& v, const std::optional<ConstView<T, 4>>& gk,
+                     const std::optional<ConstView<T, 4>>& gv, const GLAOptions& opts) {
+  static_assert(is_supported_scalar_v<T>,
+                "fused_recurrent_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
   OpShape s = check_qkv(fn, q.dimensions(), k.dimensions(), v.dimensions(), opts);
   if (gk) expect_dims(fn, "gk", gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   if (gv) expect_dims(fn, "gv", gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
@@ -96,24 +40,6 @@ template <class Acc, class T>
 struct AccInputs {
   AccInput<Acc, T> q, k, v, gk, gv, do_;
 };
-
-/// Threads the kernels use for `pairs` independent (sequence, head) pairs.
-inline int recurrent_threads(Index pairs) {
-#ifdef _OPENMP
-  return static_cast<int>(std::max<Index>(1, std::min<Index>(omp_get_max_threads(), pairs)));
-#else
-  (void)pairs;
-  return 1;
-#endif
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 /// Per-row decay of one step: ek[a] = exp(gk_t[a]) · gamma (or gamma), ev[c] = exp(gv_t[c]).
 /// Returns whether the rows need scaling at all (false: no gk and gamma = 1, so S·1 is skipped).
@@ -135,8 +61,9 @@ bool step_decay(Eigen::Array<Acc, Eigen::Dynamic, 1>& ek, Eigen::Array<Acc, Eige
 /// One step of the recurrence, out of place (next may equal prev):
 ///   next = diag(ek) · prev · diag(ev) + k vᵀ.
 template <class Acc>
-void state_step(const Acc* prev, Acc* next, const Acc* kt, const Acc* vt, const Eigen::Array<Acc, Eigen::Dynamic, 1>& ek,
-                const Eigen::Array<Acc, Eigen::Dynamic, 1>& ev, bool scale_rows, bool has_gv, Index K, Index V) {
+void state_step(const Acc* prev, Acc* next, const Acc* kt, const Acc* vt,
+                const Eigen::Array<Acc, Eigen::Dynamic, 1>& ek, const Eigen::Array<Acc, Eigen::Dynamic, 1>& ev,
+                bool scale_rows, bool has_gv, Index K, Index V) {
   using RowA = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
   using CRowA = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
   const CRowA vr(vt, V);
@@ -157,14 +84,14 @@ void state_step(const Acc* prev, Acc* next, const Acc* kt, const Acc* vt, const 
 
 /// Multiplies one head's state [K×V] by gamma: the extra decay fused_recurrent_gla applies per step with
 /// opts.gamma (the kernel folds it into the per-row gate factor instead of a separate pass over the state).
-template <class S>
-void apply_gamma_decay(Eigen::Ref<detail::RowMat<detail::recurrent::nondeduced_t<S>>> state, S gamma) {
-  state *= gamma;
+template <class Derived>
+void apply_gamma_decay(Eigen::DenseBase<Derived>& state, typename Derived::Scalar gamma) {
+  state.derived() *= gamma;
 }
 
 /// Multiplies every state of states float [N,H,K,V] (or [N,H,V,K]) in place by gamma: empty = unchanged,
 /// 1 value = every head, H values = per head (the values of opts.gamma). Throws gla::Error on a wrong count.
-inline void apply_gamma_decay(TensorMap<float, 4> states, const std::vector<float>& gamma) {
+inline void apply_gamma_decay(View<float, 4> states, const std::vector<float>& gamma) {
   const Index N = states.dimension(0), H = states.dimension(1), D = states.dimension(2) * states.dimension(3);
   GLAOptions checked;
   checked.gamma = gamma;
@@ -181,42 +108,38 @@ inline void apply_gamma_decay(TensorMap<float, 4> states, const std::vector<floa
 ///   S_t = diag(exp(gk_t)) · S_{t-1} · diag(exp(gv_t)) · gamma + k_t v_tᵀ  (then clamped), o_t = scale · q_tᵀ S_t
 /// per (sequence, head), S_0 = initial_state (or 0), time running backwards with opts.reverse.
 /// q, k [B,T,H,K] T; v [B,T,H,V] T; gk [B,T,H,K] T and gv [B,T,H,V] T optional log-space gates (≤ 0 assumed);
-/// o [B,T,H,V] T output; final_state float [N,H,K,V] (or [N,H,V,K] with state_v_first) output, to be given
-/// if and only if opts.output_final_state. final_state may be the very buffer of opts.initial_state (in-place
-/// state update); no other output may overlap an input or another output.
+/// o [B,T,H,V] T output; final_state float [N,H,K,V] (or [N,H,V,K] with state_v_first) output, given if and
+/// only if opts.output_final_state. final_state may be the very buffer of opts.initial_state (in-place state
+/// update, as in decoding); no other output may overlap an input or another output.
 /// Options: scale (default 1/sqrt(K), explicit 0 kept), initial_state, state_v_first, cu_seqlens (B = 1,
 /// zero-length sequences pass their state through), reverse; extras gamma (empty, 1 or H values, multiplied
 /// into the state with the gates before adding k vᵀ) and state_clamp_min/max (applied after each step, min
 /// first); unset extras give exactly fla's result. chunk_size, max_seqlen and heuristic_fallback are ignored.
 /// T = float, double, Eigen::bfloat16, Eigen::half; bf16/half are converted to float once up front, states
-/// and arithmetic are in acc_t<T>. Threads: OpenMP over (sequence, head) pairs, deterministic. Allocates its
-/// workspace (and bf16/half conversions) before the token loop. Throws gla::Error before writing anything.
-template <class T>
-void fused_recurrent_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                              std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gk,
-                              std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gv,
-                              const GLAOptions& opts, TensorMap<detail::recurrent::nondeduced_t<T>, 4> o,
-                              std::optional<TensorMap<float, 4>> final_state) {
+/// and arithmetic are in acc_t<T>. Threads: the parallel engine over (sequence, head) pairs, longest sequences
+/// first; deterministic. Allocates its workspace (and bf16/half conversions) before any thread starts.
+/// Throws gla::Error before writing anything.
+template <class Q>
+void fused_recurrent_gla_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                              std::optional<ConstViewOf<Q, 4>> gk, std::optional<ConstViewOf<Q, 4>> gv,
+                              const GLAOptions& opts, ViewOf<Q, 4> o,
+                              std::optional<View<float, 4>> final_state = std::nullopt) {
   namespace rd = detail::recurrent;
+  using T = scalar_type_t<Q>;
   using Acc = acc_t<T>;
   const std::string fn = "fused_recurrent_gla";
+  const ConstView<T, 4> q(q_in);
   const detail::OpShape s = rd::check_inputs<T>(fn, q, k, v, gk, gv, opts);
   detail::check_state_extras(fn, opts, s.H);
   detail::expect_dims(fn, "o", o.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  if (opts.output_final_state && !final_state)
-    detail::fail(fn, "final_state is not given, expected a view [N,H,K,V] since output_final_state is true");
-  if (!opts.output_final_state && final_state)
-    detail::fail(fn, "final_state is given, expected none since output_final_state is false");
-  if (final_state) rd::expect_state_dims(fn, "final_state", final_state->dimensions(), s, opts.state_v_first);
-  {
-    std::vector<rd::Span> ins{rd::span_of("q", q), rd::span_of("k", k), rd::span_of("v", v)};
-    if (gk) ins.push_back(rd::span_of("gk", *gk));
-    if (gv) ins.push_back(rd::span_of("gv", *gv));
-    if (opts.initial_state) ins.push_back(rd::span_of("initial_state", *opts.initial_state));
-    std::vector<rd::Span> outs{rd::span_of("o", o)};
-    if (final_state) outs.push_back(rd::span_of("final_state", *final_state));
-    rd::check_no_overlap(fn, ins, outs, {{"final_state", "initial_state"}});
-  }
+  detail::expect_output_iff(fn, "final_state", final_state, opts.output_final_state, "output_final_state is true",
+                            "output_final_state is false");
+  if (final_state) detail::expect_state_dims(fn, "final_state", final_state->dimensions(), s, opts.state_v_first);
+  detail::check_aliasing(
+      fn,
+      {detail::buffer("q", q), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("gk", gk),
+       detail::buffer("gv", gv), detail::buffer("initial_state", opts.initial_state)},
+      {detail::buffer("o", o), detail::buffer("final_state", final_state)}, {{"final_state", "initial_state"}});
 
   const Index T_ = s.T, H = s.H, K = s.K, V = s.V, KV = K * V;
   const Acc scale = detail::recurrent_scale<Acc>(opts, K);
@@ -237,28 +160,25 @@ void fused_recurrent_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, Co
     Eigen::Array<Acc, Eigen::Dynamic, 1> ek, ev;
     Eigen::Array<Acc, 1, Eigen::Dynamic> o_acc;
   };
-  const Index pairs = s.N * H;
-  const int nthreads = rd::recurrent_threads(pairs);
-  std::vector<Scratch> scratch(static_cast<std::size_t>(nthreads));
-  for (Scratch& w : scratch) {
-    w.S.resize(K, V);
-    w.ek.resize(K);
-    w.ev.resize(V);
-    w.o_acc.resize(V);
-  }
+  const std::vector<Index> order = detail::pairs_longest_first(s);
+  const Index items = static_cast<Index>(order.size());
+  Scratch init;
+  init.S.resize(K, V);
+  init.ek.resize(K);
+  init.ev.resize(V);
+  init.o_acc.resize(V);
+  auto scratch = detail::per_worker(items, init);
 
   const bool has_gv = gv.has_value();
   T* o_data = o.data();
   float* ht_data = final_state ? final_state->data() : nullptr;
   const float* h0_data = opts.initial_state ? opts.initial_state->data() : nullptr;
 
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-#endif
-  for (Index p = 0; p < pairs; ++p) {
+  detail::parallel_for(items, [&](Index item, int worker) {
     using RowA = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
     using CRowA = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
-    Scratch& w = scratch[static_cast<std::size_t>(rd::thread_id())];
+    const Index p = order[static_cast<std::size_t>(item)];
+    Scratch& w = scratch[static_cast<std::size_t>(worker)];
     const Index n = p / H, h = p % H;
     const detail::Seq sq = s.seqs[static_cast<std::size_t>(n)];
     if (h0_data)
@@ -293,26 +213,23 @@ void fused_recurrent_gla_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, Co
       detail::store_row(o_data + rowv, (scale * w.o_acc).matrix());
     }
     if (ht_data) detail::store_state(w.S, ht_data + p * KV, K, V, opts.state_v_first);
-  }
+  });
 }
 
 /// fused_recurrent_gla, fla's API: returns o [B,T,H,V] T and, with opts.output_final_state, the final states
 /// float [N,H,K,V] (or [N,H,V,K]). Inputs, options and semantics as fused_recurrent_gla_into.
-template <class T>
-GLAResult<T> fused_recurrent_gla(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                                 std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gk,
-                                 std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gv,
-                                 const GLAOptions& opts = {}) {
+template <class Q>
+GLAResult<scalar_type_t<Q>> fused_recurrent_gla(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                                std::optional<ConstViewOf<Q, 4>> gk = std::nullopt,
+                                                std::optional<ConstViewOf<Q, 4>> gv = std::nullopt,
+                                                const GLAOptions& opts = {}) {
+  using T = scalar_type_t<Q>;
+  const ConstView<T, 4> q(q_in);
   const detail::OpShape s = detail::recurrent::check_inputs<T>("fused_recurrent_gla", q, k, v, gk, gv, opts);
   GLAResult<T> r;
   r.o = Tensor<T, 4>(s.B, s.T, s.H, s.V);
-  std::optional<TensorMap<float, 4>> ht;
-  if (opts.output_final_state) {
-    const auto sd = detail::state_dims(s, opts.state_v_first);
-    r.final_state = Tensor<float, 4>(sd[0], sd[1], sd[2], sd[3]);
-    ht.emplace(mut_view(*r.final_state));
-  }
-  fused_recurrent_gla_into<T>(q, k, v, gk, gv, opts, mut_view(r.o), ht);
+  if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
+  fused_recurrent_gla_into(q, k, v, gk, gv, opts, r.o, detail::optional_output(r.final_state));
   return r;
 }
 
@@ -328,64 +245,51 @@ GLAResult<T> fused_recurrent_gla(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k,
 ///   dS ← dht; for t from last to first processed: dS += scale · q_t do_tᵀ (now dS = ∂L/∂S_t);
 ///   dq_t = scale · S_t do_t;  dk_t = dS v_t;  dv_t = dSᵀ k_t;  dgk_t = rowsum(dS ⊙ S̃_t);  dgv_t = colsum(dS ⊙ S̃_t);
 ///   dS = diag(exp(gk_t)) dS diag(exp(gv_t));   finally dh0 = dS.
-/// dgk/dgv are spec §2.5's reverse cumulative sums before telescoping; summed directly they do not cancel,
-/// which keeps strong decay (per-step log gate ≈ −5) accurate in fp32.
-/// Saved vs recomputed: nothing is saved by the forward. A first forward sweep stores the state before every
-/// block of C = max(16, ceil(sqrt(len))) steps (checkpoints); the reverse sweep re-runs the forward from each
-/// checkpoint over its block, keeping the block's C+1 states, and walks them backwards (the last block's
-/// states are kept from the first sweep). The forward is never undone (dividing by exp(g) would overflow
-/// under strong decay). Workspace per thread: (ceil(len/C) + C + 1)·K·V values of acc_t<T>, allocated
-/// before the token loop. OpenMP over (sequence, head) pairs, deterministic.
-/// gamma and the state clamps are rejected with gla::Error: they are forward-only extras (gamma is an
-/// option, not a tensor, so it has no gradient output; a clamp is not differentiable at its bounds; fla has
-/// neither to match). Throws gla::Error before writing anything.
-template <class T>
-void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                                       std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gk,
-                                       std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gv,
-                                       ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4> do_,
-                                       std::optional<ConstTensorMap<float, 4>> dht, const GLAOptions& opts,
-                                       TensorMap<detail::recurrent::nondeduced_t<T>, 4> dq,
-                                       TensorMap<detail::recurrent::nondeduced_t<T>, 4> dk,
-                                       TensorMap<detail::recurrent::nondeduced_t<T>, 4> dv,
-                                       std::optional<TensorMap<detail::recurrent::nondeduced_t<T>, 4>> dgk,
-                                       std::optional<TensorMap<detail::recurrent::nondeduced_t<T>, 4>> dgv,
-                                       std::optional<TensorMap<float, 4>> dh0) {
+/// dgk/dgv are the reverse cumulative sums of the reference backward before telescoping; summed directly they do not
+/// cancel, which keeps strong decay (per-step log gate ≈ −5) accurate in fp32. Saved vs recomputed: nothing is saved by
+/// the forward. A first forward sweep stores the state before every block of C = max(16, ceil(sqrt(len))) steps
+/// (checkpoints); the reverse sweep re-runs the forward from each checkpoint over its block, keeping the block's C+1
+/// states, and walks them backwards (the last block's states are kept from the first sweep). The forward is never
+/// undone (dividing by exp(g) would overflow under strong decay). Workspace per thread: (ceil(len/C) + C + 1)·K·V
+/// values of acc_t<T>, allocated before the token loop. OpenMP over (sequence, head) pairs, deterministic. gamma and
+/// the state clamps are rejected with gla::Error: they are forward-only extras (gamma is an option, not a tensor, so it
+/// has no gradient output; a clamp is not differentiable at its bounds; fla has neither to match). Throws gla::Error
+/// before writing anything.
+template <class Q>
+void fused_recurrent_gla_backward_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                       std::optional<ConstViewOf<Q, 4>> gk, std::optional<ConstViewOf<Q, 4>> gv,
+                                       ConstViewOf<Q, 4> do_, std::optional<ConstView<float, 4>> dht,
+                                       const GLAOptions& opts, ViewOf<Q, 4> dq, ViewOf<Q, 4> dk, ViewOf<Q, 4> dv,
+                                       std::optional<ViewOf<Q, 4>> dgk = std::nullopt,
+                                       std::optional<ViewOf<Q, 4>> dgv = std::nullopt,
+                                       std::optional<View<float, 4>> dh0 = std::nullopt) {
   namespace rd = detail::recurrent;
+  using T = scalar_type_t<Q>;
   using Acc = acc_t<T>;
   using ArrayA = Eigen::Array<Acc, Eigen::Dynamic, 1>;
   const std::string fn = "fused_recurrent_gla_backward";
+  const ConstView<T, 4> q(q_in);
   const detail::OpShape s = rd::check_inputs<T>(fn, q, k, v, gk, gv, opts);
   detail::reject_forward_only_extras(fn, opts);
   detail::expect_dims(fn, "do_", do_.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  if (dht) rd::expect_state_dims(fn, "dht", dht->dimensions(), s, opts.state_v_first);
+  if (dht) detail::expect_state_dims(fn, "dht", dht->dimensions(), s, opts.state_v_first);
   detail::expect_dims(fn, "dq", dq.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   detail::expect_dims(fn, "dk", dk.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   detail::expect_dims(fn, "dv", dv.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  if (gk.has_value() != dgk.has_value())
-    detail::fail(fn, gk ? "dgk is not given, expected a view [B,T,H,K] since gk is given"
-                        : "dgk is given, expected none since gk is not given");
-  if (gv.has_value() != dgv.has_value())
-    detail::fail(fn, gv ? "dgv is not given, expected a view [B,T,H,V] since gv is given"
-                        : "dgv is given, expected none since gv is not given");
-  if (opts.initial_state.has_value() != dh0.has_value())
-    detail::fail(fn, opts.initial_state ? "dh0 is not given, expected a view [N,H,K,V] since initial_state is given"
-                                        : "dh0 is given, expected none since initial_state is not given");
+  detail::expect_output_iff(fn, "dgk", dgk, gk.has_value(), "gk is given", "gk is not given");
+  detail::expect_output_iff(fn, "dgv", dgv, gv.has_value(), "gv is given", "gv is not given");
+  detail::expect_output_iff(fn, "dh0", dh0, opts.initial_state.has_value(), "initial_state is given",
+                            "initial_state is not given");
   if (dgk) detail::expect_dims(fn, "dgk", dgk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   if (dgv) detail::expect_dims(fn, "dgv", dgv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  if (dh0) rd::expect_state_dims(fn, "dh0", dh0->dimensions(), s, opts.state_v_first);
-  {
-    std::vector<rd::Span> ins{rd::span_of("q", q), rd::span_of("k", k), rd::span_of("v", v), rd::span_of("do_", do_)};
-    if (gk) ins.push_back(rd::span_of("gk", *gk));
-    if (gv) ins.push_back(rd::span_of("gv", *gv));
-    if (dht) ins.push_back(rd::span_of("dht", *dht));
-    if (opts.initial_state) ins.push_back(rd::span_of("initial_state", *opts.initial_state));
-    std::vector<rd::Span> outs{rd::span_of("dq", dq), rd::span_of("dk", dk), rd::span_of("dv", dv)};
-    if (dgk) outs.push_back(rd::span_of("dgk", *dgk));
-    if (dgv) outs.push_back(rd::span_of("dgv", *dgv));
-    if (dh0) outs.push_back(rd::span_of("dh0", *dh0));
-    rd::check_no_overlap(fn, ins, outs, {{"dh0", "dht"}});
-  }
+  if (dh0) detail::expect_state_dims(fn, "dh0", dh0->dimensions(), s, opts.state_v_first);
+  detail::check_aliasing(fn,
+                         {detail::buffer("q", q), detail::buffer("k", k), detail::buffer("v", v),
+                          detail::buffer("do_", do_), detail::buffer("gk", gk), detail::buffer("gv", gv),
+                          detail::buffer("dht", dht), detail::buffer("initial_state", opts.initial_state)},
+                         {detail::buffer("dq", dq), detail::buffer("dk", dk), detail::buffer("dv", dv),
+                          detail::buffer("dgk", dgk), detail::buffer("dgv", dgv), detail::buffer("dh0", dh0)},
+                         {{"dh0", "dht"}});
 
   const Index T_ = s.T, H = s.H, K = s.K, V = s.V, KV = K * V;
   const Acc scale = detail::recurrent_scale<Acc>(opts, K);
@@ -413,21 +317,20 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
     detail::RowMat<Acc> dS;
     ArrayA ek, ev, dv_acc, dgv_acc, dq_row, dk_row, dgk_row;
   };
-  const Index pairs = s.N * H;
-  const int nthreads = rd::recurrent_threads(pairs);
-  std::vector<Scratch> scratch(static_cast<std::size_t>(nthreads));
-  for (Scratch& w : scratch) {
-    w.ckpt.resize(static_cast<std::size_t>(max_blocks * KV));
-    w.block.resize(static_cast<std::size_t>((max_block + 1) * KV));
-    w.dS.resize(K, V);
-    w.ek.resize(K);
-    w.ev.resize(V);
-    w.dv_acc.resize(V);
-    w.dgv_acc.resize(V);
-    w.dq_row.resize(K);
-    w.dk_row.resize(K);
-    w.dgk_row.resize(K);
-  }
+  const std::vector<Index> order = detail::pairs_longest_first(s);
+  const Index items = static_cast<Index>(order.size());
+  Scratch init;
+  init.ckpt.resize(static_cast<std::size_t>(max_blocks * KV));
+  init.block.resize(static_cast<std::size_t>((max_block + 1) * KV));
+  init.dS.resize(K, V);
+  init.ek.resize(K);
+  init.ev.resize(V);
+  init.dv_acc.resize(V);
+  init.dgv_acc.resize(V);
+  init.dq_row.resize(K);
+  init.dk_row.resize(K);
+  init.dgk_row.resize(K);
+  auto scratch = detail::per_worker(items, init);
 
   const float* h0_data = opts.initial_state ? opts.initial_state->data() : nullptr;
   const float* dht_data = dht ? dht->data() : nullptr;
@@ -439,13 +342,11 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
   float* dh0_data = dh0 ? dh0->data() : nullptr;
   const bool has_gk = gk.has_value(), has_gv = gv.has_value(), gated = has_gk || has_gv;
 
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-#endif
-  for (Index p = 0; p < pairs; ++p) {
+  detail::parallel_for(items, [&](Index item, int worker) {
     using RowA = Eigen::Map<Eigen::Array<Acc, 1, Eigen::Dynamic>>;
     using CRowA = Eigen::Map<const Eigen::Array<Acc, 1, Eigen::Dynamic>>;
-    Scratch& w = scratch[static_cast<std::size_t>(rd::thread_id())];
+    const Index p = order[static_cast<std::size_t>(item)];
+    Scratch& w = scratch[static_cast<std::size_t>(worker)];
     const Index n = p / H, h = p % H;
     const detail::Seq sq = s.seqs[static_cast<std::size_t>(n)];
     const Index C = block_len(sq.len), nblocks = (sq.len + C - 1) / C;
@@ -499,7 +400,7 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
         const CRowA vt(in.v.data() + rowv, V), dot(in.do_.data() + rowv, V);
         const bool scale_rows = decay(rowk, rowv);
         const auto evr = w.ev.transpose();
-        const Acc* prev = w.block.data() + i * KV;  // S_{t-1}
+        const Acc* prev = w.block.data() + i * KV;       // S_{t-1}
         const Acc* cur = w.block.data() + (i + 1) * KV;  // S_t
         w.dv_acc.setZero();
         if (has_gv) w.dgv_acc.setZero();
@@ -532,39 +433,27 @@ void fused_recurrent_gla_backward_into(ConstTensorMap<T, 4> q, ConstTensorMap<T,
       }
     }
     if (dh0_data) detail::store_state(w.dS, dh0_data + p * KV, K, V, opts.state_v_first);
-  }
+  });
 }
 
 /// fused_recurrent_gla backward, allocating the gradients: see fused_recurrent_gla_backward_into.
-template <class T>
-FusedRecurrentGLAGrads<T> fused_recurrent_gla_backward(
-    ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-    std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gk,
-    std::optional<ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4>> gv,
-    ConstTensorMap<detail::recurrent::nondeduced_t<T>, 4> do_, std::optional<ConstTensorMap<float, 4>> dht,
+template <class Q>
+FusedRecurrentGLAGrads<scalar_type_t<Q>> fused_recurrent_gla_backward(
+    const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, std::optional<ConstViewOf<Q, 4>> gk,
+    std::optional<ConstViewOf<Q, 4>> gv, ConstViewOf<Q, 4> do_, std::optional<ConstView<float, 4>> dht = std::nullopt,
     const GLAOptions& opts = {}) {
+  using T = scalar_type_t<Q>;
+  const ConstView<T, 4> q(q_in);
   const detail::OpShape s = detail::recurrent::check_inputs<T>("fused_recurrent_gla_backward", q, k, v, gk, gv, opts);
   FusedRecurrentGLAGrads<T> g;
   g.dq = Tensor<T, 4>(s.B, s.T, s.H, s.K);
   g.dk = Tensor<T, 4>(s.B, s.T, s.H, s.K);
   g.dv = Tensor<T, 4>(s.B, s.T, s.H, s.V);
-  std::optional<TensorMap<T, 4>> dgk, dgv;
-  std::optional<TensorMap<float, 4>> dh0;
-  if (gk) {
-    g.dgk = Tensor<T, 4>(s.B, s.T, s.H, s.K);
-    dgk.emplace(mut_view(*g.dgk));
-  }
-  if (gv) {
-    g.dgv = Tensor<T, 4>(s.B, s.T, s.H, s.V);
-    dgv.emplace(mut_view(*g.dgv));
-  }
-  if (opts.initial_state) {
-    const auto sd = detail::state_dims(s, opts.state_v_first);
-    g.dh0 = Tensor<float, 4>(sd[0], sd[1], sd[2], sd[3]);
-    dh0.emplace(mut_view(*g.dh0));
-  }
-  fused_recurrent_gla_backward_into<T>(q, k, v, gk, gv, do_, dht, opts, mut_view(g.dq), mut_view(g.dk), mut_view(g.dv),
-                                       dgk, dgv, dh0);
+  if (gk) g.dgk = Tensor<T, 4>(s.B, s.T, s.H, s.K);
+  if (gv) g.dgv = Tensor<T, 4>(s.B, s.T, s.H, s.V);
+  if (opts.initial_state) g.dh0 = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
+  fused_recurrent_gla_backward_into(q, k, v, gk, gv, do_, dht, opts, g.dq, g.dk, g.dv, detail::optional_output(g.dgk),
+                                    detail::optional_output(g.dgv), detail::optional_output(g.dh0));
   return g;
 }
 

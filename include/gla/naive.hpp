@@ -3,7 +3,7 @@
 /// (double in tests); every fast path in this library is tested against it. Mirrors fla/ops/gla/naive.py,
 /// extended to gv, reverse, varlen, scale and the fused_recurrent extras (gamma, state clamps).
 
-#include <gla/core.hpp>
+#include <gla/detail/recurrent_common.hpp>
 
 namespace gla {
 
@@ -26,51 +26,9 @@ struct NaiveGrads {
 
 namespace detail {
 
-/// The extra per-step decay of head h (fused_recurrent_gla's `gamma`): 1 when unset.
-template <class Acc>
-Acc gamma_for_head(const std::vector<float>& gamma, Index h) {
-  if (gamma.empty()) return Acc(1);
-  return static_cast<Acc>(gamma.size() == 1 ? gamma[0] : gamma[static_cast<std::size_t>(h)]);
-}
-
-/// Checks the fused_recurrent extras: gamma has 0, 1 or H finite values; clamp bounds are numbers, min <= max.
-inline void check_state_extras(const std::string& fn, const GLAOptions& opts, Index H) {
-  if (!opts.gamma.empty() && opts.gamma.size() != 1 && static_cast<Index>(opts.gamma.size()) != H)
-    fail(fn, "gamma has " + std::to_string(opts.gamma.size()) + " values, expected 1 or H = " + std::to_string(H));
-  for (float gm : opts.gamma)
-    if (!std::isfinite(gm)) fail(fn, "gamma holds " + std::to_string(gm) + ", expected finite values");
-  if (opts.state_clamp_min && std::isnan(*opts.state_clamp_min))
-    fail(fn, "state_clamp_min is NaN, expected a number");
-  if (opts.state_clamp_max && std::isnan(*opts.state_clamp_max))
-    fail(fn, "state_clamp_max is NaN, expected a number");
-  if (opts.state_clamp_min && opts.state_clamp_max && *opts.state_clamp_min > *opts.state_clamp_max)
-    fail(fn, "state_clamp_min is " + std::to_string(*opts.state_clamp_min) + ", expected <= state_clamp_max = " +
-                 std::to_string(*opts.state_clamp_max));
-}
-
-/// The backward passes differentiate fla's recurrence only: gamma and the state clamps are inference extras
-/// (gamma is an option, not a tensor, so it has no gradient output; a clamp makes the recurrence
-/// non-differentiable at its bounds; fla has neither, so there is nothing to match).
-inline void reject_forward_only_extras(const std::string& fn, const GLAOptions& opts) {
-  if (!opts.gamma.empty())
-    fail(fn, "gamma is set, expected it empty: gamma is a forward-only extra (no gradient is defined for it)");
-  if (opts.state_clamp_min || opts.state_clamp_max)
-    fail(fn, std::string(opts.state_clamp_min ? "state_clamp_min" : "state_clamp_max") +
-                 " is set, expected unset: the state clamps are forward-only extras (not differentiable at the bounds)");
-}
-
-/// The scale of the operators: opts.scale when given (an explicit 0 is kept), else 1/sqrt(K).
-template <class Acc>
-Acc recurrent_scale(const GLAOptions& opts, Index K) {
-  return opts.scale ? static_cast<Acc>(*opts.scale) : Acc(1) / std::sqrt(static_cast<Acc>(K));
-}
-
-/// The time index of the i-th processed token of a sequence (reverse runs t = t0+len-1 … t0).
-inline Index recurrent_step_time(const Seq& sq, Index i, bool reverse) { return sq.t0 + (reverse ? sq.len - 1 - i : i); }
-
 /// exp of one gate row [n] as Acc, or ones when the gate is absent.
 template <class Acc, class T>
-void recurrent_gate_factors(std::vector<Acc>& out, const std::optional<ConstTensorMap<T, 4>>& g, Index offset, Index n) {
+void recurrent_gate_factors(std::vector<Acc>& out, const std::optional<ConstView<T, 4>>& g, Index offset, Index n) {
   for (Index i = 0; i < n; ++i)
     out[static_cast<std::size_t>(i)] = g ? std::exp(static_cast<Acc>(g->data()[offset + i])) : Acc(1);
 }
@@ -81,11 +39,16 @@ void recurrent_gate_factors(std::vector<Acc>& out, const std::optional<ConstTens
 ///   S_t = diag(exp(gk_t)) · S_{t-1} · diag(exp(gv_t)) · gamma + k_t v_tᵀ  (then clamped), o_t = scale · q_tᵀ S_t.
 /// q, k [B,T,H,K]; v [B,T,H,V]; gk [B,T,H,K] and gv [B,T,H,V] optional; options as fused_recurrent_gla.
 /// Single-threaded and allocation-light; meant for tests, not speed.
-template <class T, class Acc = double>
-NaiveResult<Acc> naive_recurrent_gla(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                                     std::optional<ConstTensorMap<T, 4>> gk, std::optional<ConstTensorMap<T, 4>> gv,
-                                     const GLAOptions& opts = {}) {
+/// The accumulator is the first template argument (`naive_recurrent_gla<double>(q, k, v, gk)`); the input
+/// scalar is deduced from q.
+template <class Acc = double, class Q>
+NaiveResult<Acc> naive_recurrent_gla(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                     std::optional<ConstViewOf<Q, 4>> gk = std::nullopt,
+                                     std::optional<ConstViewOf<Q, 4>> gv = std::nullopt, const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<scalar_type_t<Q>>,
+                "naive_recurrent_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
   const std::string fn = "naive_recurrent_gla";
+  const ConstViewOf<Q, 4> q(q_in);
   const detail::OpShape s = detail::check_qkv(fn, q.dimensions(), k.dimensions(), v.dimensions(), opts);
   if (gk) detail::expect_dims(fn, "gk", gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   if (gv) detail::expect_dims(fn, "gv", gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
@@ -136,7 +99,7 @@ NaiveResult<Acc> naive_recurrent_gla(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4
 }
 
 /// Reference gradient of naive_recurrent_gla for L = Σ o·do_ + Σ final_state·dht, in Acc, written as fla's
-/// fused_recurrent backward (spec §2.5) with every forward state stored:
+/// fused_recurrent backward (docs/fused_recurrent.md) with every forward state stored:
 ///   dq_t = scale · S_t · do_t;  dS ← dht, then for t from last to first processed:
 ///   dS += scale · q_t do_tᵀ;  dk_t = dS v_t;  dv_t = dSᵀ k_t;  dS = diag(exp(gk_t)) dS diag(exp(gv_t));  dh0 = dS
 ///   dgk_t = Σ_v (S_last ⊙ dht) + Σ_{s at or after t} (q_s ⊙ dq_s − k_s ⊙ dk_s)   (reverse cumulative sum)
@@ -145,23 +108,22 @@ NaiveResult<Acc> naive_recurrent_gla(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4
 /// q, k [B,T,H,K]; v, do_ [B,T,H,V]; gk [B,T,H,K], gv [B,T,H,V] optional; dht float [N,H,K,V] (or V-first)
 /// optional (absent: zero). gamma and the state clamps are rejected (forward-only extras).
 /// Stores (len+1)·K·V values of Acc per sequence and head; meant for tests, not speed.
-template <class T, class Acc = double>
-NaiveGrads<Acc> naive_recurrent_gla_backward(ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                                             std::optional<ConstTensorMap<T, 4>> gk,
-                                             std::optional<ConstTensorMap<T, 4>> gv, ConstTensorMap<T, 4> do_,
-                                             std::optional<ConstTensorMap<float, 4>> dht, const GLAOptions& opts = {}) {
+template <class Acc = double, class Q>
+NaiveGrads<Acc> naive_recurrent_gla_backward(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                             std::optional<ConstViewOf<Q, 4>> gk, std::optional<ConstViewOf<Q, 4>> gv,
+                                             ConstViewOf<Q, 4> do_,
+                                             std::optional<ConstView<float, 4>> dht = std::nullopt,
+                                             const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<scalar_type_t<Q>>,
+                "naive_recurrent_gla_backward: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
   const std::string fn = "naive_recurrent_gla_backward";
+  const ConstViewOf<Q, 4> q(q_in);
   const detail::OpShape s = detail::check_qkv(fn, q.dimensions(), k.dimensions(), v.dimensions(), opts);
   if (gk) detail::expect_dims(fn, "gk", gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   if (gv) detail::expect_dims(fn, "gv", gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
   detail::expect_dims(fn, "do_", do_.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
   const auto sd = detail::state_dims(s, opts.state_v_first);
-  if (dht) {
-    if (opts.state_v_first)
-      detail::expect_dims(fn, "dht (state_v_first)", dht->dimensions(), {{"N", s.N}, {"H", s.H}, {"V", s.V}, {"K", s.K}});
-    else
-      detail::expect_dims(fn, "dht", dht->dimensions(), {{"N", s.N}, {"H", s.H}, {"K", s.K}, {"V", s.V}});
-  }
+  if (dht) detail::expect_state_dims(fn, "dht", dht->dimensions(), s, opts.state_v_first);
   detail::reject_forward_only_extras(fn, opts);
   const Index T_ = s.T, H = s.H, K = s.K, V = s.V;
   const Acc scale = detail::recurrent_scale<Acc>(opts, K);
@@ -257,13 +219,14 @@ NaiveGrads<Acc> naive_recurrent_gla_backward(ConstTensorMap<T, 4> q, ConstTensor
         // Reverse cumulative sums (the sums run over s at or after t in processing order).
         if (gk)
           for (Index a = 0; a < K; ++a) {
-            rk[static_cast<std::size_t>(a)] += in(q, rowk + a) * g.dq.data()[rowk + a] - in(k, rowk + a) * g.dk.data()[rowk + a];
+            rk[static_cast<std::size_t>(a)] +=
+                in(q, rowk + a) * g.dq.data()[rowk + a] - in(k, rowk + a) * g.dk.data()[rowk + a];
             g.dgk->data()[rowk + a] = rk[static_cast<std::size_t>(a)];
           }
         if (gv)
           for (Index c = 0; c < V; ++c) {
-            rv[static_cast<std::size_t>(c)] +=
-                o_seq[static_cast<std::size_t>(i * V + c)] * in(do_, rowv + c) - in(v, rowv + c) * g.dv.data()[rowv + c];
+            rv[static_cast<std::size_t>(c)] += o_seq[static_cast<std::size_t>(i * V + c)] * in(do_, rowv + c) -
+                                               in(v, rowv + c) * g.dv.data()[rowv + c];
             g.dgv->data()[rowv + c] = rv[static_cast<std::size_t>(c)];
           }
       }

@@ -26,10 +26,14 @@ inline Mode parse_mode(std::string_view name) {
 
 inline std::string_view to_string(Mode m) {
   switch (m) {
-    case Mode::Auto: return "auto";
-    case Mode::Chunk: return "chunk";
-    case Mode::FusedChunk: return "fused_chunk";
-    case Mode::FusedRecurrent: return "fused_recurrent";
+    case Mode::Auto:
+      return "auto";
+    case Mode::Chunk:
+      return "chunk";
+    case Mode::FusedChunk:
+      return "fused_chunk";
+    case Mode::FusedRecurrent:
+      return "fused_recurrent";
   }
   return "unknown";
 }
@@ -45,12 +49,11 @@ namespace detail {
 
 /// Gathers the valid tokens of x [B,T,H,D] into a packed [1,total,H,D].
 template <class T>
-Tensor<T, 4> pack_tokens(const ConstTensorMap<T, 4>& x, const std::vector<std::int64_t>& indices) {
-  const Index B = x.dimension(0), T_ = x.dimension(1), H = x.dimension(2), D = x.dimension(3);
-  const ConstTensorMap<T, 3> flat(x.data(), B * T_, H, D);
-  const Tensor<T, 3> packed = index_first_axis<T, 3>(flat, indices);
+Tensor<T, 4> pack_tokens(const ConstView<T, 4>& x, const std::vector<std::int64_t>& indices) {
+  const Index H = x.dimension(2), D = x.dimension(3), row = H * D;
   Tensor<T, 4> out(1, static_cast<Index>(indices.size()), H, D);
-  std::copy_n(packed.data(), packed.size(), out.data());
+  for (std::size_t i = 0; i < indices.size(); ++i)
+    std::copy_n(x.data() + indices[i] * row, row, out.data() + static_cast<Index>(i) * row);
   return out;
 }
 
@@ -64,17 +67,20 @@ Tensor<T, 4> pack_tokens(const ConstTensorMap<T, 4>& x, const std::vector<std::i
 /// output is padded back with exact zeros. The mode is select_gla_mode(mode, T), T = q.dimension(1) (the padded
 /// or packed length). gv or opts.reverse need the recurrent kernel: Auto routes them there; explicit Chunk or
 /// FusedChunk → gla::Error. Without gk the chunk kernels run with a zero gate (plain linear attention).
-template <class T>
-GLAResult<T> gla_forward(Mode mode, ConstTensorMap<T, 4> q, ConstTensorMap<T, 4> k, ConstTensorMap<T, 4> v,
-                         std::optional<ConstTensorMap<T, 4>> gk, const GLAOptions& opts = {},
-                         std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
-                         std::optional<ConstTensorMap<T, 4>> gv = std::nullopt) {
+template <class Q>
+GLAResult<scalar_type_t<Q>> gla_forward(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                        std::optional<ConstViewOf<Q, 4>> gk = std::nullopt,
+                                        std::optional<ConstViewOf<Q, 4>> gv = std::nullopt, const GLAOptions& opts = {},
+                                        Mode mode = Mode::Auto,
+                                        std::optional<ConstView<std::int64_t, 2>> attention_mask = std::nullopt) {
+  using T = scalar_type_t<Q>;
   const std::string fn = "gla_forward";
+  const ConstView<T, 4> q(q_in);
   const detail::OpShape s = detail::check_qkv(fn, q.dimensions(), k.dimensions(), v.dimensions(), opts);
   if (gk) detail::expect_dims(fn, "gk", gk->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
   if (gv) detail::expect_dims(fn, "gv", gv->dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
-  const bool needs_recurrent = gv.has_value() || opts.reverse || !opts.gamma.empty() || opts.state_clamp_min ||
-                               opts.state_clamp_max;
+  const bool needs_recurrent =
+      gv.has_value() || opts.reverse || !opts.gamma.empty() || opts.state_clamp_min || opts.state_clamp_max;
   Mode m = select_gla_mode(mode, s.T);
   if (needs_recurrent) {
     if (mode == Mode::Chunk || mode == Mode::FusedChunk)
@@ -84,17 +90,16 @@ GLAResult<T> gla_forward(Mode mode, ConstTensorMap<T, 4> q, ConstTensorMap<T, 4>
   }
 
   // Runs the selected kernel on (possibly packed) inputs.
-  auto run = [&](ConstTensorMap<T, 4> q_, ConstTensorMap<T, 4> k_, ConstTensorMap<T, 4> v_,
-                 std::optional<ConstTensorMap<T, 4>> gk_, std::optional<ConstTensorMap<T, 4>> gv_,
-                 const GLAOptions& o) -> GLAResult<T> {
-    if (m == Mode::FusedRecurrent) return fused_recurrent_gla<T>(q_, k_, v_, gk_, gv_, o);
+  auto run = [&](ConstView<T, 4> q_, ConstView<T, 4> k_, ConstView<T, 4> v_, std::optional<ConstView<T, 4>> gk_,
+                 std::optional<ConstView<T, 4>> gv_, const GLAOptions& o) -> GLAResult<T> {
+    if (m == Mode::FusedRecurrent) return fused_recurrent_gla(q_, k_, v_, gk_, gv_, o);
     Tensor<T, 4> zero_gate;
     if (!gk_) {
       zero_gate = Tensor<T, 4>(q_.dimensions());
       zero_gate.setZero();
-      gk_.emplace(view(zero_gate));
+      gk_ = zero_gate;
     }
-    return m == Mode::Chunk ? chunk_gla<T>(q_, k_, v_, *gk_, o) : fused_chunk_gla<T>(q_, k_, v_, *gk_, o);
+    return m == Mode::Chunk ? chunk_gla(q_, k_, v_, *gk_, o) : fused_chunk_gla(q_, k_, v_, *gk_, o);
   };
 
   if (!attention_mask) return run(q, k, v, gk, gv, opts);
@@ -104,17 +109,16 @@ GLAResult<T> gla_forward(Mode mode, ConstTensorMap<T, 4> q, ConstTensorMap<T, 4>
   const Tensor<T, 4> qp = detail::pack_tokens(q, u.indices), kp = detail::pack_tokens(k, u.indices),
                      vp = detail::pack_tokens(v, u.indices);
   Tensor<T, 4> gkp, gvp;
-  std::optional<ConstTensorMap<T, 4>> gk_view, gv_view;
-  if (gk) gk_view.emplace(view(gkp = detail::pack_tokens(*gk, u.indices)));
-  if (gv) gv_view.emplace(view(gvp = detail::pack_tokens(*gv, u.indices)));
+  std::optional<ConstView<T, 4>> gk_packed, gv_packed;
+  if (gk) gk_packed = (gkp = detail::pack_tokens(*gk, u.indices));
+  if (gv) gv_packed = (gvp = detail::pack_tokens(*gv, u.indices));
   GLAOptions o = opts;
   o.cu_seqlens = u.cu_seqlens;
-  GLAResult<T> packed = run(view(qp), view(kp), view(vp), gk_view, gv_view, o);
+  GLAResult<T> packed = run(qp, kp, vp, gk_packed, gv_packed, o);
 
   GLAResult<T> r;
-  const ConstTensorMap<T, 3> flat(packed.o.data(), static_cast<Index>(u.indices.size()), s.H, s.V);
-  const Tensor<T, 4> padded = pad_input<T, 3>(flat, u.indices, s.B, s.T);
-  r.o = padded;
+  r.o =
+      pad_input(ConstView<T, 3>(packed.o.data(), static_cast<Index>(u.indices.size()), s.H, s.V), u.indices, s.B, s.T);
   r.final_state = std::move(packed.final_state);
   return r;
 }

@@ -104,7 +104,7 @@ void make_rec_inputs(RecInputs<T>& in, const RecCase& c, std::uint64_t salt) {
   in.opts.reverse = c.reverse;
   in.opts.state_v_first = c.v_first;
   in.opts.cu_seqlens = c.cu;
-  if (c.h0) in.opts.set_initial_state(in.h0);
+  if (c.h0) in.opts.initial_state = in.h0;
 }
 
 /// Requires a gla::Error whose message contains every needle.

@@ -15,6 +15,8 @@ struct ChunkBwdWorkspace {
   // The gate cumsum of the chunk being differentiated, in double for every input scalar (see chunk_gla_bwd_block).
   RowMat<double> Gd;
   RowVec<double> gn, gld;
+  ChunkBwdWorkspace() = default;
+  ChunkBwdWorkspace(Index BT, Index K, Index V) { reserve(BT, K, V); }
   void reserve(Index BT, Index K, Index V) {
     A.resize(BT, BT);
     dA.resize(BT, BT);
@@ -68,7 +70,8 @@ void chunk_dh_update(RowMat<Acc>& dS, const ConstStridedMap<Acc>& q, const Const
     if (gt.g) sc += gt.g[t * gt.ldg];
     if (gt.gamma) sc += *gt.gamma * static_cast<Acc>(t + 1);
     if (gt.gk)
-      qdec.row(t) = q.row(t).array() * (Eigen::Map<const RowVec<Acc>>(gt.gk + t * gt.ldgk, K).array() + sc).exp() * scale;
+      qdec.row(t) =
+          q.row(t).array() * (Eigen::Map<const RowVec<Acc>>(gt.gk + t * gt.ldgk, K).array() + sc).exp() * scale;
     else
       qdec.row(t) = q.row(t) * (scale * std::exp(sc));
   }
@@ -88,38 +91,32 @@ void chunk_dh_update(RowMat<Acc>& dS, const ConstStridedMap<Acc>& q, const Const
 /// ([N,H,K,V], V-first with v_first; may be null). q [B,T,H,K], do_ [B,T,H,V]; dht float [N,H,K,V]
 /// (V-first with v_first) or null.
 template <class Acc, class DhOut>
-void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_, const FullGates<Acc>& gates,
-                       Acc scale, const float* dht, bool v_first, DhOut* dh, bool dh_v_first, float* dh0) {
+void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_, const FullGates<Acc>& gates, Acc scale,
+                       const float* dht, bool v_first, DhOut* dh, bool dh_v_first, float* dh0) {
   const Index K = s.K, V = s.V, H = s.H;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const Index pairs = s.N * H;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(num_threads_for(pairs))
-#endif
-  {
-    ChunkBwdWorkspace<Acc> ws;
-    ws.reserve(BT, K, V);
-    RowMat<Acc> dS(K, V);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (Index p = 0; p < pairs; ++p) {
-      const Index n = p / H, hh = p % H;
-      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-      if (dht)
-        load_state(dS, dht + p * K * V, K, V, v_first);
-      else
-        dS.setZero();
-      const Index nchunks = (sq.len + BT - 1) / BT;
-      for (Index c = nchunks - 1; c >= 0; --c) {
-        const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-        if (dh) store_state(dS, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, dh_v_first);
-        chunk_dh_update(dS, rows(q, s, sq, hh, c0, L, K), rows(do_, s, sq, hh, c0, L, V), gates.chunk(s, sq, hh, c0), scale,
-                        L, ws);
-      }
-      if (dh0) store_state(dS, dh0 + p * K * V, K, V, v_first);
+  const std::vector<Index> order = pairs_longest_first(s);
+  const Index items = static_cast<Index>(order.size());
+  auto ws = per_worker(items, ChunkBwdWorkspace<Acc>(BT, K, V));
+  auto dSw = per_worker(items, RowMat<Acc>(K, V));
+  parallel_for(items, [&](Index i, int w) {
+    const Index p = order[static_cast<std::size_t>(i)];
+    RowMat<Acc>& dS = dSw[static_cast<std::size_t>(w)];
+    const Index n = p / H, hh = p % H;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (dht)
+      load_state(dS, dht + p * K * V, K, V, v_first);
+    else
+      dS.setZero();
+    const Index nchunks = (sq.len + BT - 1) / BT;
+    for (Index c = nchunks - 1; c >= 0; --c) {
+      const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+      if (dh) store_state(dS, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, dh_v_first);
+      chunk_dh_update(dS, rows(q, s, sq, hh, c0, L, K), rows(do_, s, sq, hh, c0, L, V), gates.chunk(s, sq, hh, c0),
+                      scale, L, ws[static_cast<std::size_t>(w)]);
     }
-  }
+    if (dh0) store_state(dS, dh0 + p * K * V, K, V, v_first);
+  });
 }
 
 /// The gradients of one chunk of L tokens of GLA, into the top L rows of ws.dq, ws.dk [L×K], ws.dv [L×V] and
@@ -142,11 +139,14 @@ template <class Acc>
 void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
                          const ConstStridedMap<Acc>& g, const ConstStridedMap<Acc>& do_,
                          const Eigen::Map<const RowMat<Acc>>& S, const Eigen::Map<const RowMat<Acc>>& dH, Acc scale,
-                         Index L, ChunkBwdWorkspace<Acc>& ws) {
+                         Index L, Acc floor, ChunkBwdWorkspace<Acc>& ws) {
   if (L == 0) return;
+  // Per-step gates below the floor act as the floor, as in the forward (NaN stays NaN).
+  auto expg = ws.expg.topRows(L);
+  expg.array() = (g.array() < floor).select(floor, g.array());
   auto G = ws.Gd.topRows(L);
-  G.row(0) = g.row(0).template cast<double>();
-  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + g.row(r).template cast<double>();
+  G.row(0) = expg.row(0).template cast<double>();
+  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + expg.row(r).template cast<double>();
   // out = e^{x − y} for two double gate rows: the difference in double, rounded to Acc, then exponentiated in
   // place (materialising first keeps Eigen's vectorised exp; exp of a cast expression falls back to scalar expf).
   const auto decay_into = [](auto&& out, const auto& x, const auto& y) {
@@ -162,9 +162,8 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
   auto dk = ws.dk.topRows(L);
   dq.setZero();
   dk.setZero();
-  // e^{g_r}: the factors of the diagonal blocks' running products (from the raw gate, not a cumsum difference).
-  auto expg = ws.expg.topRows(L);
-  expg.array() = g.array().exp();
+  // e^{g_r}: the factors of the diagonal blocks' running products (from the gate, not a cumsum difference).
+  expg.array() = expg.array().exp();
 
   for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
     const Index Li = std::min(kSubChunk, L - i0), j1 = i0 + Li, Lr = L - j1;
@@ -237,7 +236,7 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
 
   auto tmp = ws.tmp.topRows(L);
   tmp.noalias() = do_ * S.transpose();  // (S do_t)ᵀ
-  auto expG = ws.kg.topRows(L);  // e^{G_t}
+  auto expG = ws.kg.topRows(L);         // e^{G_t}
   expG = G.template cast<Acc>();
   expG.array() = expG.array().exp();
   dq.array() += scale * tmp.array() * expG.array();

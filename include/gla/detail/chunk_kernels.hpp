@@ -4,17 +4,15 @@
 /// through Eigen matrix products, with fla's stability scheme (docs/chunk_algorithm.md).
 
 #include <gla/core.hpp>
+#include <gla/detail/parallel.hpp>
 
 #include <memory>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <numeric>
 
 namespace gla::detail {
 
 /// Sub-chunk size of the intra-chunk attention: reference points every kSubChunk rows keep every
-/// exponent <= 0 (spec §2.4 b).
+/// exponent <= 0 (docs/chunk_algorithm.md).
 inline constexpr Index kSubChunk = 16;
 
 /// Gate cumsums of one chunk, each optional (nullptr), natural log, chunk-local and inclusive:
@@ -35,6 +33,8 @@ template <class Acc>
 struct ChunkWorkspace {
   RowMat<Acc> G, qg, kg, qs, kdec, vdec, A, O, expg;
   RowVec<Acc> e, gl, gvl, egl, egvl;
+  ChunkWorkspace() = default;
+  ChunkWorkspace(Index BT, Index K, Index V) { reserve(BT, K, V); }
   void reserve(Index BT, Index K, Index V) {
     G.resize(BT, K);
     qg.resize(BT, K);
@@ -53,16 +53,22 @@ struct ChunkWorkspace {
   }
 };
 
-/// Inclusive cumsum over the L rows of a strided gate block into G (top L rows).
+/// Inclusive cumsum over the L rows of a strided gate block into G (top L rows); gates below `floor` count as
+/// `floor` (NaN stays NaN).
 template <class Acc>
-void local_cumsum_rows(const Acc* g, Index ldg, Index L, Index K, RowMat<Acc>& G) {
+void local_cumsum_rows(const Acc* g, Index ldg, Index L, Index K, Acc floor, RowMat<Acc>& G) {
   if (L == 0) return;
-  G.row(0) = Eigen::Map<const RowVec<Acc>>(g, K);
-  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + Eigen::Map<const RowVec<Acc>>(g + r * ldg, K);
+  const auto floored = [&](Index r) {
+    const auto row = Eigen::Map<const RowVec<Acc>>(g + r * ldg, K).array();
+    return (row < floor).select(floor, row);
+  };
+  G.row(0) = floored(0).matrix();
+  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + floored(r).matrix();
 }
 
 /// Advances the state across one chunk of L tokens (S is K×V, the state before the chunk):
-///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙ e^{gv_l−gv_s})ᵀ
+///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙
+///   e^{gv_l−gv_s})ᵀ
 /// where l is the chunk's last row; every exponent is <= 0 for non-positive gates.
 template <class Acc>
 void chunk_state_update(RowMat<Acc>& S, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
@@ -80,8 +86,8 @@ void chunk_state_update(RowMat<Acc>& S, const ConstStridedMap<Acc>& k, const Con
     if (gt.g) sc += gt.g[(L - 1) * gt.ldg] - gt.g[s * gt.ldg];
     if (gt.gamma) sc += *gt.gamma * static_cast<Acc>(L - 1 - s);
     if (gt.gk) {
-      kdec.row(s) = k.row(s).array() *
-                    ((ws.gl - Eigen::Map<const RowVec<Acc>>(gt.gk + s * gt.ldgk, K)).array() + sc).exp();
+      kdec.row(s) =
+          k.row(s).array() * ((ws.gl - Eigen::Map<const RowVec<Acc>>(gt.gk + s * gt.ldgk, K)).array() + sc).exp();
     } else if (gt.g || gt.gamma) {
       kdec.row(s) = k.row(s) * std::exp(sc);
     } else {
@@ -136,8 +142,7 @@ void chunk_output(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, 
       // Off-diagonal blocks of query sub-chunk i against all earlier keys, reference gn = G[i0].
       auto gn = G.row(i0);
       auto qs = ws.qs.topRows(Li);
-      for (Index r = 0; r < Li; ++r)
-        qs.row(r) = q.row(i0 + r).array() * (G.row(i0 + r) - gn).array().exp() * scale;
+      for (Index r = 0; r < Li; ++r) qs.row(r) = q.row(i0 + r).array() * (G.row(i0 + r) - gn).array().exp() * scale;
       auto kg = ws.kg.topRows(i0);
       for (Index s = 0; s < i0; ++s) kg.row(s) = k.row(s).array() * (gn - G.row(s)).array().exp();
       A.block(i0, 0, Li, i0).noalias() = qs * kg.transpose();
@@ -162,16 +167,6 @@ void chunk_output(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, 
 template <class Acc>
 std::unique_ptr<Acc[]> uninitialized_buffer(Index n) {
   return std::unique_ptr<Acc[]>(new Acc[static_cast<std::size_t>(std::max<Index>(n, 1))]);
-}
-
-/// Number of threads a parallel loop of `work` independent items should use.
-inline int num_threads_for(Index work) {
-#ifdef _OPENMP
-  return static_cast<int>(std::max<Index>(1, std::min<Index>(work, omp_get_max_threads())));
-#else
-  (void)work;
-  return 1;
-#endif
 }
 
 }  // namespace gla::detail

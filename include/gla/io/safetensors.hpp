@@ -11,12 +11,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -403,45 +403,19 @@ class SafeTensors {
                    std::to_string(static_cast<const std::uint8_t*>(nul) - (bytes_.data() + 8)) + " of its " +
                    std::to_string(header_len) + " bytes");
 
-    // nlohmann keeps the last of duplicate keys; a safe reader rejects them instead, so that no two readers
-    // can disagree about which tensor a name means. One key set per open object (the parser is iterative).
-    std::vector<std::set<std::string>> open_objects;
-    std::string duplicate;
-    const json::parser_callback_t track_keys = [&](int, json::parse_event_t ev, json& parsed) {
-      if (ev == json::parse_event_t::object_start) {
-        open_objects.emplace_back();
-      } else if (ev == json::parse_event_t::object_end) {
-        if (!open_objects.empty()) open_objects.pop_back();
-      } else if (ev == json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
-      }
-      return true;
-    };
-    json header;
-    try {
-      header = json::parse(bytes_.begin() + 8, bytes_.begin() + static_cast<std::ptrdiff_t>(data_start_), track_keys);
-    } catch (const json::exception& e) {
-      fail(fn, src + ": the header is not valid JSON (" + e.what() + ")");
-    }
-    if (!duplicate.empty()) fail(fn, src + ": the header has the key " + quote(duplicate) + " more than once");
-    if (!header.is_object()) fail(fn, src + ": the header is " + json_type(header) + ", expected a JSON object");
-
-    for (auto it = header.begin(); it != header.end(); ++it) {
-      const std::string& key = it.key();
-      const json& v = it.value();
-      if (key == "__metadata__") {
-        if (!v.is_object()) fail(fn, src + ": __metadata__ is " + json_type(v) + ", expected a JSON object");
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (!m.value().is_string())
-            fail(fn, src + ": __metadata__ value " + quote(m.key()) + " is " + json_type(m.value()) +
-                         ", expected a string");
-          metadata_[m.key()] = m.value().get<std::string>();
-        }
-        continue;
-      }
-      tensors_[key] = parse_entry(fn, key, v, data_size);
-    }
+    // One pass of nlohmann's SAX parser (HeaderReader) checks the syntax, rejects duplicate keys and converts each
+    // entry as soon as its value is complete: O(n log n) in the number of entries, and only one entry's JSON is
+    // held at a time. Problems are reported in a fixed order: invalid JSON, a duplicate key, a root that is not
+    // an object, then the first invalid entry in file order.
+    HeaderReader reader(*this, fn, data_size);
+    const auto first = bytes_.begin() + 8, last = bytes_.begin() + static_cast<std::ptrdiff_t>(data_start_);
+    json::sax_parse(first, last, &reader);
+    if (!reader.syntax_error.empty())
+      fail(fn, src + ": the header is not valid JSON (" + reader.syntax_error + ")");
+    if (!reader.duplicate.empty())
+      fail(fn, src + ": the header has the key " + quote(reader.duplicate) + " more than once");
+    if (!reader.root_object) fail(fn, src + ": the header is a JSON " + reader.root_type + ", expected a JSON object");
+    if (reader.entry_error) std::rethrow_exception(reader.entry_error);
 
     // Tensors must not share bytes (empty tensors share nothing).
     std::vector<const TensorInfo*> order;
@@ -455,6 +429,20 @@ class SafeTensors {
         fail(fn, src + ": tensors " + quote(order[i - 1]->name) + " [" + std::to_string(order[i - 1]->begin) + "," +
                      std::to_string(order[i - 1]->end) + ") and " + quote(order[i]->name) + " [" +
                      std::to_string(order[i]->begin) + "," + std::to_string(order[i]->end) + ") overlap");
+  }
+
+  void read_metadata(const std::string& fn, const nlohmann::json& v) {
+    using detail::fail;
+    using detail::json_type;
+    using detail::quote;
+    const std::string& src = origin_;
+    if (!v.is_object()) fail(fn, src + ": __metadata__ is " + json_type(v) + ", expected a JSON object");
+    for (auto m = v.begin(); m != v.end(); ++m) {
+      if (!m.value().is_string())
+        fail(fn, src + ": __metadata__ value " + quote(m.key()) + " is " + json_type(m.value()) +
+                     ", expected a string");
+      metadata_[m.key()] = m.value().get<std::string>();
+    }
   }
 
   TensorInfo parse_entry(const std::string& fn, const std::string& name, const nlohmann::json& v,
@@ -513,6 +501,144 @@ class SafeTensors {
     ti.end = static_cast<std::size_t>(e);
     return ti;
   }
+
+  /// The nlohmann SAX handler of parse(). It builds the JSON of one top-level value at a time (a tensor entry,
+  /// __metadata__, or a root that is not an object) and hands each complete entry to the SafeTensors being parsed,
+  /// so the header is never held as one JSON document. A duplicate key is found where its value is inserted into
+  /// its object (a map lookup), so no object is scanned more than once. Every nesting level is an entry of
+  /// `stack_`, never a C++ call frame, so deep nesting cannot exhaust the call stack.
+  class HeaderReader {
+   public:
+    using json = nlohmann::json;
+
+    HeaderReader(SafeTensors& f, const std::string& fn, std::size_t data_size)
+        : f_(f), fn_(fn), data_size_(data_size) {}
+
+    // What parse() reads after the pass.
+    std::string syntax_error;        // nlohmann's message; the pass stops there
+    std::string duplicate;           // the first key found twice in one object (at any depth)
+    bool root_object = false;        // the header is a JSON object
+    std::string root_type;           // the JSON type name of a root that is not an object
+    std::exception_ptr entry_error;  // the gla::Error of the first invalid entry, in file order
+
+    bool null() { return scalar(json(nullptr)); }
+    bool boolean(bool v) { return scalar(json(v)); }
+    bool number_integer(json::number_integer_t v) { return scalar(json(v)); }
+    bool number_unsigned(json::number_unsigned_t v) { return scalar(json(v)); }
+    bool number_float(json::number_float_t v, const json::string_t&) { return scalar(json(v)); }
+    bool string(json::string_t& v) { return scalar(json(v)); }
+    /// Only binary formats (CBOR, MessagePack, ...) produce binary values, never JSON text.
+    template <class Binary>
+    bool binary(Binary&) {
+      syntax_error = "unexpected binary value";
+      return false;
+    }
+    bool start_object(std::size_t) {
+      if (!started_) {
+        started_ = true;
+        root_object = true;
+        return true;
+      }
+      return open(json::object());
+    }
+    bool start_array(std::size_t) {
+      started_ = true;
+      return open(json::array());
+    }
+    bool key(json::string_t& k) {
+      if (stack_.empty()) {  // a key of the root object: a tensor name or __metadata__
+        name_ = k;
+        bool fresh = false;
+        if (k == "__metadata__") {
+          fresh = !std::exchange(metadata_seen_, true);
+        } else {
+          const auto inserted = f_.tensors_.emplace(k, TensorInfo{});
+          fresh = inserted.second;
+          entry_ = inserted.first;
+        }
+        if (!fresh) note_duplicate(k);
+        return true;
+      }
+      auto& object = stack_.back()->get_ref<json::object_t&>();
+      const auto inserted = object.emplace(k, nullptr);
+      if (!inserted.second) note_duplicate(k);
+      slot_ = &inserted.first->second;
+      return true;
+    }
+    bool end_object() { return close(); }
+    bool end_array() { return close(); }
+    template <class Exception>
+    bool parse_error(std::size_t, const std::string&, const Exception& e) {
+      syntax_error = e.what();
+      return false;
+    }
+
+   private:
+    void note_duplicate(const std::string& k) {
+      if (duplicate.empty()) duplicate = k;
+    }
+    /// Places a value in the innermost open container, or completes a top-level value.
+    bool scalar(json v) {
+      started_ = true;
+      if (stack_.empty()) {
+        complete(std::move(v));
+      } else if (stack_.back()->is_array()) {
+        stack_.back()->push_back(std::move(v));
+      } else {
+        *slot_ = std::move(v);
+      }
+      return true;
+    }
+    /// Places a new container like a value and makes it the innermost open one. Pointers into the tree stay
+    /// valid: nothing is added to a container while one of its children is open.
+    bool open(json c) {
+      json* child = nullptr;
+      if (stack_.empty()) {
+        value_ = std::move(c);
+        child = &value_;
+      } else if (stack_.back()->is_array()) {
+        stack_.back()->push_back(std::move(c));
+        child = &stack_.back()->back();
+      } else {
+        *slot_ = std::move(c);
+        child = slot_;
+      }
+      stack_.push_back(child);
+      return true;
+    }
+    bool close() {
+      if (stack_.empty()) return true;  // the root object ends
+      stack_.pop_back();
+      if (stack_.empty()) complete(std::move(value_));
+      return true;
+    }
+    /// A top-level value is complete: validate it as the entry name_ (or record the root's type).
+    void complete(json v) {
+      if (!root_object) {
+        root_type = v.type_name();
+        return;
+      }
+      if (!duplicate.empty() || entry_error) return;  // the file is rejected anyway
+      try {
+        if (name_ == "__metadata__")
+          f_.read_metadata(fn_, v);
+        else
+          entry_->second = f_.parse_entry(fn_, name_, v, data_size_);
+      } catch (const Error&) {
+        entry_error = std::current_exception();
+      }
+    }
+
+    SafeTensors& f_;
+    const std::string& fn_;
+    std::size_t data_size_;
+    bool started_ = false, metadata_seen_ = false;
+    std::string name_;               // the current top-level key
+    std::map<std::string, TensorInfo>::iterator entry_;  // its slot in tensors_ (not for __metadata__)
+    json value_;                     // the top-level value being built
+    std::vector<json*> stack_;       // its open containers, innermost last
+    json* slot_ = nullptr;           // where the value of the last key goes
+  };
 
   std::vector<std::uint8_t> bytes_;
   std::string origin_;
@@ -645,27 +771,28 @@ class StateDict {
 inline std::vector<std::uint8_t> to_safetensors_bytes(const StateDict& d,
                                                       const std::map<std::string, std::string>& metadata = {}) {
   const std::string fn = "gla::io::to_safetensors_bytes";
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) {
-    nlohmann::ordered_json m = nlohmann::ordered_json::object();
-    for (const auto& kv : metadata) m[kv.first] = kv.second;
-    header["__metadata__"] = std::move(m);
-  }
+  // The header text is assembled entry by entry: inserting into one nlohmann::ordered_json object would scan all
+  // earlier keys for every new one (quadratic in the number of tensors). The text equals that object's dump().
+  std::string text = "{";
   std::size_t offset = 0;
   const std::vector<std::string> names = d.names();
-  for (const std::string& name : names) {
-    const std::size_t n = d.bytes(name).size();
-    header[name] = {
-        {"dtype", to_string(d.dtype(name))}, {"shape", d.shape(name)}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
-  }
-  std::string text;
   try {
-    text = header.dump();
+    if (!metadata.empty()) text += "\"__metadata__\":" + nlohmann::ordered_json(metadata).dump();
+    for (const std::string& name : names) {
+      const std::size_t n = d.bytes(name).size();
+      if (text.size() > 1) text += ',';
+      text += nlohmann::ordered_json(name).dump();  // quoted and escaped
+      text += ":{\"dtype\":\"" + to_string(d.dtype(name)) + "\",\"shape\":[";
+      const std::vector<Index>& shape = d.shape(name);
+      for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? "," : "") + std::to_string(shape[i]);
+      text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + n) + "]}";
+      offset += n;
+    }
   } catch (const nlohmann::json::exception& e) {
     detail::fail(fn,
                  std::string("cannot write the header (a name or metadata string is not valid UTF-8): ") + e.what());
   }
+  text += '}';
   text.append((8 - text.size() % 8) % 8, ' ');
 
   std::vector<std::uint8_t> out(8 + text.size() + offset);

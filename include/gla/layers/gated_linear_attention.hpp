@@ -1,13 +1,14 @@
 #pragma once
-/// gla/layers/gated_linear_attention.hpp: fla's GatedLinearAttention layer (fla/layers/gla.py): its config, its
-/// per-layer decoding cache, fla state_dict loading/export, fla-style random init, and the forward over padded,
-/// masked or packed batches.
+/// gla/layers/gated_linear_attention.hpp: fla's GatedLinearAttention layer (fla/layers/gla.py): its config
+/// (gla/layers/gla_config.hpp), its per-layer decoding cache, fla state_dict loading/export, fla-style random init,
+/// and the forward over padded, masked or packed batches.
 
 #include <gla/chunk.hpp>
 #include <gla/core.hpp>
 #include <gla/fused_chunk.hpp>
 #include <gla/fused_recurrent.hpp>
 #include <gla/io/safetensors.hpp>
+#include <gla/layers/gla_config.hpp>
 #include <gla/modules/activations.hpp>
 #include <gla/modules/norms.hpp>
 #include <gla/modules/short_conv.hpp>
@@ -26,155 +27,6 @@
 #include <vector>
 
 namespace gla {
-
-namespace detail {
-/// Whether a config field is optional (from_json maps JSON null to unset for those).
-template <class X>
-struct is_optional : std::false_type {};
-template <class X>
-struct is_optional<std::optional<X>> : std::true_type {};
-}  // namespace detail
-
-/// fla's GatedLinearAttention constructor arguments, with fla's defaults (spec §8). validate() applies fla's checks
-/// (mode, divisibility) and ours (sizes > 0, num_heads % num_kv_heads, known activation names) as gla::Error.
-struct GatedLinearAttentionConfig {
-  /// "chunk", "fused_chunk" or "fused_recurrent": the kernel for inputs longer than 64 (padded) tokens.
-  std::string mode = "chunk";
-  std::int64_t hidden_size = 1024;
-  /// key_dim = int(hidden_size·expand_k), value_dim = int(hidden_size·expand_v), as Python's int() truncates.
-  double expand_k = 0.5;
-  double expand_v = 1.0;
-  std::int64_t num_heads = 4;
-  /// Unset: num_heads (no GQA). Query head i reads kv head i / (num_heads / num_kv_heads).
-  std::optional<std::int64_t> num_kv_heads;
-  /// An ACT2FN name applied to q and k after the head repeat (e.g. "relu"); unset: none.
-  std::optional<std::string> feature_map;
-  bool use_short_conv = false;
-  std::int64_t conv_size = 4;
-  bool conv_bias = false;
-  bool use_output_gate = true;
-  /// ACT2FN name of the output gate; "swish" with fuse_norm takes the fused FusedRMSNormGated path.
-  std::string gate_fn = "swish";
-  bool elementwise_affine = true;
-  double norm_eps = 1e-5;
-  /// gk = logsigmoid(gk_proj(x)) / gate_logit_normalizer.
-  double gate_logit_normalizer = 16;
-  std::int64_t gate_low_rank_dim = 16;
-  /// Lower bound applied to gk after the normalizer; unset: none.
-  std::optional<double> clamp_min;
-  bool fuse_norm = true;
-  /// Kept for parity with fla; a GatedLinearAttentionCache belongs to one layer, so the layer does not use it.
-  std::optional<std::int64_t> layer_idx;
-
-  std::int64_t kv_heads() const { return num_kv_heads ? *num_kv_heads : num_heads; }
-  std::int64_t num_kv_groups() const { return num_heads / kv_heads(); }
-  std::int64_t key_dim() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * expand_k); }
-  std::int64_t value_dim() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * expand_v); }
-  std::int64_t key_dim_per_group() const { return key_dim() / num_kv_groups(); }
-  std::int64_t value_dim_per_group() const { return value_dim() / num_kv_groups(); }
-  std::int64_t head_k_dim() const { return key_dim() / num_heads; }
-  std::int64_t head_v_dim() const { return value_dim() / num_heads; }
-  /// fla's fuse_norm_and_gate: the FusedRMSNormGated module named g_norm_swish_gate.
-  bool fused_norm_gate() const { return gate_fn == "swish" && fuse_norm && use_output_gate; }
-
-  /// Throws gla::Error naming the field, expected vs actual, for the first invalid setting.
-  void validate() const {
-    const std::string fn = "GatedLinearAttentionConfig";
-    auto positive = [&](const char* name, std::int64_t v) {
-      if (v <= 0) detail::fail(fn, std::string(name) + " is " + std::to_string(v) + ", expected > 0");
-    };
-    if (mode != "chunk" && mode != "fused_recurrent" && mode != "fused_chunk")
-      detail::fail(fn, "mode is '" + mode + "', expected one of 'chunk', 'fused_recurrent', 'fused_chunk'");
-    positive("hidden_size", hidden_size);
-    positive("num_heads", num_heads);
-    if (num_kv_heads) positive("num_kv_heads", *num_kv_heads);
-    positive("conv_size", conv_size);
-    positive("gate_low_rank_dim", gate_low_rank_dim);
-    if (!(expand_k > 0) || !std::isfinite(expand_k)) detail::fail(fn, "expand_k is " + num(expand_k) + ", expected > 0");
-    if (!(expand_v > 0) || !std::isfinite(expand_v)) detail::fail(fn, "expand_v is " + num(expand_v) + ", expected > 0");
-    if (num_heads % kv_heads() != 0)
-      detail::fail(fn, "num_heads = " + std::to_string(num_heads) + " is not divisible by num_kv_heads = " +
-                           std::to_string(kv_heads()) + ", expected num_heads % num_kv_heads == 0");
-    if (key_dim() <= 0 || key_dim() % num_heads != 0)
-      detail::fail(fn, "key_dim = int(hidden_size * expand_k) = " + std::to_string(key_dim()) +
-                           ", expected a positive multiple of num_heads = " + std::to_string(num_heads));
-    if (value_dim() <= 0 || value_dim() % num_heads != 0)
-      detail::fail(fn, "value_dim = int(hidden_size * expand_v) = " + std::to_string(value_dim()) +
-                           ", expected a positive multiple of num_heads = " + std::to_string(num_heads));
-    if (feature_map) checked_activation("feature_map", *feature_map);
-    // fla looks gate_fn up only on the unfused path, but every name other than 'swish' takes that path, so an
-    // unknown name is always an error there (KeyError).
-    checked_activation("gate_fn", gate_fn);
-    if (!(norm_eps >= 0) || !std::isfinite(norm_eps))
-      detail::fail(fn, "norm_eps is " + num(norm_eps) + ", expected a finite number >= 0");
-    // A non-positive normalizer makes the log gates positive (growing states) or infinite: outside GLA's domain.
-    if (!(gate_logit_normalizer > 0) || !std::isfinite(gate_logit_normalizer))
-      detail::fail(fn, "gate_logit_normalizer is " + num(gate_logit_normalizer) + ", expected a finite number > 0");
-    if (clamp_min && std::isnan(*clamp_min)) detail::fail(fn, "clamp_min is nan, expected a number");
-  }
-
-  /// The config from a JSON object with fla's keyword names (e.g. a golden file's or a model config's parameters);
-  /// absent keys keep their defaults, null sets an optional to unset, keys that are not layer options are
-  /// ignored (such dicts carry more, e.g. shapes or model settings). A wrongly typed value → gla::Error. The result
-  /// is validated.
-  static GatedLinearAttentionConfig from_json(const nlohmann::json& j) {
-    const std::string fn = "GatedLinearAttentionConfig::from_json";
-    if (!j.is_object()) detail::fail(fn, "the config is JSON " + std::string(j.type_name()) + ", expected an object");
-    GatedLinearAttentionConfig c;
-    auto get = [&](const char* key, auto& field) {
-      const auto it = j.find(key);
-      if (it == j.end()) return;
-      using F = std::decay_t<decltype(field)>;
-      try {
-        if constexpr (detail::is_optional<F>::value) {
-          if (it->is_null())
-            field.reset();
-          else
-            field = it->template get<typename F::value_type>();
-        } else {
-          field = it->template get<F>();
-        }
-      } catch (const nlohmann::json::exception&) {
-        detail::fail(fn, std::string(key) + " is JSON " + it->dump() + ", which has the wrong type");
-      }
-    };
-    get("mode", c.mode);
-    get("hidden_size", c.hidden_size);
-    get("expand_k", c.expand_k);
-    get("expand_v", c.expand_v);
-    get("num_heads", c.num_heads);
-    get("num_kv_heads", c.num_kv_heads);
-    get("feature_map", c.feature_map);
-    get("use_short_conv", c.use_short_conv);
-    get("conv_size", c.conv_size);
-    get("conv_bias", c.conv_bias);
-    get("use_output_gate", c.use_output_gate);
-    get("gate_fn", c.gate_fn);
-    get("elementwise_affine", c.elementwise_affine);
-    get("norm_eps", c.norm_eps);
-    get("gate_logit_normalizer", c.gate_logit_normalizer);
-    get("gate_low_rank_dim", c.gate_low_rank_dim);
-    get("clamp_min", c.clamp_min);
-    get("fuse_norm", c.fuse_norm);
-    get("layer_idx", c.layer_idx);
-    c.validate();
-    return c;
-  }
-
- private:
-  static std::string num(double v) {
-    std::ostringstream s;
-    s << v;
-    return s.str();
-  }
-  static Activation checked_activation(const char* field, const std::string& name) {
-    try {
-      return parse_activation(name);
-    } catch (const Error& e) {
-      detail::fail("GatedLinearAttentionConfig", std::string(field) + ": " + e.what());
-    }
-  }
-};
 
 /// The decoding cache of one GatedLinearAttention layer (one entry of fla's per-layer cache). Every tensor is unset
 /// until a forward with use_cache writes it; unset tensors mean "start from zeros", as fla's None.
@@ -201,7 +53,7 @@ struct GatedLinearAttentionCache {
 ///   → GLA kernel (fused_recurrent when the padded T ≤ 64, else config.mode) → per-head RMSNorm with the output
 ///   gate → o_proj → repad with exact zeros.
 /// Parameters are stored transposed ([in,out], so x·W is a plain row-major GEMM; decode is 2.4× faster this way,
-/// see PERF_NOTES) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
+/// measured) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
 /// A default-constructed layer has zero linear weights: call load_state_dict() or init_random().
 /// Threads: Eigen's GEMMs and the kernels' OpenMP loops. forward() is const and may run concurrently on
 /// different caches.
@@ -253,8 +105,9 @@ class GatedLinearAttention {
     s["gk_proj.1.bias"] = {cfg_.key_dim_per_group()};
     s["o_proj.weight"] = {hidden, cfg_.value_dim()};
     if (cfg_.use_short_conv) {
-      const std::pair<const char*, Index> convs[] = {
-          {"q_conv1d", cfg_.key_dim()}, {"k_conv1d", cfg_.key_dim_per_group()}, {"v_conv1d", cfg_.value_dim_per_group()}};
+      const std::pair<const char*, Index> convs[] = {{"q_conv1d", cfg_.key_dim()},
+                                                     {"k_conv1d", cfg_.key_dim_per_group()},
+                                                     {"v_conv1d", cfg_.value_dim_per_group()}};
       for (const auto& [name, D] : convs) {
         s[std::string(name) + ".weight"] = {D, 1, W};
         if (cfg_.conv_bias) s[std::string(name) + ".bias"] = {D};
@@ -388,16 +241,15 @@ class GatedLinearAttention {
   /// fla's forward(hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens=...):
   ///   x              [B,T,hidden] T      input;
   ///   attention_mask [B,S] int64         optional, S >= T, 1 = token, 0 = padding; only the last T columns are
-  ///                                      used (so in decode only the newest column matters, Part II §C);
+  ///                                      used (so in decode only the newest column matters);
   ///   cache                              optional: its tensors are the initial states (unset = zeros) and, with
   ///                                      use_cache, are replaced by the final ones and seen_tokens += T;
   ///   cu_seqlens     [N+1]               optional packed batch (B = 1); wins over attention_mask, as fla.
   /// Returns y [B,T,hidden] T, exactly 0 at padded positions. Padding tokens never enter the conv or the
   /// recurrence; a row whose newest mask entry is 0 during decode is a zero-length sequence whose state passes
   /// through. Unlike fla, use_cache without a cache is an error, and a cache with use_cache = false is only read
-  /// (fla would overwrite its conv state with None, Part II §H). Throws gla::Error before touching the cache.
-  Tensor<T, 3> forward(ConstTensorMap<T, 3> x,
-                       std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
+  /// (fla would overwrite its conv state with None; see docs/layer.md). Throws gla::Error before touching the cache.
+  Tensor<T, 3> forward(ConstView<T, 3> x, std::optional<ConstView<std::int64_t, 2>> attention_mask = std::nullopt,
                        Cache* cache = nullptr, bool use_cache = false,
                        const std::vector<std::int64_t>& cu_seqlens = {}) const {
     const std::string fn = "GatedLinearAttention::forward";
@@ -413,8 +265,7 @@ class GatedLinearAttention {
     std::vector<std::int64_t> cu, indices;
     bool packed = false;
     if (!cu_seqlens.empty()) {
-      if (B != 1)
-        detail::fail(fn, "the batch size is " + std::to_string(B) + ", expected 1 when cu_seqlens is given");
+      if (B != 1) detail::fail(fn, "the batch size is " + std::to_string(B) + ", expected 1 when cu_seqlens is given");
       detail::check_cu_seqlens(fn, cu_seqlens, Tq);
       cu = cu_seqlens;
     } else if (attention_mask) {
@@ -483,19 +334,22 @@ class GatedLinearAttention {
       opts.state_v_first = true;
       opts.output_final_state = use_cache;
       opts.cu_seqlens = cu;
-      if (cache && cache->recurrent_state) opts.set_initial_state(*cache->recurrent_state);
-      const ConstTensorMap<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh),
-          gm(gk.data(), Bk, Tk, H, Kh), vm(v.data(), Bk, Tk, H, Vh);
-      const TensorMap<T, 4> om(o.data(), Bk, Tk, H, Vh);
-      std::optional<TensorMap<float, 4>> fs;
-      if (use_cache) {
-        fin_state.emplace(N, H, Vh, Kh);
-        fs.emplace(mut_view(*fin_state));
-      }
+      if (cache && cache->recurrent_state) opts.initial_state = *cache->recurrent_state;
+      const ConstView<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh), gm(gk.data(), Bk, Tk, H, Kh),
+          vm(v.data(), Bk, Tk, H, Vh);
+      const View<T, 4> om(o.data(), Bk, Tk, H, Vh);
+      if (use_cache) fin_state.emplace(N, H, Vh, Kh);
+      const std::optional<View<float, 4>> fs = detail::optional_output(fin_state);
       switch (kernel_mode(Tq)) {
-        case Kernel::FusedRecurrent: fused_recurrent_gla_into<T>(qm, km, vm, gm, std::nullopt, opts, om, fs); break;
-        case Kernel::Chunk: chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
-        case Kernel::FusedChunk: fused_chunk_gla_into<T>(qm, km, vm, gm, opts, om, fs); break;
+        case Kernel::FusedRecurrent:
+          fused_recurrent_gla_into(qm, km, vm, gm, std::nullopt, opts, om, fs);
+          break;
+        case Kernel::Chunk:
+          chunk_gla_into(qm, km, vm, gm, opts, om, fs);
+          break;
+        case Kernel::FusedChunk:
+          fused_chunk_gla_into(qm, km, vm, gm, opts, om, fs);
+          break;
       }
     } else if (use_cache) {
       // No token at all (every row padded): every state passes through unchanged.
@@ -508,12 +362,12 @@ class GatedLinearAttention {
 
     // 4. Per-head norm with the output gate, then o_proj.
     {
-      const ConstTensorMap<T, 2> o_rows(o.data(), ntok * H, Vh);
-      const TensorMap<T, 2> o_out(o.data(), ntok * H, Vh);
+      const ConstView<T, 2> o_rows(o.data(), ntok * H, Vh);
+      const View<T, 2> o_out(o.data(), ntok * H, Vh);
       if (fused_norm_) {
         Mat g(ntok, cfg_.value_dim());
         g.noalias() = X * wg_;
-        fused_norm_->forward_into(o_rows, ConstTensorMap<T, 2>(g.data(), ntok * H, Vh), o_out);
+        fused_norm_->forward_into(o_rows, ConstView<T, 2>(g.data(), ntok * H, Vh), o_out);
       } else {
         norm_->forward_into(o_rows, o_out);
         if (cfg_.use_output_gate) {
@@ -548,23 +402,16 @@ class GatedLinearAttention {
     return out;
   }
 
-  /// forward() on an owned input tensor.
-  Tensor<T, 3> forward(const Tensor<T, 3>& x, std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt,
-                       Cache* cache = nullptr, bool use_cache = false,
-                       const std::vector<std::int64_t>& cu_seqlens = {}) const {
-    return forward(view(x), attention_mask, cache, use_cache, cu_seqlens);
-  }
-
   /// One decode step: x [B,hidden] T (one new token per row) → y [B,hidden] T, advancing the cache. The optional
   /// attention_mask [B,S] int64 is read only in its last column (0 = that row has no token this step: its output
   /// is 0 and its state passes through).
-  Tensor<T, 2> step(ConstTensorMap<T, 2> x, Cache& cache,
-                    std::optional<ConstTensorMap<std::int64_t, 2>> attention_mask = std::nullopt) const {
+  Tensor<T, 2> step(ConstView<T, 2> x, Cache& cache,
+                    std::optional<ConstView<std::int64_t, 2>> attention_mask = std::nullopt) const {
     const auto& xd = x.dimensions();
     if (xd[0] <= 0 || xd[1] != cfg_.hidden_size)
       detail::fail("GatedLinearAttention::step", "x is " + detail::shape_str(xd) + ", expected [B,hidden_size=" +
                                                      std::to_string(cfg_.hidden_size) + "]");
-    Tensor<T, 3> y = forward(ConstTensorMap<T, 3>(x.data(), xd[0], 1, xd[1]), attention_mask, &cache, true);
+    Tensor<T, 3> y = forward(ConstView<T, 3>(x.data(), xd[0], 1, xd[1]), attention_mask, &cache, true);
     Tensor<T, 2> out(xd[0], xd[1]);
     std::copy_n(y.data(), y.size(), out.data());
     return out;
@@ -612,10 +459,9 @@ class GatedLinearAttention {
   static void conv(const ShortConvolution<T>& c, Mat& rows, Index Bk, Index Tk, const std::vector<std::int64_t>& cu,
                    const std::optional<Tensor<T, 3>>* cache, bool use_cache, std::optional<Tensor<T, 3>>& final_out) {
     const Index D = rows.cols();
-    std::optional<ConstTensorMap<T, 3>> init;
-    if (cache && *cache) init.emplace(view(**cache));
-    ShortConvResult<T> r =
-        c.template forward<T>(ConstTensorMap<T, 3>(rows.data(), Bk, Tk, D), init, use_cache, cu);
+    std::optional<ConstView<T, 3>> init;
+    if (cache && *cache) init = **cache;
+    ShortConvResult<T> r = c.forward(ConstView<T, 3>(rows.data(), Bk, Tk, D), init, use_cache, cu);
     std::copy_n(r.y.data(), r.y.size(), rows.data());
     if (use_cache) final_out = std::move(r.final_state);
   }
@@ -626,7 +472,8 @@ class GatedLinearAttention {
     Mat dst(n, hkv * G * D);
     for (Index i = 0; i < n; ++i)
       for (Index h = 0; h < hkv; ++h)
-        for (Index g = 0; g < G; ++g) std::copy_n(src.data() + i * src.cols() + h * D, D, dst.data() + i * dst.cols() + (h * G + g) * D);
+        for (Index g = 0; g < G; ++g)
+          std::copy_n(src.data() + i * src.cols() + h * D, D, dst.data() + i * dst.cols() + (h * G + g) * D);
     return dst;
   }
 };

@@ -136,16 +136,14 @@ S apply_activation(Activation a, S x) {
   return r;
 }
 
-/// In place: x [any] T (float, double, bf16, half) ← act(x), computed in acc_t<T>.
-template <class T, int R>
-void apply_activation(Activation a, TensorMap<T, R> x) {
+/// In place: x [any] T (float, double, bf16, half) ← act(x), computed in acc_t<T>. x is a mutable
+/// gla::Tensor, Eigen TensorMap or gla::View.
+template <class X, std::enable_if_t<is_tensor_like_v<X>, int> = 0>
+void apply_activation(Activation a, X&& x_in) {
+  using T = scalar_type_t<X>;
   static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
+  const View<T, rank_of_v<X>> x(x_in);
   detail::activate_ptr(a, x.data(), x.data(), x.size());
-}
-/// In place on an owned tensor.
-template <class T, int R>
-void apply_activation(Activation a, Tensor<T, R>& x) {
-  apply_activation(a, mut_view(x));
 }
 /// In place on any writable Eigen matrix/array expression (a Map, a block, a row, ...), computed in acc_t<Scalar>.
 template <class Derived>
@@ -163,21 +161,25 @@ void apply_activation(Activation a, Eigen::DenseBase<Derived>&& x) {
   apply_activation(a, static_cast<Eigen::DenseBase<Derived>&>(x));
 }
 
-/// Out of place: y [same shape as x] T ← act(x [any] T). y may be x itself.
-template <class T, int R>
-void activate_into(Activation a, ConstTensorMap<T, R> x, TensorMap<T, R> y) {
+/// Out of place: y [same shape as x] T ← act(x [any] T). y may be exactly x (in place); no other overlap.
+template <class X>
+void activate_into(Activation a, const X& x_in, ViewOf<X, rank_of_v<X>> y) {
+  using T = scalar_type_t<X>;
   static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
+  const std::string fn = "activate_into";
+  const ConstView<T, rank_of_v<X>> x(x_in);
   if (x.dimensions() != y.dimensions())
-    detail::fail("activate_into", "y is " + detail::shape_str(y.dimensions()) + ", expected the shape of x " +
-                                      detail::shape_str(x.dimensions()));
+    detail::fail(fn, "y is " + detail::shape_str(y.dimensions()) + ", expected the shape of x " +
+                         detail::shape_str(x.dimensions()));
+  detail::check_aliasing(fn, {detail::buffer("x", x)}, {detail::buffer("y", y)}, {{"y", "x"}});
   detail::activate_ptr(a, x.data(), y.data(), x.size());
 }
 
 /// Returns act(x) as a new tensor of x's shape and scalar.
-template <class T, int R>
-Tensor<T, R> activate(Activation a, ConstTensorMap<T, R> x) {
-  Tensor<T, R> y(x.dimensions());
-  activate_into(a, x, mut_view(y));
+template <class X>
+Tensor<scalar_type_t<X>, rank_of_v<X>> activate(Activation a, const X& x) {
+  Tensor<scalar_type_t<X>, rank_of_v<X>> y(ConstViewOf<X, rank_of_v<X>>(x).dimensions());
+  activate_into(a, x, y);
   return y;
 }
 

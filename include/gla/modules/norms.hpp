@@ -3,6 +3,7 @@
 /// residual/prenorm options, float math for float/bf16/half inputs and double math for double inputs.
 
 #include <gla/core.hpp>
+#include <gla/detail/param_limits.hpp>
 #include <gla/modules/activations.hpp>
 
 #include <sstream>
@@ -111,6 +112,10 @@ void check_param(const std::string& fn, const char* name, const std::optional<Te
 
 inline void check_norm_config(const std::string& fn, Index D, double eps) {
   if (D <= 0) fail(fn, "hidden_size is " + std::to_string(D) + ", expected > 0");
+  // Checked before the [D] weight and bias are allocated.
+  if (D > kMaxParameterElements)
+    fail(fn, "hidden_size is " + std::to_string(D) + ", expected at most 2^40 = " +
+                 std::to_string(kMaxParameterElements) + " (gla::kMaxParameterElements)");
   if (!(eps >= 0) || !std::isfinite(eps)) {
     std::ostringstream s;  // std::to_string would print 1e-7 as 0.000000
     s << "eps is " << eps << ", expected a finite number >= 0";
@@ -148,61 +153,82 @@ class RMSNorm {
   double eps() const { return eps_; }
 
   /// Core: y [rows,D] T ← norm(x [rows,D] T (+ residual [rows,D] R)); residual_out [rows,D] R ← x + residual
-  /// (prenorm). T ∈ {float, double, bf16, half}, math in acc_t<T>. y may be x (in place); residual_out may be
-  /// residual. rows may be 0.
-  template <class T, class R = T>
-  void forward_into(ConstTensorMap<T, 2> x, TensorMap<T, 2> y,
-                    std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
-                    std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
-    run<T, R>("RMSNorm::forward_into", x.data(), nullptr, y.data(), residual ? residual->data() : nullptr,
-              residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
-                detail::expect_rows(fn, "x", x.dimensions(), x.dimension(0), D_);
-                detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
-                if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
-                if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
-              });
+  /// (prenorm). T ∈ {float, double, bf16, half}, math in acc_t<T>; R defaults to T (`forward_into<float>(...)`
+  /// keeps the residual in float). In place: y may be exactly x, residual_out exactly residual; no other
+  /// overlap. rows may be 0.
+  template <class R = void, class X>
+  void forward_into(const X& x_in, ViewOf<X, 2> y,
+                    std::optional<ConstView<scalar_or_t<R, X>, 2>> residual = std::nullopt,
+                    std::optional<View<scalar_or_t<R, X>, 2>> residual_out = std::nullopt) const {
+    const ConstViewOf<X, 2> x(x_in);
+    const std::string fn = "RMSNorm::forward_into";
+    const Index rows = x.dimension(0);
+    detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
+    detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+    if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+    if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+    detail::check_aliasing(fn, {detail::buffer("x", x), detail::buffer("residual", residual)},
+                           {detail::buffer("y", y), detail::buffer("residual_out", residual_out)},
+                           {{"y", "x"}, {"residual_out", "residual"}});
+    run(fn, x.data(), nullptr, y.data(), residual ? residual->data() : nullptr,
+        residual_out ? residual_out->data() : nullptr, rows);
   }
 
   /// y [..., D] T = norm(x [..., D] T), any rank ≥ 1.
-  template <class T, int Rank>
-  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x) const {
-    Tensor<T, Rank> y(x.dimensions());
+  template <class X>
+  Tensor<scalar_type_t<X>, rank_of_v<X>> forward(const X& x_in) const {
+    using T = scalar_type_t<X>;
+    const ConstView<T, rank_of_v<X>> x(x_in);
+    Tensor<T, rank_of_v<X>> y(x.dimensions());
     const std::string fn = "RMSNorm::forward";
-    run<T, T>(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-              detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+    run(fn, x.data(), nullptr, y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+        detail::rows_of(fn, "x", x.dimensions(), D_));
     return y;
   }
-  /// y [..., D] T = norm(x + residual), residual [..., D] R (fla's prenorm=False with a residual).
-  template <class T, class R, int Rank>
-  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<R, Rank> residual) const {
+  /// y [..., D] T = norm(x + residual), residual [..., D] of any supported scalar (fla's prenorm=False with a
+  /// residual).
+  template <class X, class Res>
+  Tensor<scalar_type_t<X>, rank_of_v<X>> forward(const X& x_in, const Res& residual_in) const {
+    using T = scalar_type_t<X>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
+    const ConstView<scalar_type_t<Res>, rank_of_v<Res>> residual(residual_in);
     Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "RMSNorm::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
-    run<T, R>(fn, x.data(), nullptr, y.data(), residual.data(), static_cast<R*>(nullptr), rows,
-              [](const std::string&, Index) {});
+    run(fn, x.data(), nullptr, y.data(), residual.data(), static_cast<scalar_type_t<Res>*>(nullptr), rows);
     return y;
   }
-  /// fla's prenorm=True with a residual: {y = norm(x + residual), residual = x + residual in R}.
-  template <class T, class R, int Rank>
-  PrenormResult<T, R, Rank> forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<R, Rank> residual) const {
+  /// fla's prenorm=True with a residual: {y = norm(x + residual), residual = x + residual in the residual's
+  /// scalar}.
+  template <class X, class Res>
+  PrenormResult<scalar_type_t<X>, scalar_type_t<Res>, rank_of_v<X>> forward_prenorm(const X& x_in,
+                                                                                    const Res& residual_in) const {
+    using T = scalar_type_t<X>;
+    using R = scalar_type_t<Res>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
+    const ConstView<R, rank_of_v<Res>> residual(residual_in);
     PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     const std::string fn = "RMSNorm::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
-    run<T, R>(fn, x.data(), nullptr, out.y.data(), residual.data(), out.residual.data(), rows,
-              [](const std::string&, Index) {});
+    run(fn, x.data(), nullptr, out.y.data(), residual.data(), out.residual.data(), rows);
     return out;
   }
   /// fla's prenorm=True without a residual: the residual returned is x in R (default T; R = float is fla's
   /// residual_in_fp32=True), e.g. `norm.forward_prenorm<float>(x)`.
-  template <class R = void, class T, int Rank>
-  auto forward_prenorm(ConstTensorMap<T, Rank> x) const {
-    using Out = std::conditional_t<std::is_void_v<R>, T, R>;
+  template <class R = void, class X>
+  auto forward_prenorm(const X& x_in) const {
+    using T = scalar_type_t<X>;
+    using Out = scalar_or_t<R, X>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
     PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     const std::string fn = "RMSNorm::forward_prenorm";
-    run<T, Out>(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(),
-                detail::rows_of(fn, "x", x.dimensions(), D_), [](const std::string&, Index) {});
+    run(fn, x.data(), nullptr, out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(),
+        detail::rows_of(fn, "x", x.dimensions(), D_));
     return out;
   }
 
@@ -210,19 +236,17 @@ class RMSNorm {
   Index D_;
   double eps_;
 
-  template <class T, class R, class Check>
-  void run(const std::string& fn, const T* x, const T* g, T* y, const R* residual, R* residual_out, Index rows,
-           Check&& check_shapes) const {
+  template <class T, class R>
+  void run(const std::string& fn, const T* x, std::nullptr_t, T* y, const R* residual, R* residual_out,
+           Index rows) const {
     static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
     static_assert(is_supported_scalar_v<R>, "the residual must be float, double, Eigen::bfloat16 or Eigen::half");
-    check_shapes(fn, rows);
     detail::check_param(fn, "weight", weight, D_);
     detail::check_param(fn, "bias", bias, D_);
     detail::NormArgs<T, R, P> a;
     a.rows = rows;
     a.D = D_;
     a.x = x;
-    a.g = g;
     a.residual = residual;
     a.residual_out = residual_out;
     a.y = y;
@@ -265,68 +289,87 @@ class FusedRMSNormGated {
   Activation activation() const { return act_; }
 
   /// Core: y [rows,D] T ← norm(x [rows,D] T (+ residual [rows,D] R))·weight·gate(g [rows,D] T); residual_out
-  /// [rows,D] R ← x + residual. y may be x or g (in place); residual_out may be residual. rows may be 0.
-  template <class T, class R = T>
-  void forward_into(ConstTensorMap<T, 2> x, ConstTensorMap<T, 2> g, TensorMap<T, 2> y,
-                    std::optional<ConstTensorMap<R, 2>> residual = std::nullopt,
-                    std::optional<TensorMap<R, 2>> residual_out = std::nullopt) const {
-    run<T, R>("FusedRMSNormGated::forward_into", x.data(), g.data(), y.data(), residual ? residual->data() : nullptr,
-              residual_out ? residual_out->data() : nullptr, x.dimension(0), [&](const std::string& fn, Index rows) {
-                detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
-                detail::expect_rows(fn, "g", g.dimensions(), rows, D_);
-                detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
-                if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
-                if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
-              });
+  /// [rows,D] R ← x + residual; R defaults to T. In place: y may be exactly x or exactly g, residual_out exactly
+  /// residual; no other overlap (e.g. residual_out = g is rejected). rows may be 0.
+  template <class R = void, class X>
+  void forward_into(const X& x_in, ConstViewOf<X, 2> g, ViewOf<X, 2> y,
+                    std::optional<ConstView<scalar_or_t<R, X>, 2>> residual = std::nullopt,
+                    std::optional<View<scalar_or_t<R, X>, 2>> residual_out = std::nullopt) const {
+    const ConstViewOf<X, 2> x(x_in);
+    const std::string fn = "FusedRMSNormGated::forward_into";
+    const Index rows = x.dimension(0);
+    detail::expect_rows(fn, "x", x.dimensions(), rows, D_);
+    detail::expect_rows(fn, "g", g.dimensions(), rows, D_);
+    detail::expect_rows(fn, "y", y.dimensions(), rows, D_);
+    if (residual) detail::expect_rows(fn, "residual", residual->dimensions(), rows, D_);
+    if (residual_out) detail::expect_rows(fn, "residual_out", residual_out->dimensions(), rows, D_);
+    detail::check_aliasing(fn, {detail::buffer("x", x), detail::buffer("g", g), detail::buffer("residual", residual)},
+                           {detail::buffer("y", y), detail::buffer("residual_out", residual_out)},
+                           {{"y", "x"}, {"y", "g"}, {"residual_out", "residual"}});
+    run(fn, x.data(), g.data(), y.data(), residual ? residual->data() : nullptr,
+        residual_out ? residual_out->data() : nullptr, rows);
   }
 
   /// y [..., D] T = norm(x [..., D] T)·weight·gate(g [..., D] T), any rank ≥ 1.
-  template <class T, int Rank>
-  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g) const {
+  template <class X>
+  Tensor<scalar_type_t<X>, rank_of_v<X>> forward(const X& x_in, ConstViewOf<X, rank_of_v<X>> g) const {
+    using T = scalar_type_t<X>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
     Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "FusedRMSNormGated::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
-    run<T, T>(fn, x.data(), g.data(), y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows,
-              [](const std::string&, Index) {});
+    run(fn, x.data(), g.data(), y.data(), static_cast<const T*>(nullptr), static_cast<T*>(nullptr), rows);
     return y;
   }
-  /// y = norm(x + residual)·weight·gate(g), residual [..., D] R (prenorm=False with a residual).
-  template <class T, class R, int Rank>
-  Tensor<T, Rank> forward(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g,
-                          ConstTensorMap<R, Rank> residual) const {
+  /// y = norm(x + residual)·weight·gate(g), residual [..., D] of any supported scalar (prenorm=False with a
+  /// residual).
+  template <class X, class Res>
+  Tensor<scalar_type_t<X>, rank_of_v<X>> forward(const X& x_in, ConstViewOf<X, rank_of_v<X>> g,
+                                                 const Res& residual_in) const {
+    using T = scalar_type_t<X>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
+    const ConstView<scalar_type_t<Res>, rank_of_v<Res>> residual(residual_in);
     Tensor<T, Rank> y(x.dimensions());
     const std::string fn = "FusedRMSNormGated::forward";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
-    run<T, R>(fn, x.data(), g.data(), y.data(), residual.data(), static_cast<R*>(nullptr), rows,
-              [](const std::string&, Index) {});
+    run(fn, x.data(), g.data(), y.data(), residual.data(), static_cast<scalar_type_t<Res>*>(nullptr), rows);
     return y;
   }
-  /// prenorm=True with a residual: {y, residual = x + residual in R}.
-  template <class T, class R, int Rank>
-  PrenormResult<T, R, Rank> forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g,
-                                            ConstTensorMap<R, Rank> residual) const {
+  /// prenorm=True with a residual: {y, residual = x + residual in the residual's scalar}.
+  template <class X, class Res>
+  PrenormResult<scalar_type_t<X>, scalar_type_t<Res>, rank_of_v<X>> forward_prenorm(const X& x_in,
+                                                                                    ConstViewOf<X, rank_of_v<X>> g,
+                                                                                    const Res& residual_in) const {
+    using T = scalar_type_t<X>;
+    using R = scalar_type_t<Res>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
+    const ConstView<R, rank_of_v<Res>> residual(residual_in);
     PrenormResult<T, R, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<R, Rank>(x.dimensions())};
     const std::string fn = "FusedRMSNormGated::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
     detail::expect_same_shape(fn, "residual", residual.dimensions(), x.dimensions(), "x");
-    run<T, R>(fn, x.data(), g.data(), out.y.data(), residual.data(), out.residual.data(), rows,
-              [](const std::string&, Index) {});
+    run(fn, x.data(), g.data(), out.y.data(), residual.data(), out.residual.data(), rows);
     return out;
   }
   /// prenorm=True without a residual: residual = x in R (default T; float is residual_in_fp32=True).
-  template <class R = void, class T, int Rank>
-  auto forward_prenorm(ConstTensorMap<T, Rank> x, ConstTensorMap<T, Rank> g) const {
-    using Out = std::conditional_t<std::is_void_v<R>, T, R>;
+  template <class R = void, class X>
+  auto forward_prenorm(const X& x_in, ConstViewOf<X, rank_of_v<X>> g) const {
+    using T = scalar_type_t<X>;
+    using Out = scalar_or_t<R, X>;
+    constexpr int Rank = rank_of_v<X>;
+    const ConstView<T, Rank> x(x_in);
     PrenormResult<T, Out, Rank> out{Tensor<T, Rank>(x.dimensions()), Tensor<Out, Rank>(x.dimensions())};
     const std::string fn = "FusedRMSNormGated::forward_prenorm";
     const Index rows = detail::rows_of(fn, "x", x.dimensions(), D_);
     detail::expect_same_shape(fn, "g", g.dimensions(), x.dimensions(), "x");
-    run<T, Out>(fn, x.data(), g.data(), out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows,
-                [](const std::string&, Index) {});
+    run(fn, x.data(), g.data(), out.y.data(), static_cast<const Out*>(nullptr), out.residual.data(), rows);
     return out;
   }
 
@@ -342,12 +385,10 @@ class FusedRMSNormGated {
                  "activation '" + std::string(name) + "' is not supported, expected one of swish, silu, sigmoid");
   }
 
-  template <class T, class R, class Check>
-  void run(const std::string& fn, const T* x, const T* g, T* y, const R* residual, R* residual_out, Index rows,
-           Check&& check_shapes) const {
+  template <class T, class R>
+  void run(const std::string& fn, const T* x, const T* g, T* y, const R* residual, R* residual_out, Index rows) const {
     static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
     static_assert(is_supported_scalar_v<R>, "the residual must be float, double, Eigen::bfloat16 or Eigen::half");
-    check_shapes(fn, rows);
     detail::check_param(fn, "weight", weight, D_);
     detail::NormArgs<T, R, P> a;
     a.rows = rows;

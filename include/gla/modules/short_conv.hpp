@@ -3,6 +3,7 @@
 /// and residual, its [N,D,W] cache of raw inputs, single-token decode steps and packed (cu_seqlens) batches.
 
 #include <gla/core.hpp>
+#include <gla/detail/param_limits.hpp>
 #include <gla/modules/activations.hpp>
 
 #include <string>
@@ -16,19 +17,6 @@ struct ShortConvResult {
   Tensor<T, 3> y;
   std::optional<Tensor<T, 3>> final_state;
 };
-
-namespace detail {
-
-/// Makes a parameter a non-deduced context, so an optional view parameter accepts a plain view argument while
-/// the scalar type is deduced from x (std::type_identity_t of C++20).
-template <class X>
-struct nondeduced {
-  using type = X;
-};
-template <class X>
-using nondeduced_t = typename nondeduced<X>::type;
-
-}  // namespace detail
 
 /// fla.modules.ShortConvolution (nn.Conv1d with groups = D, padding W−1, causal). For channel d of token t:
 ///   pre_t[d] = Σ_{w<W} weight[d,0,w] · x̃_{t−(W−1)+w}[d] + bias[d],  y_t = act(pre_t) + residual_t,
@@ -51,6 +39,12 @@ class ShortConvolution {
     const std::string fn = "ShortConvolution";
     if (D_ <= 0) detail::fail(fn, "hidden_size is " + std::to_string(D_) + ", expected > 0");
     if (W_ <= 0) detail::fail(fn, "kernel_size is " + std::to_string(W_) + ", expected >= 1");
+    // Before allocating: a product that overflows or exceeds kMaxParameterElements is a gla::Error.
+    detail::check_parameter_elements(
+        fn,
+        "the parameters, hidden_size * kernel_size" + std::string(with_bias ? " + hidden_size (bias)" : "") + " = " +
+            std::to_string(D_) + " * " + std::to_string(W_) + (with_bias ? " + " + std::to_string(D_) : ""),
+        detail::sat_add(detail::sat_mul(D_, W_), with_bias ? D_ : 0), sizeof(P));
     if (act_ && *act_ != Activation::SiLU)
       detail::fail(fn, std::string("activation '") + activation_name(*act_) +
                            "' is not supported, expected silu, swish or none");
@@ -77,17 +71,17 @@ class ShortConvolution {
   ConstTensorMap<P, 2> weight_dw() const { return ConstTensorMap<P, 2>(weight.data(), D_, W_); }
 
   /// Loads the weight from fla's [D,1,W] layout.
-  void set_weight(ConstTensorMap<P, 3> w) {
+  void set_weight(ConstView<P, 3> w) {
     detail::expect_dims("ShortConvolution::set_weight", "weight", w.dimensions(), {{"D", D_}, {"1", 1}, {"W", W_}});
     std::copy(w.data(), w.data() + w.size(), weight.data());
   }
   /// Loads the weight from the [D,W] view.
-  void set_weight(ConstTensorMap<P, 2> w) {
+  void set_weight(ConstView<P, 2> w) {
     detail::expect_dims("ShortConvolution::set_weight", "weight", w.dimensions(), {{"D", D_}, {"W", W_}});
     std::copy(w.data(), w.data() + w.size(), weight.data());
   }
   /// Loads the bias [D]; gla::Error if the module was built without one.
-  void set_bias(ConstTensorMap<P, 1> b) {
+  void set_bias(ConstView<P, 1> b) {
     const std::string fn = "ShortConvolution::set_bias";
     if (!bias) detail::fail(fn, "the module has no bias (constructed with bias = false)");
     detail::expect_dims(fn, "bias", b.dimensions(), {{"D", D_}});
@@ -96,68 +90,62 @@ class ShortConvolution {
 
   /// Core of forward: x [B,T,D] T → y [B,T,D] T.
   ///   cache        [N,D,W] T  optional initial cache (N = B, or the number of sequences of cu_seqlens);
-  ///   final_state  [N,D,W] T  optional output: the cache after the last token of each sequence. It may be the same
-  ///                           buffer as cache (update in place; this is how step() works);
+  ///   final_state  [N,D,W] T  optional output: the cache after the last token of each sequence. It may be exactly
+  ///                           the cache buffer (update in place; this is how step() works);
   ///   cu_seqlens   [N+1]      packed sequences (B must be 1); zero-length sequences leave their cache unchanged;
-  ///   residual     [B,T,D] T  optional, added after the activation; y may be the residual buffer (in place);
+  ///   residual     [B,T,D] T  optional, added after the activation; y may be exactly the residual buffer;
   ///   mask         [B,T]   T  optional multiplier of the inputs (0 = padding) applied before the convolution and
   ///                           the cache, like fla's in-place `x.mul_(mask)` but without touching x; not with
   ///                           cu_seqlens (gla::Error, as fla's ValueError).
-  /// y must not overlap x. Every sequence is convolved on its own, even when the total length equals the number of
+  /// y must not overlap x, the cache or the mask (every output token reads W inputs); no other overlap is
+  /// allowed. Every sequence is convolved on its own, even when the total length equals the number of
   /// sequences (where fla's decode shortcut would mix tokens of different sequences; see docs/modules.md).
-  template <class T>
-  void forward_into(ConstTensorMap<T, 3> x, TensorMap<T, 3> y,
-                    detail::nondeduced_t<std::optional<ConstTensorMap<T, 3>>> cache = std::nullopt,
-                    detail::nondeduced_t<std::optional<TensorMap<T, 3>>> final_state = std::nullopt,
+  template <class X>
+  void forward_into(const X& x, ViewOf<X, 3> y, std::optional<ConstViewOf<X, 3>> cache = std::nullopt,
+                    std::optional<ViewOf<X, 3>> final_state = std::nullopt,
                     const std::vector<std::int64_t>& cu_seqlens = {},
-                    detail::nondeduced_t<std::optional<ConstTensorMap<T, 3>>> residual = std::nullopt,
-                    detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> mask = std::nullopt) const {
-    run<T>("ShortConvolution::forward_into", x, y, cache ? cache->data() : nullptr,
-           cache ? &cache->dimensions() : nullptr, final_state ? final_state->data() : nullptr,
-           final_state ? &final_state->dimensions() : nullptr, cu_seqlens, residual, mask);
+                    std::optional<ConstViewOf<X, 3>> residual = std::nullopt,
+                    std::optional<ConstViewOf<X, 2>> mask = std::nullopt) const {
+    run<scalar_type_t<X>>("ShortConvolution::forward_into", ConstViewOf<X, 3>(x), y, cache, final_state, cu_seqlens,
+                          residual, mask);
   }
 
   /// fla's forward(x, residual, mask, cache, output_final_state, cu_seqlens) with the arguments reordered:
   /// x [B,T,D] T → {y [B,T,D] T, final_state [N,D,W] T if output_final_state}. The cache is never modified; a new
   /// final_state is returned (fla's decode shortcut updates the passed cache in place; step() does that here).
-  template <class T>
-  ShortConvResult<T> forward(ConstTensorMap<T, 3> x,
-                             detail::nondeduced_t<std::optional<ConstTensorMap<T, 3>>> cache = std::nullopt,
-                             bool output_final_state = false, const std::vector<std::int64_t>& cu_seqlens = {},
-                             detail::nondeduced_t<std::optional<ConstTensorMap<T, 3>>> residual = std::nullopt,
-                             detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> mask = std::nullopt) const {
+  template <class X>
+  ShortConvResult<scalar_type_t<X>> forward(const X& x_in, std::optional<ConstViewOf<X, 3>> cache = std::nullopt,
+                                            bool output_final_state = false,
+                                            const std::vector<std::int64_t>& cu_seqlens = {},
+                                            std::optional<ConstViewOf<X, 3>> residual = std::nullopt,
+                                            std::optional<ConstViewOf<X, 2>> mask = std::nullopt) const {
+    using T = scalar_type_t<X>;
+    const ConstView<T, 3> x(x_in);
     ShortConvResult<T> r;
     r.y = Tensor<T, 3>(x.dimensions());
-    TensorMap<T, 3> y = mut_view(r.y);
     const Index N = cu_seqlens.empty() ? x.dimension(0) : std::max<Index>(0, static_cast<Index>(cu_seqlens.size()) - 1);
     if (output_final_state) r.final_state.emplace(N, D_, W_);
-    T* fin = output_final_state ? r.final_state->data() : nullptr;
-    const auto fdims = output_final_state ? r.final_state->dimensions() : Eigen::DSizes<Index, 3>();
-    run<T>("ShortConvolution::forward", x, y, cache ? cache->data() : nullptr, cache ? &cache->dimensions() : nullptr,
-           fin, output_final_state ? &fdims : nullptr, cu_seqlens, residual, mask);
+    run<T>("ShortConvolution::forward", x, View<T, 3>(r.y), cache, detail::optional_output(r.final_state), cu_seqlens,
+           residual, mask);
     return r;
   }
 
   /// One decode token per sequence: x [N,D] T; cache [N,D,W] T in/out is rolled left in place and x is written
-  /// into slot W−1; y [N,D] T = act(Σ_w cache[:,:,w]·weight[:,w] + bias) (+ residual [N,D] T). y may be residual.
-  template <class T>
-  void step_into(ConstTensorMap<T, 2> x, TensorMap<T, 3> cache, TensorMap<T, 2> y,
-                 detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> residual = std::nullopt) const {
-    step_impl("ShortConvolution::step_into", x, cache, y, residual);
+  /// into slot W−1; y [N,D] T = act(Σ_w cache[:,:,w]·weight[:,w] + bias) (+ residual [N,D] T). y may be exactly
+  /// the residual buffer; it must not overlap x or the cache.
+  template <class X>
+  void step_into(const X& x, ViewOf<X, 3> cache, ViewOf<X, 2> y,
+                 std::optional<ConstViewOf<X, 2>> residual = std::nullopt) const {
+    step_impl("ShortConvolution::step_into", ConstViewOf<X, 2>(x), cache, y, residual);
   }
   /// step_into() returning y [N,D] T.
-  template <class T>
-  Tensor<T, 2> step(ConstTensorMap<T, 2> x, TensorMap<T, 3> cache,
-                    detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> residual = std::nullopt) const {
-    Tensor<T, 2> y(x.dimensions());
-    step_impl("ShortConvolution::step", x, cache, mut_view(y), residual);
+  template <class X>
+  Tensor<scalar_type_t<X>, 2> step(const X& x_in, ViewOf<X, 3> cache,
+                                   std::optional<ConstViewOf<X, 2>> residual = std::nullopt) const {
+    const ConstViewOf<X, 2> x(x_in);
+    Tensor<scalar_type_t<X>, 2> y(x.dimensions());
+    step_impl("ShortConvolution::step", x, cache, View<scalar_type_t<X>, 2>(y), residual);
     return y;
-  }
-  /// step() on an owned cache tensor.
-  template <class T>
-  Tensor<T, 2> step(ConstTensorMap<T, 2> x, Tensor<T, 3>& cache,
-                    detail::nondeduced_t<std::optional<ConstTensorMap<T, 2>>> residual = std::nullopt) const {
-    return step(x, mut_view(cache), residual);
   }
 
  private:
@@ -188,8 +176,8 @@ class ShortConvolution {
   }
 
   template <class T>
-  void step_impl(const std::string& fn, ConstTensorMap<T, 2> x, TensorMap<T, 3> cache, TensorMap<T, 2> y,
-                 const std::optional<ConstTensorMap<T, 2>>& residual) const {
+  void step_impl(const std::string& fn, const ConstView<T, 2>& x, const View<T, 3>& cache, const View<T, 2>& y,
+                 const std::optional<ConstView<T, 2>>& residual) const {
     const auto& xd = x.dimensions();
     if (xd[0] <= 0 || xd[1] != D_)
       detail::fail(fn, "x is " + detail::shape_str(xd) + ", expected " + detail::expected_str({{"N", -1}, {"D", D_}}));
@@ -197,19 +185,19 @@ class ShortConvolution {
     detail::expect_dims(fn, "y", y.dimensions(), {{"N", N}, {"D", D_}});
     if (residual) detail::expect_dims(fn, "residual", residual->dimensions(), {{"N", N}, {"D", D_}});
     // A decode step is the general path with T = 1 and the cache updated in place: [N,D] is [N,1,D] in memory.
-    const Eigen::DSizes<Index, 3> cd = cache.dimensions();
-    std::optional<ConstTensorMap<T, 3>> res3;
-    if (residual) res3.emplace(residual->data(), N, 1, D_);
-    run<T>(fn, ConstTensorMap<T, 3>(x.data(), N, 1, D_), TensorMap<T, 3>(y.data(), N, 1, D_), cache.data(), &cd,
-           cache.data(), &cd, {}, res3, std::nullopt, "cache");
+    std::optional<ConstView<T, 3>> res3;
+    if (residual) res3 = ConstView<T, 3>(residual->data(), N, 1, D_);
+    run<T>(fn, ConstView<T, 3>(x.data(), N, 1, D_), View<T, 3>(y.data(), N, 1, D_), ConstView<T, 3>(cache), cache, {},
+           res3, std::nullopt, "cache");
   }
 
-  /// Shared body: validates everything, then convolves each sequence and writes its final cache.
+  /// Shared body: validates everything (shapes and the aliasing rule), then convolves each sequence and writes its
+  /// final cache.
   template <class T>
-  void run(const std::string& fn, ConstTensorMap<T, 3> x, TensorMap<T, 3> y, const T* cache,
-           const Eigen::DSizes<Index, 3>* cache_dims, T* final_state, const Eigen::DSizes<Index, 3>* final_dims,
-           const std::vector<std::int64_t>& cu, const std::optional<ConstTensorMap<T, 3>>& residual,
-           const std::optional<ConstTensorMap<T, 2>>& mask, const char* final_name = "final_state") const {
+  void run(const std::string& fn, const ConstView<T, 3>& x, const View<T, 3>& y,
+           const std::optional<ConstView<T, 3>>& cache_view, const std::optional<View<T, 3>>& final_view,
+           const std::vector<std::int64_t>& cu, const std::optional<ConstView<T, 3>>& residual,
+           const std::optional<ConstView<T, 2>>& mask, const char* final_name = "final_state") const {
     static_assert(is_supported_scalar_v<T>, "gla supports float, double, Eigen::bfloat16 and Eigen::half");
     using A = acc_t<T>;
     using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
@@ -228,9 +216,16 @@ class ShortConvolution {
     if (residual) detail::expect_dims(fn, "residual", residual->dimensions(), {{"B", B}, {"T", T_}, {"D", D}});
     const std::vector<detail::Seq> seqs = detail::make_sequences(B, T_, cu);
     const Index N = static_cast<Index>(seqs.size());
-    if (cache) expect_cache(fn, "cache", *cache_dims, N, !cu.empty());
-    if (final_state) expect_cache(fn, final_name, *final_dims, N, !cu.empty());
+    if (cache_view) expect_cache(fn, "cache", cache_view->dimensions(), N, !cu.empty());
+    if (final_view) expect_cache(fn, final_name, final_view->dimensions(), N, !cu.empty());
     check_params(fn);
+    detail::check_aliasing(fn,
+                           {detail::buffer("x", x), detail::buffer("cache", cache_view),
+                            detail::buffer("residual", residual), detail::buffer("mask", mask)},
+                           {detail::buffer("y", y), detail::buffer(final_name, final_view)},
+                           {{"y", "residual"}, {final_name, "cache"}});
+    const T* cache = cache_view ? cache_view->data() : nullptr;
+    T* final_state = final_view ? final_view->data() : nullptr;
 
     // The conv inputs: x, or x·mask rounded to T as fla's in-place multiply stores it.
     Tensor<T, 3> masked;

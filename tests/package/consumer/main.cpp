@@ -17,8 +17,8 @@ int main() {
   g.setConstant(-0.1f);
   gla::GLAOptions opts;
   opts.output_final_state = true;
-  const auto r = gla::chunk_gla<float>(q, k, v, g, opts);
-  const auto ref = gla::naive_recurrent_gla<float>(q, k, v, gla::view(g), std::nullopt, opts);
+  const auto r = gla::chunk_gla(q, k, v, g, opts);
+  const auto ref = gla::naive_recurrent_gla(q, k, v, g, std::nullopt, opts);
   const double err = std::abs(r.o(0, 69, 1, 3) - ref.o(0, 69, 1, 3));
   const double other = second_tu_forward();
   double on_thread = 0.0;

@@ -7,5 +7,5 @@ double second_tu_forward() {
   k.setConstant(0.25f);
   v.setConstant(1.0f);
   g.setConstant(-0.1f);
-  return gla::fused_chunk_gla<float>(q, k, v, g).o(0, 69, 1, 3);
+  return gla::fused_chunk_gla(q, k, v, g).o(0, 69, 1, 3);
 }

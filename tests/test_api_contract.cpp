@@ -1,0 +1,441 @@
+// Regression tests of the public contract every operator shares: views with value semantics (the decode loop),
+// the aliasing rule of the `*_into` forms, the output contract (an optional output is given iff its flag is),
+// bounded chunk sizes, exceptions carried out of the parallel engine, bit-identical results for any thread count,
+// non-finite gates on the chunk paths, and overflow-safe varlen helpers. Each case failed before the fix.
+
+#include <gla/gla.hpp>
+
+#include "support/catch.hpp"
+#include "support/recurrent_cases.hpp"
+#include "support/test_utils.hpp"
+
+#include <atomic>
+#include <limits>
+#include <new>
+#include <stdexcept>
+
+using namespace gla;
+using gla::test::compare;
+
+namespace {
+
+/// Small random inputs [B,T,H,K] / [B,T,H,V] with fla's test gates.
+struct Inputs {
+  Tensor<float, 4> q, k, v, g, do_;
+  Inputs(Index B, Index T, Index H, Index K, Index V, std::uint64_t salt = 1)
+      : q(B, T, H, K), k(B, T, H, K), v(B, T, H, V), g(B, T, H, K), do_(B, T, H, V) {
+    auto gen = gla::test::rng(salt);
+    gla::test::fill_normal(q, gen);
+    gla::test::fill_normal(k, gen);
+    gla::test::fill_normal(v, gen);
+    gla::test::fill_normal(do_, gen);
+    gla::test::fill_gate(g, gen, 16.0);
+  }
+};
+
+template <class TA, class TB>
+bool bit_equal(const TA& a, const TB& b) {
+  if (a.size() != b.size()) return false;
+  for (Index i = 0; i < a.size(); ++i)
+    if (!(a.data()[i] == b.data()[i])) return false;
+  return true;
+}
+
+/// Restores the engine's thread count when a test changes it.
+struct ThreadCountGuard {
+  int saved = gla::get_num_threads();
+  ~ThreadCountGuard() { gla::set_num_threads(saved); }
+};
+
+}  // namespace
+
+TEST_CASE("views: the natural decode loop re-points the initial state instead of writing through it", "[api]") {
+  const Index B = 2, T = 6, H = 2, K = 8, V = 4;
+  const Inputs in(B, T, H, K, V);
+  GLAOptions full_opts;
+  full_opts.output_final_state = true;
+  const auto full = fused_recurrent_gla(in.q, in.k, in.v, in.g, std::nullopt, full_opts);
+
+  // One token at a time, carrying the state with a plain assignment.
+  const auto token = [&](const Tensor<float, 4>& x, Index t) {
+    Tensor<float, 4> out(B, 1, H, x.dimension(3));
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h)
+        for (Index d = 0; d < x.dimension(3); ++d) out(b, 0, h, d) = x(b, t, h, d);
+    return out;
+  };
+  const Tensor<float, 4> h0_const = [&] {
+    Tensor<float, 4> z(B, H, K, V);
+    z.setZero();
+    return z;
+  }();
+  GLAOptions opts;
+  opts.output_final_state = true;
+  opts.initial_state = h0_const;
+  std::vector<GLAResult<float>> steps;
+  steps.reserve(static_cast<std::size_t>(T));
+  for (Index t = 0; t < T; ++t) {
+    const Tensor<float, 4> qt = token(in.q, t), kt = token(in.k, t), vt = token(in.v, t), gt = token(in.g, t);
+    steps.push_back(fused_recurrent_gla(qt, kt, vt, gt, std::nullopt, opts));
+    opts.initial_state = *steps.back().final_state;  // must re-point, not copy into the previous buffer
+  }
+  // The caller's const initial tensor and every earlier state are untouched.
+  CHECK(gla::test::all_equal_to(h0_const, 0.0f));
+  CHECK(opts.initial_state->data() == steps.back().final_state->data());
+  for (Index t = 0; t + 1 < T; ++t) CHECK_FALSE(bit_equal(*steps[t].final_state, *steps[t + 1].final_state));
+  CHECK(gla::test::ok(compare(*steps.back().final_state, *full.final_state), 1e-6));
+
+  // ChunkHGates behave the same way.
+  Tensor<float, 4> a = in.g, b = in.g;
+  b.setZero();
+  ChunkHGates gates;
+  gates.gk = a;
+  gates.gk = b;
+  CHECK(gates.gk->data() == b.data());
+  CHECK(bit_equal(a, in.g));
+
+  // A temporary tensor cannot be held by an option (it would dangle).
+  static_assert(!std::is_assignable_v<std::optional<HeldView<float, 4>>&, Tensor<float, 4>&&>);
+  static_assert(std::is_assignable_v<std::optional<HeldView<float, 4>>&, Tensor<float, 4>&>);
+  static_assert(std::is_assignable_v<std::optional<HeldView<float, 4>>&, const Tensor<float, 4>&>);
+}
+
+TEST_CASE("operators deduce the scalar type from their arguments, any mix of tensors, maps and views", "[api]") {
+  const Inputs in(1, 20, 2, 8, 4);
+  const ConstTensorMap<float, 4> kmap(in.k.data(), in.k.dimensions());
+  const ConstView<float, 4> vview(in.v);
+  const auto a = chunk_gla(in.q, kmap, vview, in.g);
+  const auto b = fused_chunk_gla(view(in.q), in.k, in.v, in.g);
+  const auto c = fused_recurrent_gla(in.q, in.k, in.v, in.g);
+  CHECK(gla::test::ok(compare(a.o, b.o), 1e-6));
+  CHECK(gla::test::ok(compare(a.o, c.o), 1e-6));
+  const Tensor<double, 4> qd = in.q.cast<double>(), kd = in.k.cast<double>(), vd = in.v.cast<double>(),
+                          gd = in.g.cast<double>();
+  const GLAResult<double> d = chunk_gla(qd, kd, vd, gd);
+  CHECK(gla::test::ok(compare(d.o, a.o), 1e-6));
+  static_assert(std::is_same_v<scalar_type_t<ConstTensorMap<Eigen::bfloat16, 4>>, Eigen::bfloat16>);
+  static_assert(rank_of_v<View<const float, 3>> == 3);
+}
+
+TEST_CASE("aliasing: outputs that overlap inputs raise gla::Error and write nothing", "[api][aliasing]") {
+  const Index B = 1, T = 70, H = 2, D = 8;  // K == V, so o can be laid over k or v exactly
+  Inputs in(B, T, H, D, D);
+  const Tensor<float, 4> v0 = in.v, k0 = in.k;
+  GLAOptions opts;
+
+  SECTION("fused_chunk_gla_into with o = v or o = k") {
+    CHECK_GLA_ERROR("fused_chunk_gla: output o overlaps input v",
+                    fused_chunk_gla_into(in.q, in.k, in.v, in.g, opts, in.v));
+    CHECK_GLA_ERROR("fused_chunk_gla: output o overlaps input k",
+                    fused_chunk_gla_into(in.q, in.k, in.v, in.g, opts, in.k));
+    CHECK(bit_equal(in.v, v0));
+    CHECK(bit_equal(in.k, k0));
+  }
+  SECTION("chunk_gla_into with o overlapping v by a shifted view") {
+    Tensor<float, 1> big(in.v.size() + 3);
+    std::copy_n(in.v.data(), in.v.size(), big.data());
+    const ConstView<float, 4> v_in(big.data(), B, T, H, D);
+    const View<float, 4> o_shift(big.data() + 3, B, T, H, D);
+    CHECK_GLA_ERROR("chunk_gla: output o overlaps input v", chunk_gla_into(in.q, in.k, v_in, in.g, opts, o_shift));
+  }
+  SECTION("chunk_gla_backward_into with dq = dk") {
+    Tensor<float, 4> dq(B, T, H, D), dv(B, T, H, D), dg(B, T, H, D);
+    gla::test::fill_nan(dq);
+    CHECK_GLA_ERROR("chunk_gla_backward: output dk overlaps output dq",
+                    chunk_gla_backward_into(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts, dq, dq, dv, dg));
+    CHECK(gla::test::compare(dq, dq).non_finite == dq.size());  // still all NaN: nothing written
+  }
+  SECTION("fused_recurrent_gla_backward_into with dv = do_") {
+    Tensor<float, 4> dq(B, T, H, D), dk(B, T, H, D), dgk(B, T, H, D);
+    CHECK_GLA_ERROR("fused_recurrent_gla_backward: output dv overlaps input do_",
+                    fused_recurrent_gla_backward_into(in.q, in.k, in.v, in.g, std::nullopt, in.do_, std::nullopt,
+                                                      opts, dq, dk, in.do_, dgk));
+  }
+  SECTION("ShortConvolution: step_into and forward_into with y = x") {
+    ShortConvolution<float> conv(D, 4);
+    auto gen = gla::test::rng(7);
+    gla::test::fill_normal(conv.weight, gen);
+    Tensor<float, 2> x(3, D);
+    gla::test::fill_normal(x, gen);
+    Tensor<float, 3> cache(3, D, 4);
+    cache.setZero();
+    const Tensor<float, 3> cache0 = cache;
+    CHECK_GLA_ERROR("ShortConvolution::step_into: output y overlaps input x", conv.step_into(x, cache, x));
+    CHECK(bit_equal(cache, cache0));  // the cache was not rolled
+    Tensor<float, 3> x3(1, 5, D);
+    gla::test::fill_normal(x3, gen);
+    CHECK_GLA_ERROR("ShortConvolution::forward_into: output y overlaps input x", conv.forward_into(x3, x3));
+    // y = x would make every later tap read an output: with a separate y the result differs from the input.
+    Tensor<float, 3> y3(1, 5, D);
+    conv.forward_into(x3, y3);
+    CHECK_FALSE(bit_equal(x3, y3));
+  }
+  SECTION("FusedRMSNormGated with residual_out = g; RMSNorm with y over residual") {
+    FusedRMSNormGated<float> norm(D);
+    auto gen = gla::test::rng(8);
+    Tensor<float, 2> x(4, D), g(4, D), res(4, D), y(4, D);
+    gla::test::fill_normal(x, gen);
+    gla::test::fill_normal(g, gen);
+    gla::test::fill_normal(res, gen);
+    const Tensor<float, 2> g0 = g;
+    CHECK_GLA_ERROR("FusedRMSNormGated::forward_into: output residual_out overlaps input g",
+                    norm.forward_into(x, g, y, ConstView<float, 2>(res), View<float, 2>(g)));
+    CHECK(bit_equal(g, g0));
+    RMSNorm<float> plain(D);
+    CHECK_GLA_ERROR("RMSNorm::forward_into: output y overlaps input residual",
+                    plain.forward_into(x, res, ConstView<float, 2>(res)));
+  }
+  SECTION("activate_into: a shifted output is rejected, the same buffer is in place") {
+    Tensor<float, 1> buf(11);
+    buf.setConstant(-1.0f);
+    CHECK_GLA_ERROR("activate_into: output y overlaps input x",
+                    activate_into(Activation::ReLU, ConstView<float, 1>(buf.data(), 10), View<float, 1>(buf.data() + 1, 10)));
+    activate_into(Activation::ReLU, ConstView<float, 1>(buf.data(), 10), View<float, 1>(buf.data(), 10));
+    CHECK(buf(0) == 0.0f);
+  }
+}
+
+TEST_CASE("aliasing: the documented in-place updates equal the out-of-place results", "[api][aliasing]") {
+  const Index B = 2, T = 70, H = 2, K = 8, V = 4;
+  const Inputs in(B, T, H, K, V);
+  Tensor<float, 4> h0(B, H, K, V);
+  auto gen = gla::test::rng(3);
+  gla::test::fill_normal(h0, gen);
+  GLAOptions opts;
+  opts.output_final_state = true;
+  opts.initial_state = h0;
+  const auto ref_chunk = chunk_gla(in.q, in.k, in.v, in.g, opts);
+  const auto ref_fused = fused_chunk_gla(in.q, in.k, in.v, in.g, opts);
+  const auto ref_rec = fused_recurrent_gla(in.q, in.k, in.v, in.g, std::nullopt, opts);
+  Tensor<float, 4> o(B, T, H, V);
+  for (int which = 0; which < 3; ++which) {
+    Tensor<float, 4> state = h0;
+    GLAOptions ip = opts;
+    ip.initial_state = state;
+    if (which == 0) chunk_gla_into(in.q, in.k, in.v, in.g, ip, o, state);
+    if (which == 1) fused_chunk_gla_into(in.q, in.k, in.v, in.g, ip, o, state);
+    if (which == 2) fused_recurrent_gla_into(in.q, in.k, in.v, in.g, std::nullopt, ip, o, state);
+    const auto& ref = which == 0 ? ref_chunk : which == 1 ? ref_fused : ref_rec;
+    INFO("operator " << which);
+    CHECK(bit_equal(state, *ref.final_state));
+    CHECK(bit_equal(o, ref.o));
+  }
+  // dh0 = dht in place, both backwards.
+  Tensor<float, 4> dht(B, H, K, V);
+  gla::test::fill_normal(dht, gen);
+  GLAOptions bo;
+  bo.initial_state = h0;
+  const auto ref_b = chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, ConstView<float, 4>(dht), bo);
+  const auto ref_rb = fused_recurrent_gla_backward(in.q, in.k, in.v, in.g, std::nullopt, in.do_, ConstView<float, 4>(dht), bo);
+  Tensor<float, 4> dq(B, T, H, K), dk(B, T, H, K), dv(B, T, H, V), dg(B, T, H, K);
+  Tensor<float, 4> buf = dht;
+  chunk_gla_backward_into(in.q, in.k, in.v, in.g, in.do_, ConstView<float, 4>(buf), bo, dq, dk, dv, dg, buf);
+  CHECK(bit_equal(buf, *ref_b.dh0));
+  buf = dht;
+  fused_recurrent_gla_backward_into(in.q, in.k, in.v, in.g, std::nullopt, in.do_, ConstView<float, 4>(buf), bo, dq, dk,
+                                    dv, dg, std::nullopt, buf);
+  CHECK(bit_equal(buf, *ref_rb.dh0));
+}
+
+TEST_CASE("output contract: an optional output is given if and only if its flag is set", "[api]") {
+  const Index B = 1, T = 20, H = 2, K = 8, V = 4;
+  const Inputs in(B, T, H, K, V);
+  Tensor<float, 4> o(B, T, H, V), fs(B, H, K, V), h0(B, H, K, V);
+  h0.setZero();
+  GLAOptions no_state, want_state;
+  want_state.output_final_state = true;
+  for (const std::string fn : {"chunk_gla", "fused_chunk_gla", "fused_recurrent_gla"}) {
+    const auto call = [&](const GLAOptions& opts, std::optional<View<float, 4>> final_state) {
+      if (fn == "chunk_gla") chunk_gla_into(in.q, in.k, in.v, in.g, opts, o, final_state);
+      if (fn == "fused_chunk_gla") fused_chunk_gla_into(in.q, in.k, in.v, in.g, opts, o, final_state);
+      if (fn == "fused_recurrent_gla") fused_recurrent_gla_into(in.q, in.k, in.v, in.g, std::nullopt, opts, o, final_state);
+    };
+    CHECK_GLA_ERROR(fn + ": final_state is given, expected none since output_final_state is false", call(no_state, fs));
+    CHECK_GLA_ERROR(fn + ": final_state is not given, expected a view since output_final_state is true",
+                    call(want_state, std::nullopt));
+    call(want_state, fs);
+    call(no_state, std::nullopt);
+  }
+  Tensor<float, 4> dq(B, T, H, K), dk(B, T, H, K), dv(B, T, H, V), dg(B, T, H, K), dh0(B, H, K, V);
+  GLAOptions with_h0;
+  with_h0.initial_state = h0;
+  for (const std::string fn : {"chunk_gla_backward", "fused_chunk_gla_backward", "fused_recurrent_gla_backward"}) {
+    const auto call = [&](const GLAOptions& opts, std::optional<View<float, 4>> d0) {
+      if (fn == "chunk_gla_backward")
+        chunk_gla_backward_into(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts, dq, dk, dv, dg, d0);
+      if (fn == "fused_chunk_gla_backward")
+        fused_chunk_gla_backward_into(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts, dq, dk, dv, dg, d0);
+      if (fn == "fused_recurrent_gla_backward")
+        fused_recurrent_gla_backward_into(in.q, in.k, in.v, in.g, std::nullopt, in.do_, std::nullopt, opts, dq, dk, dv,
+                                          dg, std::nullopt, d0);
+    };
+    CHECK_GLA_ERROR(fn + ": dh0 is given, expected none since initial_state is not given", call(no_state, dh0));
+    CHECK_GLA_ERROR(fn + ": dh0 is not given, expected a view since initial_state is given", call(with_h0, std::nullopt));
+    call(with_h0, dh0);
+  }
+}
+
+TEST_CASE("chunk_size is bounded: a huge valid power of two is a gla::Error, not an abort", "[api]") {
+  const Inputs in(1, 40, 2, 8, 4);
+  for (const int cs : {1 << 17, 512, 8, 24}) {
+    GLAOptions opts;
+    opts.chunk_size = cs;
+    const std::string what = "chunk_size is " + std::to_string(cs) + ", expected a power of two in [16, 256]";
+    CHECK_GLA_ERROR("chunk_gla: " + what, chunk_gla(in.q, in.k, in.v, in.g, opts));
+    CHECK_GLA_ERROR("fused_chunk_gla: " + what, fused_chunk_gla(in.q, in.k, in.v, in.g, opts));
+    CHECK_GLA_ERROR("chunk_gla_backward: " + what, chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts));
+  }
+  GLAOptions largest;
+  largest.chunk_size = 256;
+  const auto r = chunk_gla(in.q, in.k, in.v, in.g, largest);
+  const auto ref = fused_recurrent_gla(in.q, in.k, in.v, in.g);
+  CHECK(gla::test::ok(compare(r.o, ref.o), 1e-6));
+}
+
+TEST_CASE("parallel engine: an exception in a work item reaches the caller, on every thread count", "[api][engine]") {
+  ThreadCountGuard guard;
+  for (const int threads : {1, 2, 3}) {
+    gla::set_num_threads(threads);
+    std::atomic<int> ran{0};
+    CHECK_THROWS_AS(detail::parallel_for(64,
+                                         [&](Index i, int) {
+                                           ++ran;
+                                           if (i == 5) throw std::bad_alloc();
+                                         }),
+                    std::bad_alloc);
+    CHECK(ran.load() >= 1);
+    CHECK_THROWS_WITH(detail::parallel_for(8, [&](Index i, int) {
+                        if (i % 2) throw gla::Error("item " + std::to_string(i));
+                      }),
+                      Catch::Matchers::Contains("item"));
+    // The pool is still usable afterwards, and nested calls run (serially) inside an item.
+    std::vector<int> hits(100, 0);
+    detail::parallel_for(10, [&](Index i, int) {
+      detail::parallel_for(10, [&](Index j, int w) {
+        CHECK(w == 0);
+        ++hits[static_cast<std::size_t>(i * 10 + j)];
+      });
+    });
+    for (int h : hits) CHECK(h == 1);
+  }
+  CHECK_GLA_ERROR("set_num_threads: n is 0, expected >= 1", gla::set_num_threads(0));
+}
+
+TEST_CASE("parallel engine: results are bit-identical for 1 to 4 threads with unequal work items", "[api][engine]") {
+  ThreadCountGuard guard;
+  // A varlen batch (one long sequence, several short, one empty) with H = 3 heads, not a multiple of any count.
+  const std::vector<std::int64_t> cu{0, 300, 301, 301, 365, 400};
+  const Index T = cu.back(), H = 3, K = 20, V = 12;
+  const Inputs in(1, T, H, K, V, 11);
+  GLAOptions opts;
+  opts.cu_seqlens = cu;
+  opts.output_final_state = true;
+  const auto run_all = [&] {
+    std::vector<Tensor<float, 4>> out;
+    const auto a = chunk_gla(in.q, in.k, in.v, in.g, opts);
+    const auto b = fused_chunk_gla(in.q, in.k, in.v, in.g, opts);
+    const auto c = fused_recurrent_gla(in.q, in.k, in.v, in.g, std::nullopt, opts);
+    const auto d = chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts);
+    const auto e = fused_recurrent_gla_backward(in.q, in.k, in.v, in.g, std::nullopt, in.do_, std::nullopt, opts);
+    for (const auto* r : {&a, &b, &c}) {
+      out.push_back(r->o);
+      out.push_back(*r->final_state);
+    }
+    for (const auto* t : {&d.dq, &d.dk, &d.dv, &d.dg, &e.dq, &e.dk, &e.dv, &*e.dgk}) out.push_back(*t);
+    return out;
+  };
+  gla::set_num_threads(1);
+  const auto ref = run_all();
+  for (const int threads : {2, 3, 4}) {
+    gla::set_num_threads(threads);
+    const auto got = run_all();
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      INFO("threads " << threads << " output " << i);
+      CHECK(bit_equal(got[i], ref[i]));
+    }
+  }
+}
+
+TEST_CASE("non-finite and extreme gates on the chunk paths: a hard reset (g = -inf) stays finite", "[api][gates]") {
+  const Index B = 1, T = 256, H = 2, K = 16, V = 8;
+  for (const float X : {-30.0f, -1e3f, -1e4f, -std::numeric_limits<float>::infinity()}) {
+    Inputs in(B, T, H, K, V, 5);
+    for (Index h = 0; h < H; ++h)
+      for (Index c = 0; c < K; ++c) in.g(0, 70, h, c) = X;  // mid-chunk
+    in.g(0, 128, 1, 3) = X;                                  // first row of a chunk
+    const auto ref = naive_recurrent_gla<double>(in.q, in.k, in.v, in.g);
+    const auto a = chunk_gla(in.q, in.k, in.v, in.g);
+    const auto b = fused_chunk_gla(in.q, in.k, in.v, in.g);
+    INFO("gate " << X);
+    // Measured 1.2e-6 for any gate at or below the floor (-30): docs/chunk_algorithm.md.
+    CHECK(gla::test::ok(compare(a.o, ref.o), 5e-6));
+    CHECK(gla::test::ok(compare(b.o, ref.o), 5e-6));
+    const auto gr = chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_);
+    for (const auto* t : {&gr.dq, &gr.dk, &gr.dv, &gr.dg}) CHECK(compare(*t, *t).non_finite == 0);
+    const auto refb = naive_recurrent_gla_backward<double>(in.q, in.k, in.v, in.g, std::nullopt, in.do_);
+    CHECK(gla::test::ok(compare(gr.dq, refb.dq), 1e-5));
+    CHECK(gla::test::ok(compare(gr.dv, refb.dv), 1e-5));
+  }
+  // A NaN gate is not hidden: it reaches the outputs of its own (sequence, head) only.
+  Inputs in(2, 40, 2, K, V, 6);
+  in.g(1, 10, 0, 2) = std::numeric_limits<float>::quiet_NaN();
+  const auto r = chunk_gla(in.q, in.k, in.v, in.g);
+  CHECK(std::isnan(r.o(1, 39, 0, 0)));
+  CHECK(std::isfinite(r.o(1, 39, 1, 0)));
+  CHECK(std::isfinite(r.o(0, 39, 0, 0)));
+}
+
+TEST_CASE("chunk_fwd_h: g_gamma must be a finite per-step log decay <= 0", "[api][gates]") {
+  const Inputs in(1, 20, 2, 8, 4);
+  Tensor<float, 1> gamma(2);
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), 0.5f, 1e30f, -std::numeric_limits<float>::infinity()}) {
+    gamma.setValues({-0.1f, bad});
+    ChunkHGates gates;
+    gates.g_gamma = gamma;
+    CHECK_GLA_ERROR("chunk_fwd_h: g_gamma[1] is", chunk_fwd_h(in.k, in.v, gates));
+    CHECK_GLA_ERROR("chunk_bwd_dh: g_gamma[1] is", chunk_bwd_dh(in.q, in.k, in.v, gates, in.do_));
+  }
+}
+
+TEST_CASE("fused_chunk_gla with T = 0 passes the initial state through", "[api]") {
+  Tensor<float, 4> q(2, 0, 2, 8), k(2, 0, 2, 8), v(2, 0, 2, 4), g(2, 0, 2, 8), h0(2, 2, 8, 4);
+  auto gen = gla::test::rng(9);
+  gla::test::fill_normal(h0, gen);
+  GLAOptions opts;
+  opts.output_final_state = true;
+  opts.initial_state = h0;
+  for (const bool fallback : {true, false}) {
+    opts.heuristic_fallback = fallback;
+    const auto r = fused_chunk_gla(q, k, v, g, opts);
+    CHECK(r.o.size() == 0);
+    CHECK(bit_equal(*r.final_state, h0));
+  }
+  const auto c = chunk_gla(q, k, v, g, opts);
+  CHECK(bit_equal(*c.final_state, h0));
+}
+
+TEST_CASE("varlen helpers: no signed overflow, no std::bad_alloc, gla::Error instead", "[api][varlen]") {
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  CHECK_GLA_ERROR("prepare_cu_seqlens_from_lens: the sum of lens overflows int64",
+                  prepare_cu_seqlens_from_lens({kMax, 1}));
+  CHECK_GLA_ERROR("prepare_lens: cu_seqlens[0] is", prepare_lens({std::numeric_limits<std::int64_t>::min(), kMax}));
+  CHECK_GLA_ERROR("prepare_lens: cu_seqlens is not non-decreasing", prepare_lens({0, 5, 3}));
+  CHECK(prepare_lens({0}).empty());
+  CHECK(prepare_lens({0, 3, 3, 10}) == std::vector<std::int64_t>{3, 0, 7});
+  CHECK_GLA_ERROR("prepare_chunk_offsets: cu_seqlens and chunk_size = 1 give more than 2^40 chunks",
+                  prepare_chunk_offsets({0, kMax}, 1));
+  CHECK_GLA_ERROR("prepare_chunk_indices: cu_seqlens and chunk_size = 1 give more than 2^40 chunks",
+                  prepare_chunk_indices({0, kMax}, 1));
+  CHECK(prepare_chunk_offsets({0, kMax}, kMax) == std::vector<std::int64_t>{0, 1});
+  CHECK(cdiv(kMax, 2) == kMax / 2 + 1);
+
+  const Tensor<float, 2> empty(0, 4);
+  CHECK_GLA_ERROR("pad_input: batch is -1, expected >= 0", pad_input(empty, {}, -1, 3));
+  CHECK_GLA_ERROR("pad_input: seqlen is -2, expected >= 0", pad_input(empty, {}, 3, -2));
+  CHECK_GLA_ERROR("pad_input: batch * seqlen", pad_input(empty, {}, kMax / 2, 4));
+  CHECK_GLA_ERROR("index_put_first_axis: first_axis_dim is -1, expected >= 0", index_put_first_axis(empty, {}, -1));
+  CHECK_GLA_ERROR("index_put_first_axis: first_axis_dim is", index_put_first_axis(empty, {}, kMax / 2));
+  const auto padded = pad_input(empty, {}, 2, 3);
+  CHECK(padded.dimension(0) == 2);
+  CHECK(gla::test::all_equal_to(padded, 0.0f));
+}
