@@ -3,10 +3,20 @@
 # bench/results/<bench>_t<threads>.json, then the tables of docs/PERFORMANCE.md via summarize.py.
 # Usage: bench/run_benchmarks.sh [build-dir (default build-bench)] [extra Google Benchmark flags...]
 # GLA_BENCHES="bench_backward ..." runs only those executables (default: all of them, ≈ 4 min).
+# Needs Google Benchmark (Debian/Ubuntu: libbenchmark-dev). The build directory is configured with
+# GLA_BUILD_BENCHMARKS=ON (a new one with benchmarks only, like the "bench" preset) and the benchmarks are
+# brought up to date before they run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="${1:-build-bench}"
 shift || true
+if [ -f "$build/CMakeCache.txt" ]; then
+  cmake -S "$here/.." -B "$build" -DGLA_BUILD_BENCHMARKS=ON >/dev/null
+else
+  cmake -S "$here/.." -B "$build" -DCMAKE_BUILD_TYPE=Release -DGLA_BUILD_BENCHMARKS=ON -DGLA_BUILD_TESTS=OFF \
+    -DGLA_BUILD_EXAMPLES=OFF >/dev/null
+fi
+cmake --build "$build" --target gla_benchmarks -j2
 out="$here/results"
 mkdir -p "$out"
 for t in 1 2; do

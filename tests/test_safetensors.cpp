@@ -330,7 +330,7 @@ TEST_CASE("save_safetensors and load go through the file system", "[safetensors]
 // ---------------------------------------------------------------------------------------------------------------
 // Conversions
 
-TEST_CASE("reads convert between dtypes; non-integers never become int64", "[safetensors][convert]") {
+TEST_CASE("reads convert between dtypes and non-integers never become int64", "[safetensors][convert]") {
   StateDict d;
   gla::Tensor<float, 1> f(6);
   f.setValues({1.0f, -2.5f, 3.0e38f, std::numeric_limits<float>::infinity(), 1.0e-40f, 65504.0f});

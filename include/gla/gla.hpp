@@ -1,6 +1,16 @@
 #pragma once
-/// gla/gla.hpp: the umbrella header — every GLA operator, the mask/varlen helpers, the router, the modules
-/// and, when nlohmann-json is available, safetensors I/O and the GatedLinearAttention layer.
+/// gla/gla.hpp: the umbrella header — the version, every GLA operator and its backward, the mask/varlen
+/// helpers, the router, the modules, safetensors I/O and the GatedLinearAttention layer.
+///
+/// The layer and safetensors I/O parse JSON with nlohmann-json (3.11 or newer), so this header needs it too.
+/// Without it, include the operator headers one by one (gla/chunk.hpp, gla/fused_recurrent.hpp, ...):
+/// only the headers under gla/io/ and gla/layers/ use nlohmann-json.
+
+#if !__has_include(<nlohmann/json.hpp>)
+#error "gla/gla.hpp needs nlohmann-json 3.11 or newer (<nlohmann/json.hpp>) for the layer and safetensors I/O: install it (Debian/Ubuntu: apt-get install nlohmann-json3-dev; CMake: gla::gla brings it when find_package(nlohmann_json) finds it), or include only the operator headers you use (gla/chunk.hpp, ...), which do not need it."
+#endif
+
+#include <gla/version.hpp>
 
 #include <gla/chunk.hpp>
 #include <gla/chunk_h.hpp>
@@ -11,15 +21,11 @@
 #include <gla/naive.hpp>
 #include <gla/router.hpp>
 #include <gla/varlen.hpp>
-#if __has_include(<gla/chunk_backward.hpp>)
 #include <gla/chunk_backward.hpp>
-#endif
 #include <gla/modules/activations.hpp>
 #include <gla/modules/norms.hpp>
 #include <gla/modules/short_conv.hpp>
-#if __has_include(<nlohmann/json.hpp>)
+#if __has_include(<nlohmann/json.hpp>)  // else the #error above has stopped the build: one message, not two
 #include <gla/io/safetensors.hpp>
-#if __has_include(<gla/layers/gated_linear_attention.hpp>)
 #include <gla/layers/gated_linear_attention.hpp>
-#endif
 #endif
