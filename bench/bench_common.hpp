@@ -292,6 +292,30 @@ class ProcessMeter {
   Sample start_;
 };
 
+/// Sets the OpenMP thread count of the calling thread for a scope: oneDNN (built with OpenMP) runs its
+/// primitives on that many threads.
+class OneDnnThreads {
+ public:
+  explicit OneDnnThreads(int n) {
+#ifdef _OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+  }
+  ~OneDnnThreads() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  OneDnnThreads(const OneDnnThreads&) = delete;
+  OneDnnThreads& operator=(const OneDnnThreads&) = delete;
+
+ private:
+  int saved_ = 1;
+};
+
 /// Milliseconds and wall-clock time: the kernels run OpenMP threads, whose work the main thread's CPU
 /// time would not include.
 inline void configure(benchmark::internal::Benchmark* b) { b->Unit(benchmark::kMillisecond)->UseRealTime(); }

@@ -57,12 +57,6 @@ Acc resolve_scale(const GLAOptions& opts, Index K) {
   return opts.scale ? static_cast<Acc>(*opts.scale) : Acc(1) / std::sqrt(static_cast<Acc>(K));
 }
 
-/// Writes the top L rows of a workspace block into a strided [B,T,H,D] output at (sequence, head, c0).
-template <class T, class Acc>
-void store_rows(T* out, const OpShape& s, const Seq& sq, Index h, Index c0, Index L, Index D, const RowMat<Acc>& blk) {
-  for (Index r = 0; r < L; ++r) store_row(out + ((sq.b * s.T + sq.t0 + c0 + r) * s.H + h) * D, blk.row(r));
-}
-
 /// The (sequence, chunk) pairs of a batch, in order; offsets from chunk_offsets.
 inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std::vector<Index>& off) {
   std::vector<std::array<Index, 2>> chunks;
@@ -70,6 +64,41 @@ inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std:
     for (Index c = 0; c < off[static_cast<std::size_t>(n) + 1] - off[static_cast<std::size_t>(n)]; ++c)
       chunks.push_back({n, c});
   return chunks;
+}
+
+/// The state before every chunk (h [ΣNT,H,K,V] in Acc, K-first) and the final state (ht, float, in the
+/// options' layout; may be null) of the gk-gated recurrence, per (sequence, head, value tile); the gate cumsums
+/// are formed per chunk from the raw gates g. h0 float (state layout) or null. One scratch per worker.
+template <class Acc, class Op, class In>
+void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, const In* g, const float* h0, bool v_first,
+                       Acc* h, float* ht, const std::vector<HeadTile>& items,
+                       const std::vector<ChunkScratch<Acc, Op>>& workers) {
+  const Index H = s.H, K = s.K, V = s.V;
+  const Acc floor = kChunkGateFloor<Acc>;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  parallel_for(static_cast<Index>(items.size()), [&](Index i, int w) {
+    const HeadTile& it = items[static_cast<std::size_t>(i)];
+    const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
+    const Index n = it.pair / H, hh = it.pair % H;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (h0)
+      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, v_first);
+    else
+      std::fill_n(sc.S, K * it.width, Acc(0));
+    ChunkGates<Acc> cg;
+    cg.gk = sc.G;
+    cg.ldgk = K;
+    Index c = 0;
+    for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+      const Index L = std::min(BT, sq.len - c0);
+      store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
+                       it.width, /*v_first=*/false);
+      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
+      state_update<kGateGk>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, it.v0), cg,
+                            L, K, it.width, sc);
+    }
+    if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+  });
 }
 
 /// The scratch of chunk_gla: the per-chunk states, then one tile set per worker (shared by both phases).
@@ -87,10 +116,10 @@ ChunkGlaPlan<Acc, Op> plan_chunk_gla(Arena& a, const OpShape& s, Index BT, Index
   return p;
 }
 
-/// The two phases of chunk_gla after validation.
+/// The two phases of chunk_gla after validation; g may be null (no decay, plain linear attention).
 template <class T>
 void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
-                   const ConstView<T, 4>& g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
+                   const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
   using Acc = acc_t<T>;
   using Op = operand_t<T>;
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
@@ -107,29 +136,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
 
   // Phase 1: the state before every chunk, per (sequence, head, value tile).
-  parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
-    const HeadTile& it = sweep[static_cast<std::size_t>(i)];
-    const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(w)];
-    const Index n = it.pair / H, hh = it.pair % H;
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0)
-      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, opts.state_v_first);
-    else
-      std::fill_n(sc.S, K * it.width, Acc(0));
-    ChunkGates<Acc> cg;
-    cg.gk = sc.G;
-    cg.ldgk = K;
-    Index c = 0;
-    for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
-      const Index L = std::min(BT, sq.len - c0);
-      store_state_tile(sc.S, it.width, pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
-                       it.width, /*v_first=*/false);
-      gate_cumsum(head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
-      state_update<kGateGk>(sc.S, it.width, head_rows(k.data(), s, sq, hh, c0, K),
-                            head_rows(v.data(), s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
-    }
-    if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, opts.state_v_first);
-  });
+  chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
 
   // Phase 2: every (chunk, head) independently.
   parallel_for(work, [&](Index w, int worker) {
@@ -138,7 +145,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
     const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
-    gate_cumsum(head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
+    gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
     const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
     const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
     chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), vop, S, V, scale, L, K,
@@ -177,17 +184,17 @@ std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V
 /// are fp32. Threads: the parallel engine over (sequence, head, value tile) for the states, then over
 /// (chunk, head) for the outputs; results do not depend on the thread count.
 template <class Q>
-void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
-                    const GLAOptions& opts, ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state = std::nullopt) {
+void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g, const GLAOptions& opts,
+                    ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state = std::nullopt) {
   using T = scalar_type_t<Q>;
   static_assert(is_supported_scalar_v<T>, "chunk_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
   const std::string fn = "chunk_gla";
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_args(fn, qv, k, v, g, opts);
-  detail::check_forward_outputs(fn, s, opts, o, final_state,
-                                {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v),
-                                 detail::buffer("g", g)});
-  detail::chunk_gla_run(s, qv, k, v, g, opts, o, final_state ? final_state->data() : nullptr);
+  detail::check_forward_outputs(
+      fn, s, opts, o, final_state,
+      {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)});
+  detail::chunk_gla_run(s, qv, k, v, g.data(), opts, o, final_state ? final_state->data() : nullptr);
 }
 
 /// Chunked GLA forward (fla's chunk_gla): returns o [B,T,H,V] and, with opts.output_final_state, the final

@@ -55,59 +55,116 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
   return s;
 }
 
+/// The reverse sweep of the state gradient for the gk-gated recurrence, per (sequence, head, value tile): dS
+/// starts at dht (or 0); before each chunk is stepped back, dh[c] = dS (∂L/∂ the state after chunk c, K-first
+/// [ΣNT,H,K,V] in Acc); dS ← diag(e^{G_l}) dS + (scale · q ⊙ e^{G})ᵀ do_, with G the chunk-local cumsum of the raw
+/// gates; the gradient before the first chunk goes to dh0 (float, state layout; may be null).
+template <class Acc, class Op, class In>
+void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, const In* g, Acc scale, const float* dht,
+                      bool v_first, Acc* dh, float* dh0, const std::vector<HeadTile>& items,
+                      const std::vector<ChunkScratch<Acc, Op>>& workers) {
+  const Index H = s.H, K = s.K, V = s.V;
+  const Acc floor = kChunkGateFloor<Acc>;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  parallel_for(static_cast<Index>(items.size()), [&](Index i, int w) {
+    const HeadTile& it = items[static_cast<std::size_t>(i)];
+    const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
+    const Index n = it.pair / H, hh = it.pair % H, Vt = it.width;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (dht)
+      load_state_tile(sc.S, dht + it.pair * K * V, K, V, it.v0, Vt, v_first);
+    else
+      std::fill_n(sc.S, K * Vt, Acc(0));
+    const Index nchunks = (sq.len + BT - 1) / BT;
+    for (Index c = nchunks - 1; c >= 0; --c) {
+      const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+      store_state_tile(sc.S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0, Vt,
+                       /*v_first=*/false);
+      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
+      RowArrMap<Acc> el(sc.el, K);
+      el = ConstRowArrMap<Acc>(sc.G + (L - 1) * K, K).exp();
+      for (Index a = 0; a < K; ++a) RowArrMap<Acc>(sc.S + a * Vt, Vt) *= sc.el[a];
+      Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.tmp, L * K) =
+          Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.G, L * K).exp();
+      const Rows<In> qr = head_rows(q, s, sq, hh, c0, K);
+      for (Index t = 0; t < L; ++t)
+        RowArrMap<Op>(sc.qg + t * K, K) =
+            (ConstRowArrMap<In>(qr.row(t), K).template cast<Acc>() * RowArrMap<Acc>(sc.tmp + t * K, K) * scale)
+                .template cast<Op>();
+      const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, it.v0), L, Vt, sc.vop);
+      gemm<Op>(Trans::T, Trans::N, K, Vt, L, sc.qg, K, dop.p, dop.ld, /*accumulate=*/true, sc.S, Vt);
+    }
+    if (dh0) store_state_tile(sc.S, Vt, dh0 + it.pair * K * V, K, V, it.v0, Vt, v_first);
+  });
+}
+
+/// The scratch of the chunked backward: the per-chunk states and their gradients, and per worker the sweeps'
+/// tiles and the per-chunk gradient tiles.
+template <class Acc, class Op>
+struct ChunkBwdPlan {
+  Acc* h = nullptr;   // [ΣNT,H,K,V] the state before every chunk
+  Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk
+  std::vector<ChunkScratch<Acc, Op>> sweep;
+  std::vector<BwdScratch<Acc, Op>> block;
+};
+
+template <class Acc, class Op>
+ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states, Index sweep_items,
+                                          Index sweep_width, Index block_items) {
+  ChunkBwdPlan<Acc, Op> p;
+  p.h = a.take<Acc>(states * s.H * s.K * s.V);
+  p.dh = a.take<Acc>(states * s.H * s.K * s.V);
+  p.sweep = plan_workers<Acc, Op>(a, sweep_items, BT, s.K, sweep_width);
+  for (int i = 0; i < parallel_workers(block_items); ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
+  return p;
+}
+
 /// The chunked backward after validation (shared by chunk_gla_backward_into and fused_chunk_gla_backward_into).
-/// Recomputes what the forward does not keep: the gate cumsum G and the state before every chunk h (fp32-or-
-/// better, in acc_t<T>); computes dh by a reverse sweep per (sequence, head); then every (chunk, head)
-/// independently. Memory: G (B·T·H·K), h and dh (2·ΣNT·H·K·V) in acc_t<T>, plus acc_t copies of bf16/half
-/// inputs, all allocated before any thread starts.
+/// Recomputes what the forward does not keep, as fla does: the state before every chunk h (fp32, from the raw
+/// gates chunk by chunk); then the state gradients dh by a reverse sweep; then every (chunk, head)
+/// independently. Scratch (chunk_gla_backward_workspace_size): h and dh (2·ΣNT·H·K·V accumulators) and
+/// per-thread tiles, from opts.workspace or allocated for the call; inputs are read in their own scalar.
+/// g may be null (no decay; then dg must be null too): fused_recurrent_gla_backward runs its gk-only cases here.
 template <class T>
 void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
-                             const ConstView<T, 4>& v, const ConstView<T, 4>& g, const ConstView<T, 4>& do_,
-                             const std::optional<ConstView<float, 4>>& dht, const GLAOptions& opts,
-                             const View<T, 4>& dq, const View<T, 4>& dk, const View<T, 4>& dv, const View<T, 4>& dg,
-                             const std::optional<View<float, 4>>& dh0) {
+                             const ConstView<T, 4>& v, const T* g, const ConstView<T, 4>& do_,
+                             const std::optional<ConstView<float, 4>>& dht, const GLAOptions& opts, T* dq, T* dk, T* dv,
+                             T* dg, const std::optional<View<float, 4>>& dh0) {
   using Acc = acc_t<T>;
+  using Op = operand_t<T>;
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = resolve_scale<Acc>(opts, K);
-  const AccInput<Acc, T> qa(q), ka(k), va(v), ga(g), doa(do_);
-
-  // Recomputed: the chunk-local gate cumsum (as the forward) ...
-  // Scratch is left uninitialised: every element is written before it is read (zero-filling 100+ MB per call
-  // showed up as page faults and a serial section in the benchmarks).
-  const auto G = uninitialized_buffer<Acc>(g.size());
-  chunk_local_cumsum_into(ga.data(), G.get(), s.B, s.T, H, K, BT, false, 1.0, opts.cu_seqlens, kChunkGateFloor<Acc>);
-  FullGates<Acc> fg;
-  fg.gk = G.get();
-  // ... and the state before every chunk (fla's backward recomputes them in fp32 too).
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const Index states = off.back() * H * K * V;
-  const auto h = uninitialized_buffer<Acc>(states), dh = uninitialized_buffer<Acc>(states);
-  // dh0 may be the very buffer of dht: the reverse sweep below reads dht before it writes dh0, pair by pair.
-  chunk_fwd_h_impl<Acc, Acc, Acc>(s, BT, ka.data(), va.data(), fg,
-                                  opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
-                                  h.get(), /*h_v_first=*/false, /*ht=*/nullptr, opts.workspace);
-  // dh[c] = ∂L/∂ the state after chunk c, and dh0.
-  chunk_bwd_dh_impl<Acc, Acc>(s, BT, qa.data(), doa.data(), fg, scale, dht ? dht->data() : nullptr, opts.state_v_first,
-                              dh.get(), /*dh_v_first=*/false, dh0 ? dh0->data() : nullptr);
-
+  const std::vector<HeadTile> sweep = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
   const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
   const Index work = static_cast<Index>(chunks.size()) * H;
-  auto ws = per_worker(work, ChunkBwdWorkspace<Acc>(BT, K, V));
+  Scratch scratch;
+  const ChunkBwdPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
+    return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), static_cast<Index>(sweep.size()), max_tile_width(sweep),
+                                        work);
+  });
+  // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
+  chunk_state_sweep(s, BT, k.data(), v.data(), g, opts.initial_state ? opts.initial_state->data() : nullptr,
+                    opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep, pl.sweep);
+  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht ? dht->data() : nullptr, opts.state_v_first, pl.dh,
+                   dh0 ? dh0->data() : nullptr, sweep, pl.sweep);
+
+  const Acc floor = kChunkGateFloor<Acc>;
   parallel_for(work, [&](Index w, int worker) {
     const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
     const Index hh = w % H;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
     const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-    const Eigen::Map<const RowMat<Acc>> S(h.get() + state, K, V), dH(dh.get() + state, K, V);
-    ChunkBwdWorkspace<Acc>& wsp = ws[static_cast<std::size_t>(worker)];
-    chunk_gla_bwd_block(rows(qa.data(), s, sq, hh, c0, L, K), rows(ka.data(), s, sq, hh, c0, L, K),
-                        rows(va.data(), s, sq, hh, c0, L, V), rows(ga.data(), s, sq, hh, c0, L, K),
-                        rows(doa.data(), s, sq, hh, c0, L, V), S, dH, scale, L, kChunkGateFloor<Acc>, wsp);
-    store_rows(dq.data(), s, sq, hh, c0, L, K, wsp.dq);
-    store_rows(dk.data(), s, sq, hh, c0, L, K, wsp.dk);
-    store_rows(dv.data(), s, sq, hh, c0, L, V, wsp.dv);
-    store_rows(dg.data(), s, sq, hh, c0, L, K, wsp.dg);
+    const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(worker)];
+    chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
+                   head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
+                   head_rows(do_.data(), s, sq, hh, c0, V), pl.h + state, pl.dh + state, scale, L, K, V, BT, floor, ws);
+    const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
+    store_tile_rows(ws.dq, L, K, dq + row * K, H * K);
+    store_tile_rows(ws.dk, L, K, dk + row * K, H * K);
+    store_tile_rows(ws.dv, L, V, dv + row * V, H * V);
+    if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K);
   });
 }
 
@@ -126,6 +183,23 @@ ChunkGLAGrads<T> allocate_grads(const ConstView<T, 4>& q, const ConstView<T, 4>&
 }
 
 }  // namespace detail
+
+/// Bytes of scratch chunk_gla_backward (and fused_chunk_gla_backward) needs for inputs of the given scalar and
+/// shape with these options on the current thread count (see Workspace).
+template <class Scalar = float>
+std::size_t chunk_gla_backward_workspace_size(Index B, Index T, Index H, Index K, Index V,
+                                              const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<Scalar>, "chunk_gla_backward_workspace_size: unsupported scalar type");
+  const detail::OpShape s = detail::shape_of("chunk_gla_backward_workspace_size", B, T, H, K, V, opts);
+  const Index BT = opts.chunk_size;
+  const std::vector<Index> off = detail::chunk_offsets(s, BT);
+  const std::vector<detail::HeadTile> sweep = detail::head_tiles(s, 4, 4);
+  const Index work = static_cast<Index>(detail::chunk_list(s, off).size()) * H;
+  return detail::planned_bytes([&](detail::Arena& a) {
+    return detail::plan_chunk_backward<acc_t<Scalar>, detail::operand_t<Scalar>>(
+        a, s, BT, off.back(), static_cast<Index>(sweep.size()), detail::max_tile_width(sweep), work);
+  });
+}
 
 /// The gradient of the loss w.r.t. the state after every chunk, for the recurrence of chunk_fwd_h
 ///   S ← e^{g+γ} diag(e^{gk}) S diag(e^{gv}) + k vᵀ,  o_t = scale q_tᵀ S_t,  L = Σ o·do_ + Σ final_state·dht:
@@ -196,7 +270,8 @@ void chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> 
   const std::string fn = "chunk_gla_backward";
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_backward_args(fn, qv, k, v, g, do_, dht, opts, dq, dk, dv, dg, dh0);
-  detail::chunk_gla_backward_impl<T>(s, qv, k, v, g, do_, dht, opts, dq, dk, dv, dg, dh0);
+  detail::chunk_gla_backward_impl<T>(s, qv, k, v, g.data(), do_, dht, opts, dq.data(), dk.data(), dv.data(), dg.data(),
+                                     dh0);
 }
 
 /// Backward of chunk_gla returning {dq, dk, dv, dg, dh0}; dh0 iff opts.initial_state is set.
@@ -231,7 +306,8 @@ void fused_chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_backward_args(fn, qv, k, v, g, do_, dht, opts, dq, dk, dv, dg, dh0);
   detail::check_max_seqlen(fn, s, opts);
-  detail::chunk_gla_backward_impl<T>(s, qv, k, v, g, do_, dht, opts, dq, dk, dv, dg, dh0);
+  detail::chunk_gla_backward_impl<T>(s, qv, k, v, g.data(), do_, dht, opts, dq.data(), dk.data(), dv.data(), dg.data(),
+                                     dh0);
 }
 
 /// Backward of fused_chunk_gla returning {dq, dk, dv, dg, dh0}; see fused_chunk_gla_backward_into.

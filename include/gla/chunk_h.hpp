@@ -95,16 +95,17 @@ ConstStridedMap<Acc> rows(const Acc* base, const OpShape& s, const Seq& sq, Inde
 /// Calls f(std::integral_constant<unsigned, bits>{}) with the gate set of `gates` as a compile-time value.
 template <class Acc, class F>
 void with_gate_set(const FullGates<Acc>& gates, F&& f) {
-  const unsigned bits = (gates.g ? kGateG : 0u) | (gates.gamma ? kGateGamma : 0u) | (gates.gk ? kGateGk : 0u) |
-                        (gates.gv ? kGateGv : 0u);
+  const unsigned bits =
+      (gates.g ? kGateG : 0u) | (gates.gamma ? kGateGamma : 0u) | (gates.gk ? kGateGk : 0u) | (gates.gv ? kGateGv : 0u);
   switch (bits) {
-#define GLA_GATE_CASE(b) \
-  case b:                \
+#define GLA_GATE_CASE(b)                      \
+  case b:                                     \
     f(std::integral_constant<unsigned, b>{}); \
     return;
-    GLA_GATE_CASE(0) GLA_GATE_CASE(1) GLA_GATE_CASE(2) GLA_GATE_CASE(3) GLA_GATE_CASE(4) GLA_GATE_CASE(5)
-    GLA_GATE_CASE(6) GLA_GATE_CASE(7) GLA_GATE_CASE(8) GLA_GATE_CASE(9) GLA_GATE_CASE(10) GLA_GATE_CASE(11)
-    GLA_GATE_CASE(12) GLA_GATE_CASE(13) GLA_GATE_CASE(14) GLA_GATE_CASE(15)
+    GLA_GATE_CASE(0)
+    GLA_GATE_CASE(1) GLA_GATE_CASE(2) GLA_GATE_CASE(3) GLA_GATE_CASE(4) GLA_GATE_CASE(5) GLA_GATE_CASE(6)
+        GLA_GATE_CASE(7) GLA_GATE_CASE(8) GLA_GATE_CASE(9) GLA_GATE_CASE(10) GLA_GATE_CASE(11) GLA_GATE_CASE(12)
+            GLA_GATE_CASE(13) GLA_GATE_CASE(14) GLA_GATE_CASE(15)
 #undef GLA_GATE_CASE
   }
 }
@@ -204,8 +205,8 @@ ChunkHResult chunk_fwd_h(const KT& k, ConstViewOf<KT, 4> v, const ChunkHGates& g
 
   const detail::AccGates<Acc> acc_gates(gates, s.H);
   detail::chunk_fwd_h_impl<Acc, T, float>(s, BT, kv.data(), v.data(), acc_gates.full,
-                                          opts.initial_state ? opts.initial_state->data() : nullptr,
-                                          opts.state_v_first, r.h.data(), opts.state_v_first,
+                                          opts.initial_state ? opts.initial_state->data() : nullptr, opts.state_v_first,
+                                          r.h.data(), opts.state_v_first,
                                           r.final_state ? r.final_state->data() : nullptr, opts.workspace);
   return r;
 }

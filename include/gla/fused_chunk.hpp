@@ -23,10 +23,12 @@ inline void check_max_seqlen(const std::string& fn, const OpShape& s, const GLAO
 template <class Acc, class Op, class In>
 void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, Index L, Index K, Index Vt,
                     const ChunkScratch<Acc, Op>& ws) {
-  Eigen::Map<RowMat<Acc>> S(ws.S, K, Vt);
   RowArrMap<Acc> e(ws.e, K), vr(ws.ev, Vt);
   for (Index t = 0; t < L; ++t) {
-    e = ConstRowArrMap<In>(g.row(t), K).template cast<Acc>().exp();
+    if (g.p)
+      e = ConstRowArrMap<In>(g.row(t), K).template cast<Acc>().exp();
+    else
+      e.setOnes();
     vr = ConstRowArrMap<In>(v.row(t), Vt).template cast<Acc>();
     for (Index a = 0; a < K; ++a) {
       RowArrMap<Acc> row(ws.S + a * Vt, Vt);
@@ -36,19 +38,69 @@ void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, I
     out.setZero();
     for (Index a = 0; a < K; ++a) out += (scale * static_cast<Acc>(q.row(t)[a])) * RowArrMap<Acc>(ws.S + a * Vt, Vt);
   }
-  (void)S;
 }
 
 /// The work items of fused_chunk_gla: (sequence, head) pairs, split into at most 2 value tiles when few pairs
 /// carry most of the work (each tile recomputes the chunk's intra-chunk attention, so tiles cost extra work).
-inline std::vector<HeadTile> fused_chunk_items(const OpShape& s) { return head_tiles(s, /*target=*/2, /*max_tiles=*/2); }
+inline std::vector<HeadTile> fused_chunk_items(const OpShape& s) {
+  return head_tiles(s, /*target=*/2, /*max_tiles=*/2);
+}
+
+/// fused_chunk_gla after validation; g may be null (no decay, plain linear attention).
+template <class T>
+void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
+                     const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
+  using Acc = acc_t<T>;
+  using Op = operand_t<T>;
+  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+  const Acc scale = resolve_scale<Acc>(opts, K);
+  const Acc floor = kChunkGateFloor<Acc>;
+  const std::vector<HeadTile> items = fused_chunk_items(s);
+  const Index n_items = static_cast<Index>(items.size()), Vt = max_tile_width(items);
+  Scratch scratch;
+  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
+  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+  parallel_for(n_items, [&](Index i, int w) {
+    const HeadTile& it = items[static_cast<std::size_t>(i)];
+    const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+    const Index n = it.pair / H, hh = it.pair % H, Wt = it.width;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    if (h0)
+      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
+    else
+      std::fill_n(sc.S, K * Wt, Acc(0));
+    T* out = o.data() + it.v0;
+    if (opts.heuristic_fallback && sq.len <= BT) {
+      if (sq.len > 0) {
+        recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
+                       head_rows(v.data(), s, sq, hh, 0, V, it.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
+                       sc);
+        store_tile_rows(sc.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
+      }
+    } else {
+      ChunkGates<Acc> cg;
+      cg.gk = sc.G;
+      cg.ldgk = K;
+      for (Index c0 = 0; c0 < sq.len; c0 += BT) {
+        const Index L = std::min(BT, sq.len - c0);
+        const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
+        const auto vr = head_rows(v.data(), s, sq, hh, c0, V, it.v0);
+        gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
+        const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
+        chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, vop, sc.S, Wt, scale, L, K, Wt, sc, BT);
+        store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+        state_update<kGateGk>(sc.S, Wt, kr, vr, cg, L, K, Wt, sc);
+      }
+    }
+    if (ht) store_state_tile(sc.S, Wt, ht + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
+  });
+}
 
 }  // namespace detail
 
 /// Bytes of scratch fused_chunk_gla needs for inputs of the given scalar and shape (see Workspace).
 template <class Scalar = float>
-std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V,
-                                           const GLAOptions& opts = {}) {
+std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V, const GLAOptions& opts = {}) {
   static_assert(is_supported_scalar_v<Scalar>, "fused_chunk_gla_workspace_size: unsupported scalar type");
   const detail::OpShape s = detail::shape_of("fused_chunk_gla_workspace_size", B, T, H, K, V, opts);
   const std::vector<detail::HeadTile> items = detail::fused_chunk_items(s);
@@ -72,67 +124,20 @@ void fused_chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, 
   using T = scalar_type_t<Q>;
   static_assert(is_supported_scalar_v<T>,
                 "fused_chunk_gla: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
-  using Acc = acc_t<T>;
-  using Op = detail::operand_t<T>;
   const std::string fn = "fused_chunk_gla";
   const ConstView<T, 4> qv(q);
   const detail::OpShape s = detail::check_chunk_args(fn, qv, k, v, g, opts);
-  detail::check_forward_outputs(fn, s, opts, o, final_state,
-                                {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v),
-                                 detail::buffer("g", g)});
+  detail::check_forward_outputs(
+      fn, s, opts, o, final_state,
+      {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)});
   detail::check_max_seqlen(fn, s, opts);
-  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
-  const Acc scale = detail::resolve_scale<Acc>(opts, K);
-  const Acc floor = detail::kChunkGateFloor<Acc>;
-  const std::vector<detail::HeadTile> items = detail::fused_chunk_items(s);
-  const Index n_items = static_cast<Index>(items.size()), Vt = detail::max_tile_width(items);
-  detail::Scratch scratch;
-  const auto ws = scratch.carve(opts.workspace, [&](detail::Arena& a) {
-    return detail::plan_workers<Acc, Op>(a, n_items, BT, K, Vt);
-  });
-  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
-  float* ht = final_state ? final_state->data() : nullptr;
-  detail::parallel_for(n_items, [&](Index i, int w) {
-    const detail::HeadTile& it = items[static_cast<std::size_t>(i)];
-    const detail::ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
-    const Index n = it.pair / H, hh = it.pair % H, Wt = it.width;
-    const detail::Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0)
-      detail::load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
-    else
-      std::fill_n(sc.S, K * Wt, Acc(0));
-    T* out = o.data() + it.v0;
-    if (opts.heuristic_fallback && sq.len <= BT) {
-      if (sq.len > 0) {
-        detail::recurrent_rows(detail::head_rows(qv.data(), s, sq, hh, 0, K), detail::head_rows(k.data(), s, sq, hh, 0, K),
-                               detail::head_rows(v.data(), s, sq, hh, 0, V, it.v0),
-                               detail::head_rows(g.data(), s, sq, hh, 0, K), scale, sq.len, K, Wt, sc);
-        detail::store_tile_rows(sc.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
-      }
-    } else {
-      detail::ChunkGates<Acc> cg;
-      cg.gk = sc.G;
-      cg.ldgk = K;
-      for (Index c0 = 0; c0 < sq.len; c0 += BT) {
-        const Index L = std::min(BT, sq.len - c0);
-        const auto kr = detail::head_rows(k.data(), s, sq, hh, c0, K);
-        const auto vr = detail::head_rows(v.data(), s, sq, hh, c0, V, it.v0);
-        detail::gate_cumsum(detail::head_rows(g.data(), s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
-        const detail::Rows<Op> vop = detail::as_operand<Op>(vr, L, Wt, sc.vop);
-        detail::chunk_output(detail::head_rows(qv.data(), s, sq, hh, c0, K), kr, vop, sc.S, Wt, scale, L, K, Wt, sc,
-                             BT);
-        detail::store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
-        detail::state_update<detail::kGateGk>(sc.S, Wt, kr, vr, cg, L, K, Wt, sc);
-      }
-    }
-    if (ht) detail::store_state_tile(sc.S, Wt, ht + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
-  });
+  detail::fused_chunk_run(s, qv, k, v, g.data(), opts, o, final_state ? final_state->data() : nullptr);
 }
 
 /// Fused-chunk GLA forward returning {o, final_state}; see fused_chunk_gla_into.
 template <class Q>
-GLAResult<scalar_type_t<Q>> fused_chunk_gla(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
-                                            ConstViewOf<Q, 4> g, const GLAOptions& opts = {}) {
+GLAResult<scalar_type_t<Q>> fused_chunk_gla(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
+                                            const GLAOptions& opts = {}) {
   const ConstViewOf<Q, 4> qv(q);
   detail::check_chunk_args("fused_chunk_gla", qv, k, v, g, opts);  // before sizing the outputs from the inputs
   GLAResult<scalar_type_t<Q>> r = detail::allocate_result(qv, v, opts);

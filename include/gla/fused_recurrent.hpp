@@ -2,6 +2,7 @@
 /// gla/fused_recurrent.hpp: fused_recurrent_gla, the token-by-token GLA recurrence (forward and backward) with
 /// fla's semantics: one K×V state per (sequence, head), optional gk/gv gates, reverse time, varlen.
 
+#include <gla/chunk_backward.hpp>
 #include <gla/core.hpp>
 #include <gla/detail/chunk_kernels.hpp>
 #include <gla/detail/parallel.hpp>
@@ -219,7 +220,7 @@ template <class Acc>
 struct RecurrentScratch {
   Acc *S, *q, *k, *v, *ek, *ev, *o;
   static RecurrentScratch plan(Arena& a, Index K, Index Vt) {
-    return {a.take<Acc>(K * Vt), a.take<Acc>(K), a.take<Acc>(K), a.take<Acc>(Vt),
+    return {a.take<Acc>(K * Vt), a.take<Acc>(K),  a.take<Acc>(K), a.take<Acc>(Vt),
             a.take<Acc>(K),      a.take<Acc>(Vt), a.take<Acc>(Vt)};
   }
 };
@@ -300,7 +301,8 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
           else
             ek.setConstant(gam);
         }
-        if constexpr (Gv) RowArrMap<Acc>(w.ev, Vt) = ConstRowArrMap<T>(gv->data() + rowv, Vt).template cast<Acc>().exp();
+        if constexpr (Gv)
+          RowArrMap<Acc>(w.ev, Vt) = ConstRowArrMap<T>(gv->data() + rowv, Vt).template cast<Acc>().exp();
         recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, w.q, w.k, w.v, w.ek, w.ev, scale, lo, hi, w.o);
         src = dst;
         RowArrMap<T>(o.data() + rowv, Vt) = RowArrMap<Acc>(w.o, Vt).template cast<T>();
@@ -327,10 +329,14 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
   };
   // The working layout is final_state's when updating in place, else V-first exactly when the state is stored so.
   const auto with_gates = [&](auto vfirst_c) {
-    if (any_gk && gv) run(vfirst_c, std::true_type{}, std::true_type{});
-    else if (any_gk) run(vfirst_c, std::true_type{}, std::false_type{});
-    else if (gv) run(vfirst_c, std::false_type{}, std::true_type{});
-    else run(vfirst_c, std::false_type{}, std::false_type{});
+    if (any_gk && gv)
+      run(vfirst_c, std::true_type{}, std::true_type{});
+    else if (any_gk)
+      run(vfirst_c, std::true_type{}, std::false_type{});
+    else if (gv)
+      run(vfirst_c, std::false_type{}, std::true_type{});
+    else
+      run(vfirst_c, std::false_type{}, std::false_type{});
   };
   if (v_first)
     with_gates(std::true_type{});
@@ -478,6 +484,16 @@ void fused_recurrent_gla_backward_into(const Q& q_in, ConstViewOf<Q, 4> k, Const
                          {detail::buffer("dq", dq), detail::buffer("dk", dk), detail::buffer("dv", dv),
                           detail::buffer("dgk", dgk), detail::buffer("dgv", dgv), detail::buffer("dh0", dh0)},
                          {{"dh0", "dht"}});
+
+  // Without gv and running forwards, the chunked backward computes the same gradients through matrix products,
+  // at about twice the forward's work instead of the recurrent sweep's five times: use it (docs/fused_recurrent.md).
+  if (!gv && !opts.reverse) {
+    GLAOptions chunked = opts;
+    chunked.chunk_size = 64;  // fused_recurrent_gla ignores opts.chunk_size; fla's chunk size
+    detail::chunk_gla_backward_impl<T>(s, q, k, v, gk ? gk->data() : nullptr, do_, dht, chunked, dq.data(), dk.data(),
+                                       dv.data(), dgk ? dgk->data() : nullptr, dh0);
+    return;
+  }
 
   const Index T_ = s.T, H = s.H, K = s.K, V = s.V, KV = K * V;
   const Acc scale = detail::recurrent_scale<Acc>(opts, K);

@@ -7,24 +7,25 @@
 /// only the headers under gla/io/ and gla/layers/ use nlohmann-json.
 
 #if !__has_include(<nlohmann/json.hpp>)
-#error "gla/gla.hpp needs nlohmann-json 3.11 or newer (<nlohmann/json.hpp>) for the layer and safetensors I/O: install it (Debian/Ubuntu: apt-get install nlohmann-json3-dev; CMake: gla::gla brings it when find_package(nlohmann_json) finds it), or include only the operator headers you use (gla/chunk.hpp, ...), which do not need it."
+#error \
+    "gla/gla.hpp needs nlohmann-json 3.11 or newer (<nlohmann/json.hpp>) for the layer and safetensors I/O: install it (Debian/Ubuntu: apt-get install nlohmann-json3-dev; CMake: gla::gla brings it when find_package(nlohmann_json) finds it), or include only the operator headers you use (gla/chunk.hpp, ...), which do not need it."
 #endif
 
 #include <gla/version.hpp>
 
 #include <gla/chunk.hpp>
+#include <gla/chunk_backward.hpp>
 #include <gla/chunk_h.hpp>
 #include <gla/core.hpp>
 #include <gla/cumsum.hpp>
 #include <gla/fused_chunk.hpp>
 #include <gla/fused_recurrent.hpp>
-#include <gla/naive.hpp>
-#include <gla/router.hpp>
-#include <gla/varlen.hpp>
-#include <gla/chunk_backward.hpp>
 #include <gla/modules/activations.hpp>
 #include <gla/modules/norms.hpp>
 #include <gla/modules/short_conv.hpp>
+#include <gla/naive.hpp>
+#include <gla/router.hpp>
+#include <gla/varlen.hpp>
 #if __has_include(<nlohmann/json.hpp>)  // else the #error above has stopped the build: one message, not two
 #include <gla/io/safetensors.hpp>
 #include <gla/layers/gated_linear_attention.hpp>

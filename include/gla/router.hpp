@@ -66,7 +66,7 @@ Tensor<T, 4> pack_tokens(const ConstView<T, 4>& x, const std::vector<std::int64_
 /// With a mask the valid tokens are packed into one varlen batch (each row a sequence: N = B), run, and the
 /// output is padded back with exact zeros. The mode is select_gla_mode(mode, T), T = q.dimension(1) (the padded
 /// or packed length). gv or opts.reverse need the recurrent kernel: Auto routes them there; explicit Chunk or
-/// FusedChunk → gla::Error. Without gk the chunk kernels run with a zero gate (plain linear attention).
+/// FusedChunk → gla::Error. Without gk the chunk kernels run with no decay (plain linear attention).
 template <class Q>
 GLAResult<scalar_type_t<Q>> gla_forward(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
                                         std::optional<ConstViewOf<Q, 4>> gk = std::nullopt,
@@ -89,17 +89,22 @@ GLAResult<scalar_type_t<Q>> gla_forward(const Q& q_in, ConstViewOf<Q, 4> k, Cons
     m = Mode::FusedRecurrent;
   }
 
-  // Runs the selected kernel on (possibly packed) inputs.
+  // Runs the selected kernel on (possibly packed) inputs. Without gk the chunk kernels run with no decay (no
+  // zero gate is materialised).
   auto run = [&](ConstView<T, 4> q_, ConstView<T, 4> k_, ConstView<T, 4> v_, std::optional<ConstView<T, 4>> gk_,
                  std::optional<ConstView<T, 4>> gv_, const GLAOptions& o) -> GLAResult<T> {
     if (m == Mode::FusedRecurrent) return fused_recurrent_gla(q_, k_, v_, gk_, gv_, o);
-    Tensor<T, 4> zero_gate;
-    if (!gk_) {
-      zero_gate = Tensor<T, 4>(q_.dimensions());
-      zero_gate.setZero();
-      gk_ = zero_gate;
-    }
-    return m == Mode::Chunk ? chunk_gla(q_, k_, v_, *gk_, o) : fused_chunk_gla(q_, k_, v_, *gk_, o);
+    const std::string kfn = m == Mode::Chunk ? "chunk_gla" : "fused_chunk_gla";
+    const detail::OpShape ks = detail::check_chunk_args(kfn, q_, k_, v_, gk_ ? *gk_ : q_, o);
+    if (m == Mode::FusedChunk) detail::check_max_seqlen(kfn, ks, o);
+    GLAResult<T> r = detail::allocate_result(q_, v_, o);
+    const View<T, 4> out(r.o);
+    float* ht = r.final_state ? r.final_state->data() : nullptr;
+    if (m == Mode::Chunk)
+      detail::chunk_gla_run(ks, q_, k_, v_, gk_ ? gk_->data() : static_cast<const T*>(nullptr), o, out, ht);
+    else
+      detail::fused_chunk_run(ks, q_, k_, v_, gk_ ? gk_->data() : static_cast<const T*>(nullptr), o, out, ht);
+    return r;
   };
 
   if (!attention_mask) return run(q, k, v, gk, gv, opts);

@@ -119,10 +119,102 @@ void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_,
   });
 }
 
-/// The gradients of one chunk of L tokens of GLA, into the top L rows of ws.dq, ws.dk [L×K], ws.dv [L×V] and
-/// ws.dg [L×K] (dg = ∂L/∂ the raw per-step gate):
-///   q, k, g (raw per-step log gate) [L×K]; v, do_ [L×V];
-///   S [K×V] the state BEFORE the chunk, dH [K×V] = ∂L/∂ the state AFTER the chunk.
+/// Per-worker scratch of the chunked backward's per-chunk gradients (carved from a workspace), for chunks of at
+/// most BT rows. Operand-typed buffers are unused (size 0) when Op is Acc.
+template <class Acc, class Op>
+struct BwdScratch {
+  static constexpr bool kLowp = !std::is_same_v<Acc, Op>;
+  double* Gd = nullptr;  // [BT×K] gate cumsum in double
+  double* gn = nullptr;  // [K]
+  Acc* eg = nullptr;     // [BT×K] floored gates, then e^{g}
+  Acc* qa = nullptr;     // [BT×K] q in Acc (low precision inputs)
+  Acc* ka = nullptr;     // [BT×K] k in Acc
+  Acc* dA = nullptr;     // [BT×BT]
+  Acc* A = nullptr;      // [BT×BT]
+  Op* dAop = nullptr;    // [BT×BT]
+  Op* Aop = nullptr;     // [BT×BT]
+  Op* qg = nullptr;      // [BT×K] decayed queries (operand)
+  Op* kg = nullptr;      // [BT×K] decayed keys (operand)
+  Acc* dec = nullptr;    // [BT×K] decays e^{gn − G_s}
+  Acc* tmp = nullptr;    // [BT×K]
+  Acc* dq = nullptr;     // [BT×K]
+  Acc* dk = nullptr;     // [BT×K]
+  Acc* dg = nullptr;     // [BT×K]
+  Acc* dv = nullptr;     // [BT×V]
+  Op* vop = nullptr;     // [BT×V] v as an operand (when converted)
+  Op* doop = nullptr;    // [BT×V] do as an operand (when converted)
+  Op* Sop = nullptr;     // [K×V]
+  Op* dHop = nullptr;    // [K×V]
+  Acc* f = nullptr;      // [K]
+  Acc* qf = nullptr;     // [K]
+  Acc* dgl = nullptr;    // [K]
+
+  static BwdScratch plan(Arena& a, Index BT, Index K, Index V) {
+    BwdScratch w;
+    w.Gd = a.take<double>(BT * K);
+    w.gn = a.take<double>(K);
+    w.eg = a.take<Acc>(BT * K);
+    w.qa = a.take<Acc>(BT * K);
+    w.ka = a.take<Acc>(BT * K);
+    w.dA = a.take<Acc>(BT * BT);
+    w.A = a.take<Acc>(BT * BT);
+    w.dAop = a.take<Op>(kLowp ? BT * BT : 0);
+    w.Aop = a.take<Op>(kLowp ? BT * BT : 0);
+    w.qg = a.take<Op>(BT * K);
+    w.kg = a.take<Op>(BT * K);
+    w.dec = a.take<Acc>(BT * K);
+    w.tmp = a.take<Acc>(BT * K);
+    w.dq = a.take<Acc>(BT * K);
+    w.dk = a.take<Acc>(BT * K);
+    w.dg = a.take<Acc>(BT * K);
+    w.dv = a.take<Acc>(BT * V);
+    w.vop = a.take<Op>(BT * V);
+    w.doop = a.take<Op>(BT * V);
+    w.Sop = a.take<Op>(kLowp ? K * V : 0);
+    w.dHop = a.take<Op>(kLowp ? K * V : 0);
+    w.f = a.take<Acc>(K);
+    w.qf = a.take<Acc>(K);
+    w.dgl = a.take<Acc>(K);
+    return w;
+  }
+
+  /// dA [L×L] (row stride BT) as a product operand: itself, or converted to Op.
+  const Op* dA_operand(Index L, Index BT) const { return operand(dA, dAop, L, BT); }
+  /// A likewise.
+  const Op* A_operand(Index L, Index BT) const { return operand(A, Aop, L, BT); }
+  /// A state [K×V] as a product operand (fla multiplies its states in the inputs' precision too).
+  const Op* state_operand(const Acc* src, Op* dst, Index K, Index V) const {
+    if constexpr (!kLowp) {
+      (void)dst;
+      (void)K;
+      (void)V;
+      return src;
+    } else {
+      Eigen::Map<Eigen::Array<Op, Eigen::Dynamic, 1>>(dst, K * V) =
+          Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(src, K * V).template cast<Op>();
+      return dst;
+    }
+  }
+
+ private:
+  static const Op* operand(Acc* src, Op* dst, Index L, Index BT) {
+    if constexpr (!kLowp) {
+      (void)dst;
+      (void)L;
+      (void)BT;
+      return src;
+    } else {
+      for (Index r = 0; r < L; ++r)
+        RowArrMap<Op>(dst + r * BT, L) = RowArrMap<Acc>(src + r * BT, L).template cast<Op>();
+      return dst;
+    }
+  }
+};
+
+/// The gradients of one chunk of L tokens of GLA, into ws.dq, ws.dk, ws.dg [L×K] and ws.dv [L×V] (dg = ∂L/∂ the
+/// raw per-step gate):
+///   q, k, g (raw per-step log gate; absent = no decay) [L×K] and v, do_ [L×V]: input rows;
+///   S [K×V] the state BEFORE the chunk, dH [K×V] = ∂L/∂ the state AFTER the chunk (row stride V).
 /// With G the chunk-local inclusive cumsum of g, Gl = G[L−1], dA[t,s] = scale do_t·v_s and
 /// A[t,s] = scale Σ q_t k_s e^{G_t−G_s} (s <= t, recomputed here):
 ///   dq_t = Σ_{s<=t} dA[t,s] k_s ⊙ e^{G_t−G_s} + scale e^{G_t} ⊙ (S do_t)
@@ -134,17 +226,42 @@ void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_,
 /// Diagonal blocks use running products of e^{g} (each factor <= 1) over the s <= t half only.
 /// G is summed in double here even for float inputs: under strong decay |G| reaches ~300 within a chunk, where a
 /// float's spacing is 3e-5, and the one-step differences G_t − G_{t−1} that dominate dg would carry that
-/// absolute error as a relative one. The exponents are formed in double and exponentiated in Acc.
-template <class Acc>
-void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Acc>& k, const ConstStridedMap<Acc>& v,
-                         const ConstStridedMap<Acc>& g, const ConstStridedMap<Acc>& do_,
-                         const Eigen::Map<const RowMat<Acc>>& S, const Eigen::Map<const RowMat<Acc>>& dH, Acc scale,
-                         Index L, Acc floor, ChunkBwdWorkspace<Acc>& ws) {
+/// absolute error as a relative one. The exponents are formed in double and exponentiated in Acc. Products
+/// take Op operands (bf16 for bf16 inputs) with Acc accumulation.
+template <class Acc, class Op, class In>
+void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
+                    const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT, Acc floor,
+                    const BwdScratch<Acc, Op>& ws) {
   if (L == 0) return;
+  using MapA = Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
+  using CMapA = Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
+  using MapD = Eigen::Map<RowMat<double>>;
+  const Eigen::OuterStride<> sK(K), sV(V), sBT(BT);
+  // q and k in Acc for the elementwise work; v and do_ as product operands.
+  Rows<Acc> qr, kr;
+  if constexpr (std::is_same_v<In, Acc>) {
+    qr = q_in;
+    kr = k_in;
+  } else {
+    convert_rows(q_in, L, K, ws.qa);
+    convert_rows(k_in, L, K, ws.ka);
+    qr = {ws.qa, K};
+    kr = {ws.ka, K};
+  }
+  const CMapA q(qr.p, L, K, Eigen::OuterStride<>(qr.ld)), k(kr.p, L, K, Eigen::OuterStride<>(kr.ld));
+  const Rows<Op> vop = as_operand<Op>(v_in, L, V, ws.vop), doop = as_operand<Op>(do_in, L, V, ws.doop);
+
   // Per-step gates below the floor act as the floor, as in the forward (NaN stays NaN).
-  auto expg = ws.expg.topRows(L);
-  expg.array() = (g.array() < floor).select(floor, g.array());
-  auto G = ws.Gd.topRows(L);
+  MapA expg(ws.eg, L, K, sK);
+  for (Index r = 0; r < L; ++r) {
+    if (!g.p) {  // no gate: no decay
+      expg.row(r).setZero();
+      continue;
+    }
+    const auto raw = ConstRowArrMap<In>(g.row(r), K).template cast<Acc>();
+    expg.row(r).array() = (raw < floor).select(floor, raw);
+  }
+  MapD G(ws.Gd, L, K);
   G.row(0) = expg.row(0).template cast<double>();
   for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + expg.row(r).template cast<double>();
   // out = e^{x − y} for two double gate rows: the difference in double, rounded to Acc, then exponentiated in
@@ -154,55 +271,56 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
     out.array() = out.array().exp();
   };
 
-  auto dA = ws.dA.topLeftCorner(L, L);
-  dA.noalias() = do_ * v.transpose();
-  dA *= scale;  // only the s <= t half is ever read
-  auto A = ws.A.topLeftCorner(L, L);
-  auto dq = ws.dq.topRows(L);
-  auto dk = ws.dk.topRows(L);
+  // dA = scale · do_ vᵀ (only the s <= t half is ever read).
+  gemm<Op>(Trans::N, Trans::T, L, L, V, doop.p, doop.ld, vop.p, vop.ld, false, ws.dA, BT);
+  MapA dA(ws.dA, L, L, sBT);
+  dA *= scale;
+  const Op* dAop = ws.dA_operand(L, BT);
+  MapA A(ws.A, L, L, sBT);
+  MapA dq(ws.dq, L, K, sK), dk(ws.dk, L, K, sK);
   dq.setZero();
   dk.setZero();
   // e^{g_r}: the factors of the diagonal blocks' running products (from the gate, not a cumsum difference).
   expg.array() = expg.array().exp();
+  Eigen::Map<RowVec<double>> gn(ws.gn, K);
+  Eigen::Map<RowVec<Acc>> f(ws.f, K), qf(ws.qf, K);
 
   for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
     const Index Li = std::min(kSubChunk, L - i0), j1 = i0 + Li, Lr = L - j1;
     if (i0 > 0) {
       // dq of query sub-chunk [i0, j1) from all earlier keys; reference gn = G[i0]:
       // dq_t += (Σ_s dA[t,s] k_s e^{gn−G_s}) ⊙ e^{G_t−gn}.
-      ws.gn = G.row(i0);
-      auto kg = ws.kg.topRows(i0);
+      gn = G.row(i0);
+      MapA dec(ws.dec, i0, K, sK);
       for (Index s = 0; s < i0; ++s) {
-        decay_into(kg.row(s), ws.gn, G.row(s));
-        kg.row(s).array() *= k.row(s).array();
+        decay_into(dec.row(s), gn, G.row(s));
+        RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * dec.row(s).array()).template cast<Op>();
       }
-      auto tmp = ws.tmp.topRows(Li);
-      tmp.noalias() = dA.block(i0, 0, Li, i0) * kg;
+      gemm<Op>(Trans::N, Trans::N, Li, K, i0, dAop + i0 * BT, BT, ws.kg, K, false, ws.tmp, K);
+      MapA tmp(ws.tmp, Li, K, sK);
       for (Index r = 0; r < Li; ++r) {
-        decay_into(ws.f, G.row(i0 + r), ws.gn);
-        dq.row(i0 + r).array() += tmp.row(r).array() * ws.f.array();
+        decay_into(f, G.row(i0 + r), gn);
+        dq.row(i0 + r).array() += tmp.row(r).array() * f.array();
       }
       A.block(0, i0, i0, Li).setZero();  // above the diagonal block: s > t
     }
     if (Lr > 0) {
       // Key sub-chunk [i0, j1) against all later queries; reference gn = G[j1−1], its last valid row:
       // A[t,s] = scale (q_t e^{G_t−gn})·(k_s e^{gn−G_s}),  dk_s += (Σ_t dA[t,s] q_t e^{G_t−gn}) ⊙ e^{gn−G_s}.
-      ws.gn = G.row(j1 - 1);
-      auto qg = ws.qg.topRows(Lr);
+      gn = G.row(j1 - 1);
       for (Index t = 0; t < Lr; ++t) {
-        decay_into(qg.row(t), G.row(j1 + t), ws.gn);
-        qg.row(t).array() *= q.row(j1 + t).array();
+        decay_into(f, G.row(j1 + t), gn);
+        RowArrMap<Op>(ws.qg + t * K, K) = (q.row(j1 + t).array() * f.array()).template cast<Op>();
       }
-      auto kg = ws.kg.topRows(Li);
-      auto dec = ws.decl.topRows(Li);  // e^{gn−G_s}, shared by A and dk
+      MapA dec(ws.dec, Li, K, sK);  // e^{gn−G_s}, shared by A and dk
       for (Index c = 0; c < Li; ++c) {
-        decay_into(dec.row(c), ws.gn, G.row(i0 + c));
-        kg.row(c) = k.row(i0 + c).cwiseProduct(dec.row(c));
+        decay_into(dec.row(c), gn, G.row(i0 + c));
+        RowArrMap<Op>(ws.kg + c * K, K) = (k.row(i0 + c).array() * dec.row(c).array()).template cast<Op>();
       }
-      A.block(j1, i0, Lr, Li).noalias() = qg * kg.transpose();
+      gemm<Op>(Trans::N, Trans::T, Lr, Li, K, ws.qg, K, ws.kg, K, false, ws.A + j1 * BT + i0, BT);
       A.block(j1, i0, Lr, Li) *= scale;
-      auto tmp = ws.tmp.topRows(Li);
-      tmp.noalias() = dA.block(j1, i0, Lr, Li).transpose() * qg;
+      gemm<Op>(Trans::T, Trans::N, Li, K, Lr, dAop + j1 * BT + i0, BT, ws.qg, K, false, ws.tmp, K);
+      MapA tmp(ws.tmp, Li, K, sK);
       dk.middleRows(i0, Li).array() += tmp.array() * dec.array();
     }
     // Diagonal block, column c, rows r >= c: f = e^{G_r−G_c} = Π_{s=c+1..r} e^{g_s}; the r < c half is
@@ -210,38 +328,40 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
     // dA[t,t] q_t (of dk_t) are added after dg (they cancel in it; see below).
     for (Index c = i0; c < j1; ++c) {
       A(c, c) = scale * q.row(c).dot(k.row(c));
-      ws.f.setOnes();
+      f.setOnes();
       for (Index r = c + 1; r < j1; ++r) {
-        ws.f.array() *= expg.row(r).array();
-        ws.qf = q.row(r).array() * ws.f.array();
-        A(r, c) = scale * (ws.qf.array() * k.row(c).array()).sum();
+        f.array() *= expg.row(r).array();
+        qf = q.row(r).array() * f.array();
+        A(r, c) = scale * (qf.array() * k.row(c).array()).sum();
         const Acc d = dA(r, c);
-        dk.row(c) += d * ws.qf;
-        dq.row(r).array() += d * k.row(c).array() * ws.f.array();
+        dk.row(c) += d * qf;
+        dq.row(r).array() += d * k.row(c).array() * f.array();
       }
       for (Index r = i0; r < c; ++r) A(r, c) = Acc(0);
     }
   }
 
   // Inter-chunk terms. decl = e^{Gl−G_s} (<= 1) decays every key row to the chunk's end.
-  ws.gld = G.row(L - 1);
-  ws.gl = ws.gld.template cast<Acc>();
-  auto decl = ws.decl.topRows(L);
-  for (Index s = 0; s < L; ++s) decay_into(decl.row(s), ws.gld, G.row(s));
-  auto dv = ws.dv.topRows(L);
-  dv.noalias() = A.transpose() * do_;
-  auto kdec = ws.qg.topRows(L);
-  kdec = k.cwiseProduct(decl);
-  dv.noalias() += kdec * dH;
+  gn = G.row(L - 1);
+  MapA decl(ws.dec, L, K, sK);
+  for (Index s = 0; s < L; ++s) decay_into(decl.row(s), gn, G.row(s));
+  const Op* Aop = ws.A_operand(L, BT);
+  gemm<Op>(Trans::T, Trans::N, L, V, L, Aop, BT, doop.p, doop.ld, false, ws.dv, V);  // dv = Aᵀ do_
+  for (Index s = 0; s < L; ++s)
+    RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * decl.row(s).array()).template cast<Op>();
+  const Op* Sop = ws.state_operand(S, ws.Sop, K, V);
+  const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
+  gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
 
-  auto tmp = ws.tmp.topRows(L);
-  tmp.noalias() = do_ * S.transpose();  // (S do_t)ᵀ
-  auto expG = ws.kg.topRows(L);         // e^{G_t}
-  expG = G.template cast<Acc>();
-  expG.array() = expG.array().exp();
-  dq.array() += scale * tmp.array() * expG.array();
-  tmp.noalias() = v * dH.transpose();  // (dH v_s)ᵀ
-  tmp.array() *= decl.array();         // dk_inter, added to dk after dg
+  MapA tmp(ws.tmp, L, K, sK);
+  gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, Sop, V, false, ws.tmp, K);  // (S do_t)ᵀ
+  for (Index t = 0; t < L; ++t) {
+    RowArrMap<Acc> e(ws.f, K);
+    e = G.row(t).template cast<Acc>().array().exp();
+    dq.row(t).array() += scale * tmp.row(t).array() * e;
+  }
+  gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ
+  tmp.array() *= decl.array();                                                      // dk_inter, added to dk after dg
 
   // dg_t = Σ_{s>=t} ∂L/∂G_s with ∂L/∂G_s = q_s⊙dq_s − k_s⊙dk_s (+ at s = l: e^{Gl}⊙rowsum(S⊙dH) + Σ_s k_s⊙dk_inter_s).
   // Two groups of terms cancel exactly in that sum, and they are left out rather than added and subtracted,
@@ -249,16 +369,20 @@ void chunk_gla_bwd_block(const ConstStridedMap<Acc>& q, const ConstStridedMap<Ac
   //  * k_s⊙dk_inter_s for s >= t (in the reverse cumsum and in the Gl term): what is left is Σ_{s<t};
   //  * the self terms s == t of the diagonal blocks, q_t⊙dA[t,t]k_t and k_t⊙dA[t,t]q_t (not yet in dq, dk).
   //   dg_t = e^{Gl}⊙rowsum(S⊙dH) + Σ_{s<t} k_s⊙dk_inter_s + Σ_{s>=t} (q_s⊙dq_s − k_s⊙dk_intra_s).
-  auto dg = ws.dg.topRows(L);
-  ws.dgl = ws.gl.array().exp() * S.cwiseProduct(dH).rowwise().sum().transpose().array();
-  for (Index t = 0; t < L; ++t) {
-    dg.row(t) = ws.dgl;
-    ws.dgl.array() += k.row(t).array() * tmp.row(t).array();
+  MapA dg(ws.dg, L, K, sK);
+  Eigen::Map<RowVec<Acc>> dgl(ws.dgl, K);
+  {
+    const Eigen::Map<const RowMat<Acc>> Sm(S, K, V), dHm(dH, K, V);
+    dgl = gn.template cast<Acc>().array().exp() * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
   }
-  ws.dgl.setZero();
+  for (Index t = 0; t < L; ++t) {
+    dg.row(t) = dgl;
+    dgl.array() += k.row(t).array() * tmp.row(t).array();
+  }
+  dgl.setZero();
   for (Index t = L - 1; t >= 0; --t) {
-    ws.dgl.array() += q.row(t).array() * dq.row(t).array() - k.row(t).array() * dk.row(t).array();
-    dg.row(t) += ws.dgl;
+    dgl.array() += q.row(t).array() * dq.row(t).array() - k.row(t).array() * dk.row(t).array();
+    dg.row(t) += dgl;
   }
   dk += tmp;
   for (Index t = 0; t < L; ++t) {

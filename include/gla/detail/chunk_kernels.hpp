@@ -57,9 +57,11 @@ struct Rows {
   const T* row(Index r) const { return p + r * ld; }
 };
 
-/// The rows of (sequence sq, head h) of a [B,T,H,D] tensor from token c0 of the sequence, starting at column d0.
+/// The rows of (sequence sq, head h) of a [B,T,H,D] tensor from token c0 of the sequence, starting at column d0
+/// (empty rows for an absent tensor, base == nullptr).
 template <class T>
 Rows<T> head_rows(const T* base, const OpShape& s, const Seq& sq, Index h, Index c0, Index D, Index d0 = 0) {
+  if (!base) return {};
   return {base + ((sq.b * s.T + sq.t0 + c0) * s.H + h) * D + d0, s.H * D};
 }
 
@@ -128,8 +130,7 @@ std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT,
 /// Rows [0, L) × [0, W) of a strided block in another scalar, into a contiguous [L×W] tile.
 template <class To, class From>
 void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
-  for (Index r = 0; r < L; ++r)
-    RowArrMap<To>(dst + r * W, W) = ConstRowArrMap<From>(src.row(r), W).template cast<To>();
+  for (Index r = 0; r < L; ++r) RowArrMap<To>(dst + r * W, W) = ConstRowArrMap<From>(src.row(r), W).template cast<To>();
 }
 
 /// A block of input rows as product operands: the input itself when its scalar is the operand's, else a
@@ -149,9 +150,14 @@ Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
 
 /// G ← the inclusive cumsum over the L rows of the per-step gates g (each floored), and, when eg is given,
 /// eg ← e^{floored g} (the one-step decays, exponentiated here from the gates themselves, not from differences
-/// of the cumsum, which would carry the cumsum's rounding).
+/// of the cumsum, which would carry the cumsum's rounding). Absent gates (g.p == nullptr) are zero: no decay.
 template <class Acc, class In>
 void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G, Acc* eg) {
+  if (!g.p) {
+    std::fill_n(G, L * K, Acc(0));
+    if (eg) std::fill_n(eg, L * K, Acc(1));
+    return;
+  }
   for (Index r = 0; r < L; ++r) {
     RowArrMap<Acc> Gr(G + r * K, K);
     const auto raw = ConstRowArrMap<In>(g.row(r), K).template cast<Acc>();
@@ -205,7 +211,8 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
     all = all.exp();
     for (Index s = 0; s < L; ++s)
       RowArrMap<Op>(ws.kd + s * K, K) =
-          (ConstRowArrMap<In>(k.row(s), K).template cast<Acc>() * RowArrMap<Acc>(ws.tmp + s * K, K)).template cast<Op>();
+          (ConstRowArrMap<In>(k.row(s), K).template cast<Acc>() * RowArrMap<Acc>(ws.tmp + s * K, K))
+              .template cast<Op>();
   } else {
     convert_rows(k, L, K, ws.kd);
   }
@@ -319,8 +326,7 @@ void chunk_output(Rows<In> q, Rows<In> k, Rows<Op> v, const Acc* S, Index ldS, A
   if constexpr (std::is_same_v<Op, Acc>) {
     Aop = A;
   } else {
-    for (Index r = 0; r < L; ++r)
-      RowArrMap<Op>(ws.Aop + r * BT, L) = RowArrMap<Acc>(A + r * BT, L).template cast<Op>();
+    for (Index r = 0; r < L; ++r) RowArrMap<Op>(ws.Aop + r * BT, L) = RowArrMap<Acc>(A + r * BT, L).template cast<Op>();
     Aop = ws.Aop;
   }
   gemm<Op>(Trans::N, Trans::N, L, Vt, L, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
@@ -349,14 +355,7 @@ void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v
 /// Writes L rows of a contiguous [L×W] tile into strided output rows (converting to the output scalar).
 template <class T, class Acc>
 void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld) {
-  for (Index r = 0; r < L; ++r)
-    RowArrMap<T>(out + r * ld, W) = ConstRowArrMap<Acc>(tile + r * W, W).template cast<T>();
-}
-
-/// An uninitialised buffer of n accumulators (std::vector would zero-fill memory that is overwritten anyway).
-template <class Acc>
-std::unique_ptr<Acc[]> uninitialized_buffer(Index n) {
-  return std::unique_ptr<Acc[]>(new Acc[static_cast<std::size_t>(std::max<Index>(n, 1))]);
+  for (Index r = 0; r < L; ++r) RowArrMap<T>(out + r * ld, W) = ConstRowArrMap<Acc>(tile + r * W, W).template cast<T>();
 }
 
 /// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.
