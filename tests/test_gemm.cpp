@@ -1,4 +1,4 @@
-// gla::detail::gemm and its two backends (gemm_eigen, gemm_libxsmm) against a double-precision reference: every
+// gla::detail::gemm and its backends (gemm_eigen, gemm_libxsmm with both bfloat16 routes) against a double-precision reference: every
 // transpose combination, accumulate on and off, the chunk kernels' shapes and arbitrary ones (1, 15, 63, 130,
 // ... and beyond libxsmm's size limit), contiguous and strided operands, float/double/bfloat16/half, concurrent
 // calls, the kernel cache under eviction, and the argument checks.
@@ -42,10 +42,17 @@ using half = Eigen::half;
 
 constexpr float kCPadding = -7.25f;  // C's padding sentinel
 
-enum class Backend { Auto, Eigen, Libxsmm };
+/// gemm(), gemm_eigen(), gemm_libxsmm() (bfloat16: its default route), gemm_libxsmm(..., Bf16Kernel::Vnni).
+enum class Backend { Auto, Eigen, Libxsmm, LibxsmmVnni };
 
 const char* backend_name(Backend b) {
-  return b == Backend::Auto ? "gemm" : b == Backend::Eigen ? "gemm_eigen" : "gemm_libxsmm";
+  switch (b) {
+    case Backend::Auto: return "gemm";
+    case Backend::Eigen: return "gemm_eigen";
+    case Backend::Libxsmm: return "gemm_libxsmm";
+    case Backend::LibxsmmVnni: return "gemm_libxsmm(Vnni)";
+  }
+  return "?";
 }
 
 /// A stored row-major rows×cols matrix with row stride ld; the padding beyond cols holds NaN.
@@ -150,8 +157,10 @@ struct Problem {
         gla::detail::gemm_eigen(c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(), c.ldc);
         break;
       case Backend::Libxsmm:
-        if (!gla::detail::gemm_libxsmm(c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(),
-                                       c.ldc))
+      case Backend::LibxsmmVnni:
+        if (!gla::detail::gemm_libxsmm(c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(), c.ldc,
+                                       be == Backend::LibxsmmVnni ? gla::detail::Bf16Kernel::Vnni
+                                                                  : gla::detail::Bf16Kernel::ViaF32))
           return "declined";
         break;
     }
@@ -200,20 +209,21 @@ struct Problem {
 };
 
 /// True when gemm_libxsmm must accept the call (libxsmm compiled in, its size limits met, and for bfloat16
-/// a CPU that libxsmm 1.17 generates bfloat16 kernels for).
+/// kernels a CPU that libxsmm 1.17 generates them for).
 template <class In>
-bool libxsmm_expected(const Case& c) {
+bool libxsmm_expected(const Case& c, Backend be) {
 #if GLA_GEMM_WITH_LIBXSMM
   if constexpr (std::is_same_v<In, double>) {
     return false;
   } else {
     const Index lim = gla::detail::gemm_impl::kXsmmMaxDim;
     if (c.m > lim || c.n > lim || c.k > lim) return false;
-    if (std::is_same_v<In, bf16>) return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CORE;
+    if (std::is_same_v<In, bf16> && be == Backend::LibxsmmVnni)
+      return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CORE;
     return true;
   }
 #else
-  (void)c;
+  (void)c, (void)be;
   return false;
 #endif
 }
@@ -225,9 +235,10 @@ std::vector<std::string> run_cases(const std::vector<Case>& cases, std::uint64_t
   std::vector<acc_t<In>> C;
   for (std::size_t ci = 0; ci < cases.size(); ++ci) {
     const Problem<In> p(cases[ci], salt + ci);
-    for (const Backend be : {Backend::Auto, Backend::Eigen, Backend::Libxsmm}) {
+    for (const Backend be : {Backend::Auto, Backend::Eigen, Backend::Libxsmm, Backend::LibxsmmVnni}) {
+      if (be == Backend::LibxsmmVnni && !std::is_same_v<In, bf16>) continue;
       std::string why = p.run(be, C);
-      if (why == "declined" && !libxsmm_expected<In>(p.c)) why.clear();
+      if (why == "declined" && !libxsmm_expected<In>(p.c, be)) why.clear();
       if (!why.empty() && failures.size() < max_report)
         failures.push_back(gla::test::type_name<In>() + " " + backend_name(be) + " " + p.c.str() + ": " + why);
     }

@@ -18,19 +18,23 @@
 ///       - only its right operand can be transposed (flag TRANS_B; TRANS_A gets no kernel), and only for
 ///         float/double: ta == T sets TRANS_B; tb == T packs B into a contiguous k×n copy (per-thread scratch).
 ///       - alpha must be 1 and beta 0 or 1: accumulate selects beta (BETA_0 flag when false).
-///       - bfloat16 inputs with float C need the left operand in VNNI layout, pairs of consecutive k side by
-///         side: Bv[(p/2)·2n + 2j + p%2] = op(B)(p, j) (uint32 word q·n + j holds rows 2q and 2q+1 of column j),
-///         with k even: B is always packed so, an odd k padded with a zero row. The right operand is read in
-///         place when ta == N and k and lda are even, else packed m×k' (k' = k rounded up to even, zero-padded).
-///         No transposes at all for bfloat16. The kernels use AVX-512 BF16 dot products where the CPU has them:
-///         each product of two bfloat16 values is exact in float, the sums are float.
+///       - bfloat16 inputs with float C: libxsmm's bfloat16 kernels (AVX-512 BF16 dot products, float
+///         accumulation) need their left operand in VNNI layout, pairs of consecutive k side by side:
+///         Bv[(p/2)·2n + 2j + p%2] = op(B)(p, j) (uint32 word q·n + j holds rows 2q and 2q+1 of column j) with
+///         k even, and cannot transpose either operand. Bf16Kernel::Vnni packs so (an odd k padded with a zero
+///         row; the right operand read in place when ta == N and k and lda are even, else packed m×k' with
+///         k' = k rounded up to even). Bf16Kernel::ViaF32 converts the tiles to float (exact) in per-thread
+///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
+///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports,
+///         vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's bfloat16 kernels are slower
+///         than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make Vnni the default on a
+///         CPU where they are faster). Half inputs always take the float kernels on converted tiles.
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
 ///     direct-mapped thread-local table of kXsmmCacheSlots entries answers repeated calls without locks (libxsmm's
 ///     own registry, thread-safe, is asked on a miss). libxsmm_init() runs once, on the first miss of any thread.
-///     A shape libxsmm declines (null kernel, e.g. bfloat16 on a CPU without AVX-512) falls back: float to
-///     Eigen, bfloat16 to the float path on converted tiles. Half inputs are converted to float tiles.
+///     A shape libxsmm declines (null kernel) falls back to Eigen.
 ///   Eigen (always available; the only backend without libxsmm, and the one for double): Map products with
 ///     noalias(). Eigen must be single-threaded inside (the parallel engine pins it in its work items). Half and
 ///     bfloat16 tiles are converted to float in per-thread scratch first (never whole tensors).
@@ -39,7 +43,10 @@
 ///   uses it).
 ///
 /// Scratch (packs and converted tiles) is thread_local, 64-byte aligned, grown on demand and never shrunk, so
-/// the steady state allocates nothing. Every function here is safe to call concurrently from several threads.
+/// the steady state allocates nothing. Packing and conversion use AVX-512 when the including code is compiled
+/// for it (the project's own targets are, -march=native) unless GLA_GEMM_NO_INTRINSICS is defined, scalar loops
+/// otherwise (tests/test_gemm_scalar.cpp). Every function here is safe to
+/// call concurrently from several threads.
 
 #include <gla/core.hpp>
 
@@ -51,6 +58,13 @@
 #include <new>
 #include <string>
 #include <type_traits>
+
+#if defined(__AVX512F__) && !defined(GLA_GEMM_NO_INTRINSICS)
+#define GLA_GEMM_AVX512 1
+#include <immintrin.h>
+#else
+#define GLA_GEMM_AVX512 0
+#endif
 
 #if defined(GLA_HAVE_LIBXSMM) && !defined(GLA_GEMM_FORCE_EIGEN)
 #define GLA_GEMM_WITH_LIBXSMM 1
@@ -68,6 +82,15 @@ enum class Trans { N, T };
 /// True when gemm() was compiled with its libxsmm backend (a shape libxsmm declines still falls back to Eigen).
 constexpr bool gemm_uses_libxsmm() noexcept { return GLA_GEMM_WITH_LIBXSMM != 0; }
 
+/// How the libxsmm backend runs bfloat16 inputs: converted to float tiles on the float kernels, or on libxsmm's
+/// bfloat16 kernels with VNNI-packed operands (see the top of this file).
+enum class Bf16Kernel { ViaF32, Vnni };
+#ifdef GLA_GEMM_BF16_VNNI
+inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::Vnni;
+#else
+inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::ViaF32;
+#endif
+
 namespace gemm_impl {
 
 template <class In>
@@ -75,31 +98,49 @@ inline constexpr bool is_gemm_scalar_v = is_supported_scalar_v<In>;
 
 inline const char* trans_str(Trans t) { return t == Trans::N ? "N" : "T"; }
 
-/// Throws gla::Error naming the function and argument, expected vs actual, for any invalid argument.
-inline void check(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k, const void* A, Index lda,
-                  const void* B, Index ldb, const void* C, Index ldc) {
+#if defined(__GNUC__)
+#define GLA_GEMM_COLD __attribute__((noinline, cold))
+#else
+#define GLA_GEMM_COLD
+#endif
+
+/// Throws the gla::Error for the first invalid argument: the function, the argument, expected vs actual.
+[[noreturn]] GLA_GEMM_COLD inline void check_failed(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k,
+                                                  const void* A, Index lda, const void* B, Index ldb, const void* C,
+                                                  Index ldc) {
   const auto dim = [&](const char* name, Index v) {
     if (v < 0) fail(fn, std::string(name) + " is " + std::to_string(v) + ", expected >= 0");
   };
   dim("m", m);
   dim("n", n);
   dim("k", k);
-  const bool read = m > 0 && n > 0;  // with m or n zero nothing is read or written
-  // Messages are built only on failure: this runs on every call.
+  // name: the matrix; rows × cols: its stored shape; trans: its transpose flag (null for C)
   const auto operand = [&](char name, Index rows, Index cols, const void* p, Index ld, const char* trans) {
-    const auto shape = [&] { return std::to_string(rows) + "x" + std::to_string(cols); };
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+    const char lower = static_cast<char>(name - 'A' + 'a');
     if (ld < cols)
-      fail(fn, std::string("ld") + static_cast<char>(name - 'A' + 'a') + " is " + std::to_string(ld) +
-                   ", expected >= " + std::to_string(cols) + " (" + name +
-                   (trans ? " stored row-major " + shape() + ", t" + static_cast<char>(name - 'A' + 'a') + " = " + trans
-                          : " row-major " + shape()) +
+      fail(fn, std::string("ld") + lower + " is " + std::to_string(ld) + ", expected >= " + std::to_string(cols) +
+                   " (" + name +
+                   (trans ? " stored row-major " + shape + ", t" + lower + " = " + trans : " row-major " + shape) +
                    ")");
-    if (read && p == nullptr && rows > 0 && cols > 0)
-      fail(fn, std::string(1, name) + " is null, expected a pointer to a row-major " + shape() + " matrix");
+    if (m > 0 && n > 0 && p == nullptr && rows > 0 && cols > 0)
+      fail(fn, std::string(1, name) + " is null, expected a pointer to a row-major " + shape + " matrix");
   };
   operand('A', ta == Trans::N ? m : k, ta == Trans::N ? k : m, A, lda, trans_str(ta));
   operand('B', tb == Trans::N ? k : n, tb == Trans::N ? n : k, B, ldb, trans_str(tb));
   operand('C', m, n, C, ldc, nullptr);
+  fail(fn, "invalid arguments");  // not reached: check() calls this only when one of the above fails
+}
+
+/// Throws gla::Error naming the function and argument, expected vs actual, for any invalid argument: a negative
+/// size, a row stride below the stored width, or a null operand that would be read or written. A few compares
+/// on every call; the message is built only on failure.
+inline void check(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k, const void* A, Index lda,
+                  const void* B, Index ldb, const void* C, Index ldc) {
+  const Index acols = ta == Trans::N ? k : m, bcols = tb == Trans::N ? n : k;
+  const bool bad_size = (m | n | k) < 0 || lda < acols || ldb < bcols || ldc < n;
+  const bool bad_ptr = m > 0 && n > 0 && (C == nullptr || (k > 0 && (A == nullptr || B == nullptr)));
+  if (bad_size || bad_ptr) check_failed(fn, ta, tb, m, n, k, A, lda, B, ldb, C, ldc);
 }
 
 /// A 64-byte aligned buffer grown on demand and never shrunk (contents are not kept across growth).
@@ -125,8 +166,7 @@ class Scratch {
 
 /// The per-thread scratch of gemm(): converted float tiles (Eigen fallback, half) and libxsmm packs.
 struct Scratchpad {
-  Scratch<float> conv_a, conv_b;  // op(A), op(B) converted to float, contiguous, untransposed
-  Scratch<float> pack_b;          // float B transposed for libxsmm (tb == T)
+  Scratch<float> conv_a, conv_b;  // A and B converted to float and/or repacked, contiguous
   Scratch<std::uint32_t> vnni_b;  // bfloat16 B in VNNI layout, one pair of k per word
   Scratch<std::uint16_t> pack_a;  // bfloat16 A, contiguous m×k' (k' even)
 };
@@ -164,15 +204,78 @@ void eigen_same(Trans ta, Trans tb, Index m, Index n, Index k, const S* A, Index
   }
 }
 
-/// Writes op(X) (rows × cols, X stored as such when t == N, else cols × rows) to dst as contiguous row-major float.
+#if GLA_GEMM_AVX512
+inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16_as_float(const Eigen::bfloat16* p) {  // bfloat16 is the upper half of a float
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16_as_float(const Eigen::half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
 template <class In>
-void to_float(Trans t, Index rows, Index cols, const In* X, Index ld, float* dst) {
-  using Stride = Eigen::OuterStride<>;
-  Eigen::Map<RowMat<float>> d(dst, rows, cols);
-  if (t == Trans::N)
-    d = ConstStridedMap<In>(X, rows, cols, Stride(ld)).template cast<float>();
-  else
-    d = ConstStridedMap<In>(X, cols, rows, Stride(ld)).transpose().template cast<float>();
+inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
+  for (int i = 0; i < 8; ++i) {  // interleave row pairs: 2×2 blocks
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // 4×4 blocks within each 128-bit lane
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)  // then the 128-bit lanes: 8×8 blocks
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {  // and 16×16
+    _mm512_storeu_ps(d + j * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(d + (8 + j) * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
+  }
+}
+#endif
+
+/// dst (rows × cols, contiguous) = src (rows × cols, row stride lds) converted to float.
+template <class In>
+void copy_rows_to_float(const In* src, Index lds, Index rows, Index cols, float* dst) {
+  for (Index i = 0; i < rows; ++i) {
+    const In* s = src + i * lds;
+    float* d = dst + i * cols;
+    if constexpr (std::is_same_v<In, float>) {
+      std::memcpy(d, s, static_cast<std::size_t>(cols) * sizeof(float));
+    } else {
+      Index j = 0;
+#if GLA_GEMM_AVX512
+      for (; j + 16 <= cols; j += 16) _mm512_storeu_ps(d + j, load16_as_float(s + j));
+#endif
+      for (; j < cols; ++j) d[j] = static_cast<float>(s[j]);
+    }
+  }
+}
+
+/// dst (cols × rows, contiguous) = the transpose of src (rows × cols, row stride lds), converted to float.
+template <class In>
+void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst) {
+  constexpr Index kb = 16;
+  Index i0 = 0;
+#if GLA_GEMM_AVX512
+  for (; i0 + kb <= rows; i0 += kb) {
+    Index j0 = 0;
+    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * rows + i0, rows);
+    for (Index j = j0; j < cols; ++j)
+      for (Index i = i0; i < i0 + kb; ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
+  }
+#endif
+  for (; i0 < rows; i0 += kb)  // blocks of 16×16, scalar
+    for (Index j0 = 0; j0 < cols; j0 += kb)
+      for (Index j = j0; j < std::min(cols, j0 + kb); ++j)
+        for (Index i = i0; i < std::min(rows, i0 + kb); ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
 }
 
 /// Products with k == 0: C = 0 (or unchanged when accumulating).
@@ -254,27 +357,53 @@ inline bool xsmm_fits(Index m, Index n, Index k, Index lda, Index ldb, Index ldc
   return m <= kXsmmMaxDim && n <= kXsmmMaxDim && k <= kXsmmMaxDim && lda <= imax && ldb <= imax && ldc <= imax;
 }
 
+/// The float kernel of the row-major C = op(A)·B for B k×n with row stride ldb (null when libxsmm declines).
+inline libxsmm_smmfunction xsmm_f32_kernel(Trans ta, Index m, Index n, Index k, Index lda, Index ldb, Index ldc,
+                                           bool accumulate) {
+  const int flags = (ta == Trans::T ? LIBXSMM_GEMM_FLAG_TRANS_B : 0) | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
+  const auto i32 = [](Index v) { return static_cast<std::int32_t>(v); };
+  return xsmm_kernel({static_cast<std::int32_t>(Kind::F32), i32(n), i32(m), i32(k), i32(ldb), i32(lda), i32(ldc), flags})
+      .smm;
+}
+
 inline bool xsmm_f32(Trans ta, Trans tb, Index m, Index n, Index k, const float* A, Index lda, const float* B,
                      Index ldb, bool accumulate, float* C, Index ldc) {
   if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
-  const bool pack = tb == Trans::T;  // libxsmm cannot transpose its left operand
-  const int flags = (ta == Trans::T ? LIBXSMM_GEMM_FLAG_TRANS_B : 0) | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
-  const XsmmKey key{static_cast<std::int32_t>(Kind::F32), static_cast<std::int32_t>(n), static_cast<std::int32_t>(m),
-                    static_cast<std::int32_t>(k),         static_cast<std::int32_t>(pack ? n : ldb),
-                    static_cast<std::int32_t>(lda),       static_cast<std::int32_t>(ldc), flags};
-  const libxsmm_xmmfunction fn = xsmm_kernel(key);
-  if (fn.smm == nullptr) return false;
+  const bool pack = tb == Trans::T;  // libxsmm cannot transpose its left operand: B goes k×n into scratch
+  const libxsmm_smmfunction fn = xsmm_f32_kernel(ta, m, n, k, lda, pack ? n : ldb, ldc, accumulate);
+  if (fn == nullptr) return false;
   const float* left = B;
   if (pack) {
-    float* p = scratchpad().pack_b.get(static_cast<std::size_t>(k * n));
-    Eigen::Map<RowMat<float>>(p, k, n) = ConstStridedMap<float>(B, n, k, Eigen::OuterStride<>(ldb)).transpose();
+    float* p = scratchpad().conv_b.get(static_cast<std::size_t>(k * n));
+    transpose_to_float(B, ldb, n, k, p);
     left = p;
   }
-  fn.smm(left, A, C);
+  fn(left, A, C);
   return true;
 }
 
-inline bool xsmm_bf16(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen::bfloat16* A, Index lda,
+/// bfloat16 or half inputs on the float kernels: A converted as stored (ta kept: TRANS_B), op(B) converted
+/// to k×n, both contiguous in per-thread scratch.
+template <class In>
+bool xsmm_via_f32(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+                  bool accumulate, float* C, Index ldc) {
+  if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
+  const Index ar = ta == Trans::N ? m : k, ac = ta == Trans::N ? k : m;
+  const libxsmm_smmfunction fn = xsmm_f32_kernel(ta, m, n, k, ac, n, ldc, accumulate);
+  if (fn == nullptr) return false;
+  Scratchpad& sp = scratchpad();
+  float* a = sp.conv_a.get(static_cast<std::size_t>(m * k));
+  float* b = sp.conv_b.get(static_cast<std::size_t>(k * n));
+  copy_rows_to_float(A, lda, ar, ac, a);
+  if (tb == Trans::N)
+    copy_rows_to_float(B, ldb, k, n, b);
+  else
+    transpose_to_float(B, ldb, n, k, b);
+  fn(b, a, C);
+  return true;
+}
+
+inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen::bfloat16* A, Index lda,
                       const Eigen::bfloat16* B, Index ldb, bool accumulate, float* C, Index ldc) {
   if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
   const Index kp = k + (k & 1);
@@ -341,43 +470,41 @@ inline bool xsmm_bf16(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen
 /// m, n, k > 0.
 template <class In>
 bool libxsmm_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
-                 bool accumulate, acc_t<In>* C, Index ldc) {
+                 bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel) {
 #if GLA_GEMM_WITH_LIBXSMM
   if constexpr (std::is_same_v<In, float>) {
     return xsmm_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
   } else if constexpr (std::is_same_v<In, Eigen::bfloat16>) {
-    return xsmm_bf16(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+    if (bf16_kernel == Bf16Kernel::Vnni) return xsmm_bf16_vnni(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+    return xsmm_via_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
   } else if constexpr (std::is_same_v<In, Eigen::half>) {
-    if (!xsmm_fits(m, n, k, k, n, ldc)) return false;
-    Scratchpad& sp = scratchpad();
-    float* a = sp.conv_a.get(static_cast<std::size_t>(m * k));
-    float* b = sp.conv_b.get(static_cast<std::size_t>(k * n));
-    to_float(ta, m, k, A, lda, a);
-    to_float(tb, k, n, B, ldb, b);
-    return xsmm_f32(Trans::N, Trans::N, m, n, k, a, k, b, n, accumulate, C, ldc);
+    return xsmm_via_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
   } else {
     return false;  // double: Eigen
   }
 #else
   (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)A, (void)lda, (void)B, (void)ldb, (void)accumulate, (void)C,
-      (void)ldc;
+      (void)ldc, (void)bf16_kernel;
   return false;
 #endif
 }
 
-/// The Eigen backend for any input type; arguments already checked, m, n, k > 0.
+/// The Eigen backend for any input type; arguments already checked, m, n, k > 0. bfloat16 and half operands
+/// are converted to float as stored (Eigen's products take the transposes).
 template <class In>
 void eigen_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
                bool accumulate, acc_t<In>* C, Index ldc) {
   if constexpr (std::is_same_v<In, acc_t<In>>) {
     eigen_same<In>(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
   } else {
+    const Index ar = ta == Trans::N ? m : k, ac = ta == Trans::N ? k : m;
+    const Index br = tb == Trans::N ? k : n, bc = tb == Trans::N ? n : k;
     Scratchpad& sp = scratchpad();
     float* a = sp.conv_a.get(static_cast<std::size_t>(m * k));
     float* b = sp.conv_b.get(static_cast<std::size_t>(k * n));
-    to_float(ta, m, k, A, lda, a);
-    to_float(tb, k, n, B, ldb, b);
-    eigen_same<float>(Trans::N, Trans::N, m, n, k, a, k, b, n, accumulate, C, ldc);
+    copy_rows_to_float(A, lda, ar, ac, a);
+    copy_rows_to_float(B, ldb, br, bc, b);
+    eigen_same<float>(ta, tb, m, n, k, a, ac, b, bc, accumulate, C, ldc);
   }
 }
 
@@ -405,7 +532,7 @@ template <class In>
 void gemm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
           bool accumulate, acc_t<In>* C, Index ldc) {
   if (gemm_impl::trivial("gla::detail::gemm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
-  if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
+  if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, kBf16KernelDefault)) return;
   gemm_impl::eigen_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
 }
 
@@ -419,13 +546,13 @@ void gemm_eigen(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Inde
 
 /// gemm() on the libxsmm backend only (for tests and benchmarks): returns false, leaving C untouched, when
 /// libxsmm is not compiled in or has no kernel for the call (always false for double). Empty products are done
-/// here (true).
+/// here (true). bf16_kernel chooses the bfloat16 route (ignored for other types).
 template <class In>
 bool gemm_libxsmm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
-                  bool accumulate, acc_t<In>* C, Index ldc) {
+                  bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel = kBf16KernelDefault) {
   if (gemm_impl::trivial("gla::detail::gemm_libxsmm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc))
     return true;
-  return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, bf16_kernel);
 }
 
 /// A one-line description of the backend, e.g. "libxsmm 1.17 (JIT target cpx)" or "Eigen 3.4.0".

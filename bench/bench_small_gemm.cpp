@@ -1,0 +1,271 @@
+// bench/bench_small_gemm.cpp: gla::detail::gemm's backends on the chunk kernels' four products, single-threaded,
+// next to oneDNN's f32 GEMM at 1024³ (1 and 2 threads) as the same-process yardstick, and the per-call overhead
+// of gemm() on a tiny product.
+//
+//   small/<product>/<layout>/<backend>: one product per iteration on operands that stay in cache.
+//     product  QKt (Q·Kᵀ: BT×BT×K, NT), AV (A·V: BT×V×BT, NN), QS (Q·S: BT×V×K, NN), KtV (Kᵀ·V: K×V×BT, TN),
+//              at BT = 64 and K = V = 128 or 64 (the name carries m×n×k);
+//     layout   contig: every matrix contiguous (row stride = width); strided: A, B and C all with row stride
+//              2048, as views of one head in a [B,T,H,D] tensor with H·D = 2048;
+//     backend  eigen_f32 (gemm_eigen<float>), xsmm_f32 (gemm_libxsmm<float>), xsmm_bf16 (gemm_libxsmm<bfloat16>,
+//              Bf16Kernel::ViaF32: tiles converted to float, float kernel), xsmm_bf16_vnni (Bf16Kernel::Vnni:
+//              libxsmm's bfloat16 kernel, VNNI packing included), eigen_bf16 (gemm_eigen<bfloat16>: bf16→float
+//              tile conversion included, the bf16 path of a build without libxsmm). Conversions and packs are
+//              part of every call, as in gemm().
+//   yardstick/onednn_sgemm_1024/threads:<t>: dnnl_sgemm 1024³ on t OpenMP threads.
+//   overhead/<what>: ns per call of a 4×4×4 float product: gemm(), a direct call of the dispatched libxsmm
+//     kernel, libxsmm_smmdispatch + call on every call (a wrapper without the thread-local table), gemm_eigen().
+// Counter: FLOP/s (2·m·n·k per product). bench/small_gemm_table.py turns a JSON run into the table of
+// docs/PERFORMANCE.md with GFLOP/s and ratios to the 1-thread yardstick of the same process.
+
+#include "bench_common.hpp"
+
+#include <gla/detail/gemm.hpp>
+#include <gla/detail/parallel.hpp>
+
+#if defined(GLA_HAVE_ONEDNN)
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using gla::Index;
+using gla::detail::Trans;
+using bf16 = Eigen::bfloat16;
+
+struct Product {
+  const char* name;
+  Trans ta, tb;
+  Index m, n, k;
+};
+
+std::vector<Product> products() {
+  std::vector<Product> ps;
+  for (const Index K : {128, 64}) {
+    const Index BT = 64, V = K;
+    ps.push_back({"QKt", Trans::N, Trans::T, BT, BT, K});
+    ps.push_back({"AV", Trans::N, Trans::N, BT, V, BT});
+    ps.push_back({"QS", Trans::N, Trans::N, BT, V, K});
+    ps.push_back({"KtV", Trans::T, Trans::N, K, V, BT});
+  }
+  return ps;
+}
+
+enum class Backend { EigenF32, XsmmF32, XsmmBf16, XsmmBf16Vnni, EigenBf16 };
+const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::EigenF32: return "eigen_f32";
+    case Backend::XsmmF32: return "xsmm_f32";
+    case Backend::XsmmBf16: return "xsmm_bf16";
+    case Backend::XsmmBf16Vnni: return "xsmm_bf16_vnni";
+    case Backend::EigenBf16: return "eigen_bf16";
+  }
+  return "?";
+}
+
+/// Operands of one product: stored shapes with row stride `ld` (0: contiguous), random values in [-1, 1).
+struct Operands {
+  Index lda, ldb, ldc;
+  std::vector<float> A, B, C;
+  std::vector<bf16> Ah, Bh;
+  Operands(const Product& p, Index ld) {
+    const Index ar = p.ta == Trans::N ? p.m : p.k, ac = p.ta == Trans::N ? p.k : p.m;
+    const Index br = p.tb == Trans::N ? p.k : p.n, bc = p.tb == Trans::N ? p.n : p.k;
+    lda = ld ? ld : ac;
+    ldb = ld ? ld : bc;
+    ldc = ld ? ld : p.n;
+    std::mt19937_64 g(gla::bench::kSeed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    A.resize(static_cast<std::size_t>(ar * lda));
+    B.resize(static_cast<std::size_t>(br * ldb));
+    C.assign(static_cast<std::size_t>(p.m * ldc), 0.f);
+    for (float& x : A) x = u(g);
+    for (float& x : B) x = u(g);
+    for (const float x : A) Ah.push_back(bf16(x));
+    for (const float x : B) Bh.push_back(bf16(x));
+  }
+};
+
+void run_small(benchmark::State& st, const Product& p, Index ld, Backend be) {
+  Operands o(p, ld);
+  const gla::detail::EigenSingleThreaded pin;  // single-threaded, as inside the parallel engine
+  const auto call = [&] {
+    switch (be) {
+      case Backend::EigenF32:
+        gla::detail::gemm_eigen(p.ta, p.tb, p.m, p.n, p.k, o.A.data(), o.lda, o.B.data(), o.ldb, false, o.C.data(),
+                                o.ldc);
+        return true;
+      case Backend::XsmmF32:
+        return gla::detail::gemm_libxsmm(p.ta, p.tb, p.m, p.n, p.k, o.A.data(), o.lda, o.B.data(), o.ldb, false,
+                                         o.C.data(), o.ldc);
+      case Backend::XsmmBf16:
+      case Backend::XsmmBf16Vnni:
+        return gla::detail::gemm_libxsmm(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false,
+                                         o.C.data(), o.ldc,
+                                         be == Backend::XsmmBf16 ? gla::detail::Bf16Kernel::ViaF32
+                                                                 : gla::detail::Bf16Kernel::Vnni);
+      case Backend::EigenBf16:
+        gla::detail::gemm_eigen(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false,
+                                o.C.data(), o.ldc);
+        return true;
+    }
+    return false;
+  };
+  if (!call()) {  // also the warm-up: JIT compilation and scratch growth happen here
+    st.SkipWithError("libxsmm has no kernel for this call (or is not compiled in)");
+    return;
+  }
+  for (auto _ : st) {
+    call();
+    benchmark::DoNotOptimize(o.C.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * static_cast<double>(p.m * p.n * p.k);
+  st.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(std::to_string(p.m) + "x" + std::to_string(p.n) + "x" + std::to_string(p.k));
+}
+
+#if defined(GLA_HAVE_ONEDNN)
+void run_onednn(benchmark::State& st) {
+  const int threads = static_cast<int>(st.range(0));
+  const Index n = 1024;
+  std::vector<float> a(static_cast<std::size_t>(n * n)), b(a.size()), c(a.size(), 0.f);
+  std::mt19937_64 g(gla::bench::kSeed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (float& x : a) x = u(g);
+  for (float& x : b) x = u(g);
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+#endif
+  const auto sgemm = [&] {
+    return dnnl_sgemm('N', 'N', n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  };
+  if (sgemm() != dnnl_success) {
+    st.SkipWithError("dnnl_sgemm failed");
+  } else {
+    const gla::bench::ProcessMeter meter;
+    for (auto _ : st) {
+      sgemm();
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+    meter.report(st);
+    const double flops = 2.0 * static_cast<double>(n * n * n);
+    st.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+    st.counters["threads"] = benchmark::Counter(threads);
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(saved);
+#endif
+}
+#endif
+
+// ---- per-call overhead on a 4×4×4 float product ----
+
+constexpr Index kTiny = 4;
+
+struct Tiny {
+  float A[kTiny * kTiny], B[kTiny * kTiny], C[kTiny * kTiny];
+  Tiny() {
+    for (Index i = 0; i < kTiny * kTiny; ++i) A[i] = B[i] = C[i] = 0.5f;
+  }
+};
+
+void overhead_counters(benchmark::State& st) {  // seconds per call (printed with an SI prefix, e.g. 12.3n)
+  st.counters["s/call"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate |
+                                                      benchmark::Counter::kInvert);
+}
+
+void run_overhead_gemm(benchmark::State& st) {
+  Tiny t;
+  for (auto _ : st) {
+    gla::detail::gemm(Trans::N, Trans::N, kTiny, kTiny, kTiny, t.A, kTiny, t.B, kTiny, false, t.C, kTiny);
+    benchmark::DoNotOptimize(t.C);
+    benchmark::ClobberMemory();
+  }
+  overhead_counters(st);
+  st.SetLabel(gla::detail::gemm_backend_name());
+}
+
+void run_overhead_eigen(benchmark::State& st) {
+  Tiny t;
+  for (auto _ : st) {
+    gla::detail::gemm_eigen(Trans::N, Trans::N, kTiny, kTiny, kTiny, t.A, kTiny, t.B, kTiny, false, t.C, kTiny);
+    benchmark::DoNotOptimize(t.C);
+    benchmark::ClobberMemory();
+  }
+  overhead_counters(st);
+}
+
+#if GLA_GEMM_WITH_LIBXSMM
+void run_overhead_kernel(benchmark::State& st) {
+  Tiny t;
+  libxsmm_init();
+  const int flags = LIBXSMM_GEMM_FLAG_BETA_0, prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+  const float alpha = 1.f, beta = 0.f;
+  const libxsmm_blasint ld = kTiny;
+  const libxsmm_smmfunction fn =
+      libxsmm_smmdispatch(kTiny, kTiny, kTiny, &ld, &ld, &ld, &alpha, &beta, &flags, &prefetch);
+  if (!fn) {
+    st.SkipWithError("no kernel");
+    return;
+  }
+  for (auto _ : st) {
+    fn(t.B, t.A, t.C);
+    benchmark::DoNotOptimize(t.C);
+    benchmark::ClobberMemory();
+  }
+  overhead_counters(st);
+}
+
+void run_overhead_dispatch_each_call(benchmark::State& st) {
+  Tiny t;
+  libxsmm_init();
+  const int flags = LIBXSMM_GEMM_FLAG_BETA_0, prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+  const float alpha = 1.f, beta = 0.f;
+  const libxsmm_blasint ld = kTiny;
+  for (auto _ : st) {
+    const libxsmm_smmfunction fn =
+        libxsmm_smmdispatch(kTiny, kTiny, kTiny, &ld, &ld, &ld, &alpha, &beta, &flags, &prefetch);
+    fn(t.B, t.A, t.C);
+    benchmark::DoNotOptimize(t.C);
+    benchmark::ClobberMemory();
+  }
+  overhead_counters(st);
+}
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using gla::bench::configure;
+#if defined(GLA_HAVE_ONEDNN)
+  benchmark::RegisterBenchmark("yardstick/onednn_sgemm_1024", run_onednn)->Arg(1)->Arg(2)->ArgName("threads")->Apply(configure);
+#endif
+  for (const Index ld : {Index(0), Index(2048)})
+    for (const Product& p : products())
+      for (const Backend be : {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni,
+                               Backend::EigenBf16}) {
+        const std::string name = std::string("small/") + p.name + "_" + std::to_string(p.m) + "x" +
+                                 std::to_string(p.n) + "x" + std::to_string(p.k) + "/" +
+                                 (ld ? "strided" : "contig") + "/" + backend_name(be);
+        benchmark::RegisterBenchmark(name.c_str(), [p, ld, be](benchmark::State& st) { run_small(st, p, ld, be); })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+      }
+  benchmark::RegisterBenchmark("overhead/gemm_4x4x4", run_overhead_gemm)->Unit(benchmark::kNanosecond);
+#if GLA_GEMM_WITH_LIBXSMM
+  benchmark::RegisterBenchmark("overhead/libxsmm_kernel_direct_4x4x4", run_overhead_kernel)->Unit(benchmark::kNanosecond);
+  benchmark::RegisterBenchmark("overhead/libxsmm_dispatch_every_call_4x4x4", run_overhead_dispatch_each_call)
+      ->Unit(benchmark::kNanosecond);
+#endif
+  benchmark::RegisterBenchmark("overhead/gemm_eigen_4x4x4", run_overhead_eigen)->Unit(benchmark::kNanosecond);
+  benchmark::AddCustomContext("gla_gemm_backend", gla::detail::gemm_backend_name());
+  return gla::bench::run_main(argc, argv);
+}
