@@ -15,9 +15,9 @@ endif()
 option(GLA_WITH_LIBXSMM "Small matrix products (gla/detail/gemm.hpp) through libxsmm's JIT kernels" ${GLA_LIBXSMM_FOUND})
 if(GLA_WITH_LIBXSMM)
   if(NOT GLA_LIBXSMM_FOUND)
-    message(FATAL_ERROR "GLA_WITH_LIBXSMM=ON but libxsmm was not found: pkg-config needs the modules libxsmm "
-                        "(and the library xsmmnoblas beside it), e.g. Debian's libxsmm-dev; or configure with "
-                        "-DGLA_WITH_LIBXSMM=OFF to use Eigen for the small products")
+    message(FATAL_ERROR "GLA_WITH_LIBXSMM=ON but libxsmm was not found (expected: the pkg-config module libxsmm "
+                        "and the library xsmmnoblas beside it, e.g. from Debian's libxsmm-dev); install it or "
+                        "configure with -DGLA_WITH_LIBXSMM=OFF to use Eigen for the small products")
   endif()
   target_link_libraries(gla INTERFACE gla::libxsmm)
   target_compile_definitions(gla INTERFACE GLA_HAVE_LIBXSMM=1)

@@ -10,8 +10,8 @@
 ///   Accumulation is in float for float, bfloat16 and half inputs (C is float) and in double for double.
 ///
 /// Backends, chosen per call by gemm():
-///   libxsmm (when the build defines GLA_HAVE_LIBXSMM, as gla::gla does with GLA_WITH_LIBXSMM=ON): float and
-///     bfloat16 products run JIT-generated kernels. libxsmm is column-major, and a row-major matrix read
+///   libxsmm (when the build defines GLA_HAVE_LIBXSMM, as gla::gla does with GLA_WITH_LIBXSMM=ON): float,
+///     bfloat16 and half products run JIT-generated kernels. libxsmm is column-major, and a row-major matrix read
 ///     column-major is its transpose, so the row-major C = op(A)·op(B) is computed as the column-major
 ///     Cᵀ = op(B)ᵀ·op(A)ᵀ: B is libxsmm's left operand, A its right one, m and n swap. What libxsmm 1.17 offers
 ///     and how each case maps onto it:
@@ -25,9 +25,9 @@
 ///         row; the right operand read in place when ta == N and k and lda are even, else packed m×k' with
 ///         k' = k rounded up to even). Bf16Kernel::ViaF32 converts the tiles to float (exact) in per-thread
 ///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
-///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports,
-///         vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's bfloat16 kernels are slower
-///         than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make Vnni the default on a
+///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports
+///         (section "Small products"), vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's
+///         bfloat16 kernels are slower than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make Vnni the default on a
 ///         CPU where they are faster). Half inputs always take the float kernels on converted tiles.
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
@@ -45,8 +45,8 @@
 /// Scratch (packs and converted tiles) is thread_local, 64-byte aligned, grown on demand and never shrunk, so
 /// the steady state allocates nothing. Packing and conversion use AVX-512 when the including code is compiled
 /// for it (the project's own targets are, -march=native) unless GLA_GEMM_NO_INTRINSICS is defined, scalar loops
-/// otherwise (tests/test_gemm_scalar.cpp). Every function here is safe to
-/// call concurrently from several threads.
+/// otherwise (tests/test_gemm_scalar.cpp; like GLA_GEMM_FORCE_EIGEN, every translation unit must agree). Every
+/// function here is safe to call concurrently from several threads.
 
 #include <gla/core.hpp>
 
