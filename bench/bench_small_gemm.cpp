@@ -13,6 +13,8 @@
 //              tile conversion included, the bf16 path of a build without libxsmm). Conversions and packs are
 //              part of every call, as in gemm().
 //   yardstick/onednn_sgemm_1024/threads:<t>: dnnl_sgemm 1024³ on t OpenMP threads.
+//   square/<N>/<eigen_f32|libxsmm_kernel>: N³ float products, one thread, for the size limit of gemm()'s
+//     libxsmm route (gemm_impl::kXsmmMaxDim).
 //   overhead/<what>: ns per call of a 4×4×4 float product: gemm(), a direct call of the dispatched libxsmm
 //     kernel, libxsmm_smmdispatch + call on every call (a wrapper without the thread-local table), gemm_eigen().
 // Counter: FLOP/s (2·m·n·k per product). bench/small_gemm_table.py turns a JSON run into the table of
@@ -166,6 +168,45 @@ void run_onednn(benchmark::State& st) {
 }
 #endif
 
+// ---- where libxsmm stops paying: N³ float products, Eigen vs a raw libxsmm kernel (gemm() sends products with a
+// dimension above gemm_impl::kXsmmMaxDim to Eigen) ----
+
+void run_square_eigen(benchmark::State& st, Index n) {
+  using Mat = gla::detail::RowMat<float>;
+  const Mat a = Mat::Random(n, n), b = Mat::Random(n, n);
+  Mat c(n, n);
+  const gla::detail::EigenSingleThreaded pin;
+  for (auto _ : st) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n * n * n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+#if GLA_GEMM_WITH_LIBXSMM
+void run_square_libxsmm(benchmark::State& st, Index size) {
+  const auto n = static_cast<libxsmm_blasint>(size);
+  using Mat = gla::detail::RowMat<float>;
+  const Mat a = Mat::Random(n, n), b = Mat::Random(n, n);
+  Mat c(n, n);
+  libxsmm_init();
+  const int flags = LIBXSMM_GEMM_FLAG_BETA_0, prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+  const float alpha = 1.f, beta = 0.f;
+  const libxsmm_smmfunction fn = libxsmm_smmdispatch(n, n, n, &n, &n, &n, &alpha, &beta, &flags, &prefetch);
+  if (!fn) {
+    st.SkipWithError("no kernel");
+    return;
+  }
+  for (auto _ : st) {
+    fn(b.data(), a.data(), c.data());
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n) * n * n, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
 // ---- per-call overhead on a 4×4×4 float product ----
 
 constexpr Index kTiny = 4;
@@ -259,6 +300,18 @@ int main(int argc, char** argv) {
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
       }
+  for (const Index n : {256, 512, 768}) {
+    benchmark::RegisterBenchmark(("square/" + std::to_string(n) + "/eigen_f32").c_str(),
+                                 [n](benchmark::State& st) { run_square_eigen(st, n); })
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+#if GLA_GEMM_WITH_LIBXSMM
+    benchmark::RegisterBenchmark(("square/" + std::to_string(n) + "/libxsmm_kernel").c_str(),
+                                 [n](benchmark::State& st) { run_square_libxsmm(st, n); })
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+#endif
+  }
   benchmark::RegisterBenchmark("overhead/gemm_4x4x4", run_overhead_gemm)->Unit(benchmark::kNanosecond);
 #if GLA_GEMM_WITH_LIBXSMM
   benchmark::RegisterBenchmark("overhead/libxsmm_kernel_direct_4x4x4", run_overhead_kernel)->Unit(benchmark::kNanosecond);

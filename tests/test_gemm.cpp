@@ -308,6 +308,7 @@ std::vector<Case> edge_cases() {
     for (const Trans tb : kTrans)
       for (const bool acc : {false, true}) {
         cases.push_back(make_case(ta, tb, 300, 64, 257, 2, acc));
+        cases.push_back(make_case(ta, tb, 600, 16, 20, 1, acc));
         cases.push_back(make_case(ta, tb, 17, 300, 64, 0, acc));
         cases.push_back(make_case(ta, tb, 5, 7, 1000, 1, acc));
         cases.push_back(make_case(ta, tb, 1, 1, 256, 0, acc));
