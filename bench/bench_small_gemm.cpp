@@ -15,6 +15,9 @@
 //   yardstick/onednn_sgemm_1024/threads:<t>: dnnl_sgemm 1024³ on t OpenMP threads.
 //   square/<N>/<eigen_f32|libxsmm_kernel>: N³ float products, one thread, for the size limit of gemm()'s
 //     libxsmm route (gemm_impl::kXsmmMaxDim).
+//   kernel_only/QS_64x128x128/<libxsmm_f32|libxsmm_bf16_vnni>: libxsmm's float and bfloat16 kernels alone on
+//     pre-packed operands; isa/<vfmadd231ps_zmm|vdpbf16ps_zmm>: each instruction's peak FLOP/s on one core
+//     (AVX-512 BF16 builds only). Why bfloat16 runs on the float kernels by default (Bf16Kernel).
 //   overhead/<what>: ns per call of a 4×4×4 float product: gemm(), a direct call of the dispatched libxsmm
 //     kernel, libxsmm_smmdispatch + call on every call (a wrapper without the thread-local table), gemm_eigen().
 // Counter: FLOP/s (2·m·n·k per product). bench/small_gemm_table.py turns a JSON run into the table of
@@ -28,7 +31,11 @@
 #if defined(GLA_HAVE_ONEDNN)
 #include <oneapi/dnnl/dnnl.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
@@ -207,6 +214,73 @@ void run_square_libxsmm(benchmark::State& st, Index size) {
 }
 #endif
 
+// ---- why bfloat16 goes through the float kernels by default ----
+
+#if GLA_GEMM_WITH_LIBXSMM
+/// libxsmm's float and bfloat16 (VNNI) kernels alone on pre-packed contiguous operands, at Q·S 64×128×128: the
+/// kernels' own rates, without gemm()'s conversions and packs.
+void run_kernel_only(benchmark::State& st, bool bf16_kernel) {
+  const libxsmm_blasint m = 64, n = 128, k = 128;  // row-major C m×n = A m×k · B k×n
+  std::vector<float> a(static_cast<std::size_t>(m * k), 0.5f), b(static_cast<std::size_t>(k * n), 0.25f),
+      c(static_cast<std::size_t>(m * n));
+  std::vector<libxsmm_bfloat16> ah(a.size(), 0x3f00), bv(b.size(), 0x3e80);  // 0.5, 0.25; VNNI B: layout irrelevant
+  libxsmm_init();
+  const int prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+  const float alpha = 1.f, beta = 0.f;
+  const int flags = LIBXSMM_GEMM_FLAG_BETA_0 | (bf16_kernel ? LIBXSMM_GEMM_FLAG_VNNI_A : 0);
+  if (bf16_kernel) {
+    const libxsmm_bsmmfunction fn = libxsmm_bsmmdispatch(n, m, k, &n, &k, &n, &alpha, &beta, &flags, &prefetch);
+    if (!fn) return st.SkipWithError("no bfloat16 kernel");
+    for (auto _ : st) {
+      fn(bv.data(), ah.data(), c.data());
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+  } else {
+    const libxsmm_smmfunction fn = libxsmm_smmdispatch(n, m, k, &n, &k, &n, &alpha, &beta, &flags, &prefetch);
+    if (!fn) return st.SkipWithError("no float kernel");
+    for (auto _ : st) {
+      fn(b.data(), a.data(), c.data());
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/// Peak of one instruction on this core: 12 independent zmm accumulator chains (distinct values, kept apart by an
+/// empty asm so that the compiler cannot merge them), 12 instructions per loop trip. FLOP/s counts 2 per float
+/// lane for vfmadd231ps and 4 per float lane for vdpbf16ps (two products, two adds).
+template <bool kBf16>
+void run_isa_peak(benchmark::State& st) {
+  constexpr std::int64_t kTrips = 1 << 14;
+  const __m512 x = _mm512_set1_ps(1e-20f), y = _mm512_set1_ps(1.f);
+  const auto step = [&](__m512& a) {
+    if constexpr (kBf16)
+      a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_castps_si512(x), (__m512bh)_mm512_castps_si512(y));
+    else
+      a = _mm512_fmadd_ps(x, y, a);
+  };
+  for (auto _ : st) {
+    __m512 a0 = _mm512_set1_ps(0.f), a1 = _mm512_set1_ps(1.f), a2 = _mm512_set1_ps(2.f), a3 = _mm512_set1_ps(3.f),
+           a4 = _mm512_set1_ps(4.f), a5 = _mm512_set1_ps(5.f), a6 = _mm512_set1_ps(6.f), a7 = _mm512_set1_ps(7.f),
+           a8 = _mm512_set1_ps(8.f), a9 = _mm512_set1_ps(9.f), a10 = _mm512_set1_ps(10.f), a11 = _mm512_set1_ps(11.f);
+    for (std::int64_t t = 0; t < kTrips; ++t) {
+      step(a0), step(a1), step(a2), step(a3), step(a4), step(a5);
+      step(a6), step(a7), step(a8), step(a9), step(a10), step(a11);
+      __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
+      __asm__ volatile("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
+    }
+    for (const __m512& r : {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11}) benchmark::DoNotOptimize(r);
+  }
+  const double flops_per_instr = kBf16 ? 64.0 : 32.0;
+  st.counters["FLOP/s"] = benchmark::Counter(flops_per_instr * 12 * kTrips, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["instr/s"] = benchmark::Counter(12.0 * kTrips, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
 // ---- per-call overhead on a 4×4×4 float product ----
 
 constexpr Index kTiny = 4;
@@ -293,6 +367,8 @@ int main(int argc, char** argv) {
     for (const Product& p : products())
       for (const Backend be : {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni,
                                Backend::EigenBf16}) {
+        const bool xsmm = be == Backend::XsmmF32 || be == Backend::XsmmBf16 || be == Backend::XsmmBf16Vnni;
+        if (xsmm && !gla::detail::gemm_uses_libxsmm()) continue;  // built without libxsmm
         const std::string name = std::string("small/") + p.name + "_" + std::to_string(p.m) + "x" +
                                  std::to_string(p.n) + "x" + std::to_string(p.k) + "/" +
                                  (ld ? "strided" : "contig") + "/" + backend_name(be);
@@ -312,6 +388,18 @@ int main(int argc, char** argv) {
         ->UseRealTime();
 #endif
   }
+#if GLA_GEMM_WITH_LIBXSMM
+  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_f32", [](benchmark::State& st) { run_kernel_only(st, false); })
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_bf16_vnni", [](benchmark::State& st) { run_kernel_only(st, true); })
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  benchmark::RegisterBenchmark("isa/vfmadd231ps_zmm", run_isa_peak<false>)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  benchmark::RegisterBenchmark("isa/vdpbf16ps_zmm", run_isa_peak<true>)->Unit(benchmark::kMicrosecond)->UseRealTime();
+#endif
   benchmark::RegisterBenchmark("overhead/gemm_4x4x4", run_overhead_gemm)->Unit(benchmark::kNanosecond);
 #if GLA_GEMM_WITH_LIBXSMM
   benchmark::RegisterBenchmark("overhead/libxsmm_kernel_direct_4x4x4", run_overhead_kernel)->Unit(benchmark::kNanosecond);
