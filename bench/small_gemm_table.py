@@ -56,6 +56,13 @@ def main(path):
         cells += [fmt(ratio(g["xsmm_f32"], g["eigen_f32"]), ".2f"), fmt(ratio(g["xsmm_bf16"], g["eigen_bf16"]), ".2f"),
                   fmt(ratio(g["xsmm_f32"], y1), ".2f")]
         print(f"| {prod.replace('_', ' ')} | {layout} | " + " | ".join(cells) + " |")
+    print("\nlibxsmm kernels alone, instruction peaks, N³ products (one thread):\n")
+    print("| benchmark | GFLOP/s | G instr/s |")
+    print("| --- | ---: | ---: |")
+    for name, entry in runs.items():
+        if name.split("/")[0] in ("kernel_only", "isa", "square"):
+            ips = entry.get("instr/s")
+            print(f"| {name} | {fmt(gflops(entry))} | {fmt(None if ips is None else ips / 1e9, '.2f')} |")
     print("\nPer-call cost of a 4×4×4 float product (CPU ns per call):\n")
     print("| call | ns |")
     print("| --- | ---: |")
