@@ -129,11 +129,13 @@ void run_small(benchmark::State& st, const Product& p, Index ld, Backend be) {
     st.SkipWithError("libxsmm has no kernel for this call (or is not compiled in)");
     return;
   }
+  const gla::bench::ProcessMeter meter;  // `cores` below 1: other processes took part of this core
   for (auto _ : st) {
     call();
     benchmark::DoNotOptimize(o.C.data());
     benchmark::ClobberMemory();
   }
+  meter.report(st);
   const double flops = 2.0 * static_cast<double>(p.m * p.n * p.k);
   st.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   st.SetLabel(std::to_string(p.m) + "x" + std::to_string(p.n) + "x" + std::to_string(p.k));

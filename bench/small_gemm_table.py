@@ -69,9 +69,11 @@ def main(path):
     for name, entry in runs.items():
         if name.startswith("overhead/"):
             print(f"| {name.removeprefix('overhead/')} | {entry['cpu_time']:.1f} |")
-    cores = [e.get("cores") for n, e in runs.items() if n.startswith("yardstick/") and "cores" in e]
+    cores = [e["cores"] for n, e in runs.items() if n.startswith("small/") and "cores" in e]
     if cores:
-        print(f"\n(yardstick `cores` counter: {', '.join(f'{c:.2f}' for c in cores)})")
+        print(f"\n`cores` (process CPU ÷ wall time) of the small products: {min(cores):.2f}–{max(cores):.2f}; "
+              "yardstick: " + ", ".join(f"{e['cores']:.2f}" for n, e in runs.items()
+                                          if n.startswith("yardstick/") and "cores" in e))
 
 
 if __name__ == "__main__":
