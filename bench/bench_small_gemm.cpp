@@ -68,11 +68,16 @@ std::vector<Product> products() {
 enum class Backend { EigenF32, XsmmF32, XsmmBf16, XsmmBf16Vnni, EigenBf16 };
 const char* backend_name(Backend b) {
   switch (b) {
-    case Backend::EigenF32: return "eigen_f32";
-    case Backend::XsmmF32: return "xsmm_f32";
-    case Backend::XsmmBf16: return "xsmm_bf16";
-    case Backend::XsmmBf16Vnni: return "xsmm_bf16_vnni";
-    case Backend::EigenBf16: return "eigen_bf16";
+    case Backend::EigenF32:
+      return "eigen_f32";
+    case Backend::XsmmF32:
+      return "xsmm_f32";
+    case Backend::XsmmBf16:
+      return "xsmm_bf16";
+    case Backend::XsmmBf16Vnni:
+      return "xsmm_bf16_vnni";
+    case Backend::EigenBf16:
+      return "eigen_bf16";
   }
   return "?";
 }
@@ -114,13 +119,12 @@ void run_small(benchmark::State& st, const Product& p, Index ld, Backend be) {
                                          o.C.data(), o.ldc);
       case Backend::XsmmBf16:
       case Backend::XsmmBf16Vnni:
-        return gla::detail::gemm_libxsmm(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false,
-                                         o.C.data(), o.ldc,
-                                         be == Backend::XsmmBf16 ? gla::detail::Bf16Kernel::ViaF32
-                                                                 : gla::detail::Bf16Kernel::Vnni);
+        return gla::detail::gemm_libxsmm(
+            p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false, o.C.data(), o.ldc,
+            be == Backend::XsmmBf16 ? gla::detail::Bf16Kernel::ViaF32 : gla::detail::Bf16Kernel::Vnni);
       case Backend::EigenBf16:
-        gla::detail::gemm_eigen(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false,
-                                o.C.data(), o.ldc);
+        gla::detail::gemm_eigen(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false, o.C.data(),
+                                o.ldc);
         return true;
     }
     return false;
@@ -154,9 +158,7 @@ void run_onednn(benchmark::State& st) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
 #endif
-  const auto sgemm = [&] {
-    return dnnl_sgemm('N', 'N', n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-  };
+  const auto sgemm = [&] { return dnnl_sgemm('N', 'N', n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n); };
   if (sgemm() != dnnl_success) {
     st.SkipWithError("dnnl_sgemm failed");
   } else {
@@ -190,7 +192,8 @@ void run_square_eigen(benchmark::State& st, Index n) {
     benchmark::DoNotOptimize(c.data());
     benchmark::ClobberMemory();
   }
-  st.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n * n * n), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(n * n * n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 #if GLA_GEMM_WITH_LIBXSMM
@@ -212,7 +215,8 @@ void run_square_libxsmm(benchmark::State& st, Index size) {
     benchmark::DoNotOptimize(c.data());
     benchmark::ClobberMemory();
   }
-  st.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n) * n * n, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(n) * n * n, benchmark::Counter::kIsIterationInvariantRate);
 }
 #endif
 
@@ -278,7 +282,8 @@ void run_isa_peak(benchmark::State& st) {
     for (const __m512& r : {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11}) benchmark::DoNotOptimize(r);
   }
   const double flops_per_instr = kBf16 ? 64.0 : 32.0;
-  st.counters["FLOP/s"] = benchmark::Counter(flops_per_instr * 12 * kTrips, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["FLOP/s"] =
+      benchmark::Counter(flops_per_instr * 12 * kTrips, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["instr/s"] = benchmark::Counter(12.0 * kTrips, benchmark::Counter::kIsIterationInvariantRate);
 }
 #endif
@@ -295,8 +300,8 @@ struct Tiny {
 };
 
 void overhead_counters(benchmark::State& st) {  // seconds per call (printed with an SI prefix, e.g. 12.3n)
-  st.counters["s/call"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate |
-                                                      benchmark::Counter::kInvert);
+  st.counters["s/call"] =
+      benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
 void run_overhead_gemm(benchmark::State& st) {
@@ -363,17 +368,21 @@ void run_overhead_dispatch_each_call(benchmark::State& st) {
 int main(int argc, char** argv) {
   using gla::bench::configure;
 #if defined(GLA_HAVE_ONEDNN)
-  benchmark::RegisterBenchmark("yardstick/onednn_sgemm_1024", run_onednn)->Arg(1)->Arg(2)->ArgName("threads")->Apply(configure);
+  benchmark::RegisterBenchmark("yardstick/onednn_sgemm_1024", run_onednn)
+      ->Arg(1)
+      ->Arg(2)
+      ->ArgName("threads")
+      ->Apply(configure);
 #endif
   for (const Index ld : {Index(0), Index(2048)})
     for (const Product& p : products())
-      for (const Backend be : {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni,
-                               Backend::EigenBf16}) {
+      for (const Backend be :
+           {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni, Backend::EigenBf16}) {
         const bool xsmm = be == Backend::XsmmF32 || be == Backend::XsmmBf16 || be == Backend::XsmmBf16Vnni;
         if (xsmm && !gla::detail::gemm_uses_libxsmm()) continue;  // built without libxsmm
         const std::string name = std::string("small/") + p.name + "_" + std::to_string(p.m) + "x" +
-                                 std::to_string(p.n) + "x" + std::to_string(p.k) + "/" +
-                                 (ld ? "strided" : "contig") + "/" + backend_name(be);
+                                 std::to_string(p.n) + "x" + std::to_string(p.k) + "/" + (ld ? "strided" : "contig") +
+                                 "/" + backend_name(be);
         benchmark::RegisterBenchmark(name.c_str(), [p, ld, be](benchmark::State& st) { run_small(st, p, ld, be); })
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
@@ -391,20 +400,25 @@ int main(int argc, char** argv) {
 #endif
   }
 #if GLA_GEMM_WITH_LIBXSMM
-  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_f32", [](benchmark::State& st) { run_kernel_only(st, false); })
+  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_f32",
+                               [](benchmark::State& st) { run_kernel_only(st, false); })
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
-  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_bf16_vnni", [](benchmark::State& st) { run_kernel_only(st, true); })
+  benchmark::RegisterBenchmark("kernel_only/QS_64x128x128/libxsmm_bf16_vnni",
+                               [](benchmark::State& st) { run_kernel_only(st, true); })
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-  benchmark::RegisterBenchmark("isa/vfmadd231ps_zmm", run_isa_peak<false>)->Unit(benchmark::kMicrosecond)->UseRealTime();
+  benchmark::RegisterBenchmark("isa/vfmadd231ps_zmm", run_isa_peak<false>)
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("isa/vdpbf16ps_zmm", run_isa_peak<true>)->Unit(benchmark::kMicrosecond)->UseRealTime();
 #endif
   benchmark::RegisterBenchmark("overhead/gemm_4x4x4", run_overhead_gemm)->Unit(benchmark::kNanosecond);
 #if GLA_GEMM_WITH_LIBXSMM
-  benchmark::RegisterBenchmark("overhead/libxsmm_kernel_direct_4x4x4", run_overhead_kernel)->Unit(benchmark::kNanosecond);
+  benchmark::RegisterBenchmark("overhead/libxsmm_kernel_direct_4x4x4", run_overhead_kernel)
+      ->Unit(benchmark::kNanosecond);
   benchmark::RegisterBenchmark("overhead/libxsmm_dispatch_every_call_4x4x4", run_overhead_dispatch_each_call)
       ->Unit(benchmark::kNanosecond);
 #endif

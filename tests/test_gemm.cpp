@@ -1,10 +1,11 @@
-// gla::detail::gemm and its backends (gemm_eigen, gemm_libxsmm with both bfloat16 routes) against a double-precision reference: every
-// transpose combination, accumulate on and off, the chunk kernels' shapes and arbitrary ones (1, 15, 63, 130,
-// ... and beyond libxsmm's size limit), contiguous and strided operands, float/double/bfloat16/half, concurrent
-// calls, the kernel cache under eviction, and the argument checks.
+// gla::detail::gemm and its backends (gemm_eigen, gemm_libxsmm with both bfloat16 routes) against a double-precision
+// reference: every transpose combination, accumulate on and off, the chunk kernels' shapes and arbitrary ones (1, 15,
+// 63, 130, ... and beyond libxsmm's size limit), contiguous and strided operands, float/double/bfloat16/half,
+// concurrent calls, the kernel cache under eviction, and the argument checks.
 //
 // tests/test_gemm_eigen.cpp compiles this file again with GLA_GEMM_FORCE_EIGEN, so the Eigen-only build of
-// gemm() (what a build without libxsmm gets) is tested in every configuration.
+// gemm() (what a build without libxsmm gets) is tested in every configuration; tests/test_gemm_scalar.cpp with
+// GLA_GEMM_NO_INTRINSICS (the scalar packing loops).
 //
 // Tolerance: the inputs are exact in the reference (it multiplies the stored float/bfloat16/half values in
 // double), and the products of two bfloat16 or half values are exact in float, so the only error is the
@@ -34,8 +35,8 @@
 
 namespace {
 
-using gla::Index;
 using gla::acc_t;
+using gla::Index;
 using gla::detail::Trans;
 using bf16 = Eigen::bfloat16;
 using half = Eigen::half;
@@ -47,10 +48,14 @@ enum class Backend { Auto, Eigen, Libxsmm, LibxsmmVnni };
 
 const char* backend_name(Backend b) {
   switch (b) {
-    case Backend::Auto: return "gemm";
-    case Backend::Eigen: return "gemm_eigen";
-    case Backend::Libxsmm: return "gemm_libxsmm";
-    case Backend::LibxsmmVnni: return "gemm_libxsmm(Vnni)";
+    case Backend::Auto:
+      return "gemm";
+    case Backend::Eigen:
+      return "gemm_eigen";
+    case Backend::Libxsmm:
+      return "gemm_libxsmm";
+    case Backend::LibxsmmVnni:
+      return "gemm_libxsmm(Vnni)";
   }
   return "?";
 }
@@ -158,9 +163,9 @@ struct Problem {
         break;
       case Backend::Libxsmm:
       case Backend::LibxsmmVnni:
-        if (!gla::detail::gemm_libxsmm(c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(), c.ldc,
-                                       be == Backend::LibxsmmVnni ? gla::detail::Bf16Kernel::Vnni
-                                                                  : gla::detail::Bf16Kernel::ViaF32))
+        if (!gla::detail::gemm_libxsmm(
+                c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(), c.ldc,
+                be == Backend::LibxsmmVnni ? gla::detail::Bf16Kernel::Vnni : gla::detail::Bf16Kernel::ViaF32))
           return "declined";
         break;
     }
@@ -396,15 +401,14 @@ TEST_CASE("gemm: invalid arguments throw gla::Error naming the argument", "[gemm
                   gemm<float>(Trans::N, Trans::N, 2, 4, 4, a.data(), 4, b.data(), 4, false, c.data(), 3));
   CHECK_GLA_ERROR("B is null, expected a pointer to a row-major 4x4 matrix",
                   gemm<float>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, nullptr, 4, false, c.data(), 4));
-  CHECK_GLA_ERROR("C is null",
-                  gemm<float>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, b.data(), 4, false, nullptr, 4));
+  CHECK_GLA_ERROR("C is null", gemm<float>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, b.data(), 4, false, nullptr, 4));
   std::vector<bf16> ha(64);
-  CHECK_GLA_ERROR("gla::detail::gemm_eigen: n is -2",
-                  gla::detail::gemm_eigen<bf16>(Trans::N, Trans::N, 4, -2, 4, ha.data(), 4, ha.data(), 4, false,
-                                                c.data(), 4));
-  CHECK_GLA_ERROR("gla::detail::gemm_libxsmm: ldb is 1",
-                  gla::detail::gemm_libxsmm<float>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, b.data(), 1, false,
-                                                   c.data(), 4));
+  CHECK_GLA_ERROR(
+      "gla::detail::gemm_eigen: n is -2",
+      gla::detail::gemm_eigen<bf16>(Trans::N, Trans::N, 4, -2, 4, ha.data(), 4, ha.data(), 4, false, c.data(), 4));
+  CHECK_GLA_ERROR(
+      "gla::detail::gemm_libxsmm: ldb is 1",
+      gla::detail::gemm_libxsmm<float>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, b.data(), 1, false, c.data(), 4));
 }
 
 TEST_CASE("gemm: more kernels than the per-thread cache holds stay correct", "[gemm]") {

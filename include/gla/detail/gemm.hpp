@@ -27,8 +27,9 @@
 ///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
 ///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports
 ///         (section "Small products"), vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's
-///         bfloat16 kernels are slower than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make Vnni the default on a
-///         CPU where they are faster). Half inputs always take the float kernels on converted tiles.
+///         bfloat16 kernels are slower than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make
+///         Vnni the default on a CPU where they are faster). Half inputs always take the float kernels on converted
+///         tiles.
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
@@ -106,8 +107,8 @@ inline const char* trans_str(Trans t) { return t == Trans::N ? "N" : "T"; }
 
 /// Throws the gla::Error for the first invalid argument: the function, the argument, expected vs actual.
 [[noreturn]] GLA_GEMM_COLD inline void check_failed(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k,
-                                                  const void* A, Index lda, const void* B, Index ldb, const void* C,
-                                                  Index ldc) {
+                                                    const void* A, Index lda, const void* B, Index ldb, const void* C,
+                                                    Index ldc) {
   const auto dim = [&](const char* name, Index v) {
     if (v < 0) fail(fn, std::string(name) + " is " + std::to_string(v) + ", expected >= 0");
   };
@@ -150,7 +151,7 @@ class Scratch {
   T* get(std::size_t n) {
     if (n > cap_) {
       const std::size_t cap = (n + 1023) & ~std::size_t{1023};
-      buf_.reset(static_cast<T*>(::operator new(cap * sizeof(T), std::align_val_t{64})));
+      buf_.reset(static_cast<T*>(::operator new (cap * sizeof(T), std::align_val_t{64})));
       cap_ = cap;
     }
     return buf_.get();
@@ -158,7 +159,7 @@ class Scratch {
 
  private:
   struct Free {
-    void operator()(T* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
+    void operator()(T* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
   };
   std::unique_ptr<T, Free> buf_;
   std::size_t cap_ = 0;
@@ -363,7 +364,8 @@ inline libxsmm_smmfunction xsmm_f32_kernel(Trans ta, Index m, Index n, Index k, 
                                            bool accumulate) {
   const int flags = (ta == Trans::T ? LIBXSMM_GEMM_FLAG_TRANS_B : 0) | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
   const auto i32 = [](Index v) { return static_cast<std::int32_t>(v); };
-  return xsmm_kernel({static_cast<std::int32_t>(Kind::F32), i32(n), i32(m), i32(k), i32(ldb), i32(lda), i32(ldc), flags})
+  return xsmm_kernel(
+             {static_cast<std::int32_t>(Kind::F32), i32(n), i32(m), i32(k), i32(ldb), i32(lda), i32(ldc), flags})
       .smm;
 }
 
@@ -405,7 +407,7 @@ bool xsmm_via_f32(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, In
 }
 
 inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen::bfloat16* A, Index lda,
-                      const Eigen::bfloat16* B, Index ldb, bool accumulate, float* C, Index ldc) {
+                           const Eigen::bfloat16* B, Index ldb, bool accumulate, float* C, Index ldc) {
   if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
   const Index kp = k + (k & 1);
   const bool pack_a = ta == Trans::T || (k & 1) != 0 || (lda & 1) != 0;
@@ -551,8 +553,7 @@ void gemm_eigen(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Inde
 template <class In>
 bool gemm_libxsmm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
                   bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel = kBf16KernelDefault) {
-  if (gemm_impl::trivial("gla::detail::gemm_libxsmm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc))
-    return true;
+  if (gemm_impl::trivial("gla::detail::gemm_libxsmm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
   return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, bf16_kernel);
 }
 
