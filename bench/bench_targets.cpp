@@ -19,7 +19,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#ifdef GLA_BENCH_ONEDNN
+#ifdef GLA_HAVE_ONEDNN
 #include <dnnl.hpp>
 #endif
 
@@ -183,7 +183,7 @@ void run_sgemm(benchmark::State& st, Index n) {
   gla::set_num_threads(threads);
   std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(static_cast<std::size_t>(n * n), 0.25f),
       c(static_cast<std::size_t>(n * n), 0.f);
-#ifdef GLA_BENCH_ONEDNN
+#ifdef GLA_HAVE_ONEDNN
   bench::OneDnnThreads pin(threads);
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);

@@ -1,51 +1,572 @@
 #pragma once
-/// gla/detail/gemm.hpp: the small matrix products of the chunk kernels, row-major, through Eigen.
+/// gla/detail/gemm.hpp: the small matrix products of the chunk kernels, C = op(A)·op(B) (+ C), row-major.
+///
+/// Layouts (all row-major, like every tensor of the library):
+///   op(A) is m×k. ta == N: A is stored m×k with row stride lda >= k; ta == T: A is stored k×m, lda >= m.
+///   op(B) is k×n. tb == N: B is stored k×n with row stride ldb >= n; tb == T: B is stored n×k, ldb >= k.
+///   C is m×n with row stride ldc >= n. accumulate == false overwrites C without reading it (it may hold NaN);
+///   accumulate == true adds the product to it. C must not overlap A or B.
+///   Strides may exceed the widths: one head's rows of a [B,T,H,D] tensor are ld = H·D apart.
+///   Accumulation is in float for float, bfloat16 and half inputs (C is float) and in double for double.
+///
+/// Backends, chosen per call by gemm():
+///   libxsmm (when the build defines GLA_HAVE_LIBXSMM, as gla::gla does with GLA_WITH_LIBXSMM=ON): float,
+///     bfloat16 and half products run JIT-generated kernels. libxsmm is column-major, and a row-major matrix read
+///     column-major is its transpose, so the row-major C = op(A)·op(B) is computed as the column-major
+///     Cᵀ = op(B)ᵀ·op(A)ᵀ: B is libxsmm's left operand, A its right one, m and n swap. What libxsmm 1.17 offers
+///     and how each case maps onto it:
+///       - only its right operand can be transposed (flag TRANS_B; TRANS_A gets no kernel), and only for
+///         float/double: ta == T sets TRANS_B; tb == T packs B into a contiguous k×n copy (per-thread scratch).
+///       - alpha must be 1 and beta 0 or 1: accumulate selects beta (BETA_0 flag when false).
+///       - bfloat16 inputs with float C: libxsmm's bfloat16 kernels (AVX-512 BF16 dot products, float
+///         accumulation) need their left operand in VNNI layout, pairs of consecutive k side by side:
+///         Bv[(p/2)·2n + 2j + p%2] = op(B)(p, j) (uint32 word q·n + j holds rows 2q and 2q+1 of column j) with
+///         k even, and cannot transpose either operand. Bf16Kernel::Vnni packs so (an odd k padded with a zero
+///         row; the right operand read in place when ta == N and k and lda are even, else packed m×k' with
+///         k' = k rounded up to even). Bf16Kernel::ViaF32 converts the tiles to float (exact) in per-thread
+///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
+///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports
+///         (section "Small products"), vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's
+///         bfloat16 kernels are slower than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make
+///         Vnni the default on a CPU where they are faster). Half inputs always take the float kernels on converted
+///         tiles.
+///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
+///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
+///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
+///     direct-mapped thread-local table of kXsmmCacheSlots entries answers repeated calls without locks (libxsmm's
+///     own registry, thread-safe, is asked on a miss). libxsmm_init() runs once, on the first miss of any thread.
+///     A shape libxsmm declines (null kernel) falls back to Eigen.
+///   Eigen (always available; the only backend without libxsmm, and the one for double): Map products with
+///     noalias(). Eigen must be single-threaded inside (the parallel engine pins it in its work items). Half and
+///     bfloat16 tiles are converted to float in per-thread scratch first (never whole tensors).
+///   Defining GLA_GEMM_FORCE_EIGEN before including this header compiles the Eigen backend only, even when the
+///   build defines GLA_HAVE_LIBXSMM (every translation unit of a program must agree; tests/test_gemm_eigen.cpp
+///   uses it).
+///
+/// Scratch (packs and converted tiles) is thread_local, 64-byte aligned, grown on demand and never shrunk, so
+/// the steady state allocates nothing. Packing and conversion use AVX-512 when the including code is compiled
+/// for it (the project's own targets are, -march=native) unless GLA_GEMM_NO_INTRINSICS is defined, scalar loops
+/// otherwise (tests/test_gemm_scalar.cpp; like GLA_GEMM_FORCE_EIGEN, every translation unit must agree). Every
+/// function here is safe to call concurrently from several threads.
 
 #include <gla/core.hpp>
 
-namespace gla::detail {
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <string>
+#include <type_traits>
 
+#if defined(__AVX512F__) && !defined(GLA_GEMM_NO_INTRINSICS)
+#define GLA_GEMM_AVX512 1
+#include <immintrin.h>
+#else
+#define GLA_GEMM_AVX512 0
+#endif
+
+#if defined(GLA_HAVE_LIBXSMM) && !defined(GLA_GEMM_FORCE_EIGEN)
+#define GLA_GEMM_WITH_LIBXSMM 1
+#include <libxsmm.h>
+#else
+#define GLA_GEMM_WITH_LIBXSMM 0
+#endif
+
+namespace gla {
+namespace detail {
+
+/// Whether a gemm operand is used as stored (N) or transposed (T).
 enum class Trans { N, T };
 
-/// C[m×n] (row stride ldc) = op(A) · op(B) (+ C when accumulate); op(A) is m×k, op(B) is k×n. A is m×k row-major
-/// (lda) when ta == N, else k×m (lda); B is k×n (ldb) when tb == N, else n×k (ldb). C is acc_t<In>.
+/// True when gemm() was compiled with its libxsmm backend (a shape libxsmm declines still falls back to Eigen).
+constexpr bool gemm_uses_libxsmm() noexcept { return GLA_GEMM_WITH_LIBXSMM != 0; }
+
+/// How the libxsmm backend runs bfloat16 inputs: converted to float tiles on the float kernels, or on libxsmm's
+/// bfloat16 kernels with VNNI-packed operands (see the top of this file).
+enum class Bf16Kernel { ViaF32, Vnni };
+#ifdef GLA_GEMM_BF16_VNNI
+inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::Vnni;
+#else
+inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::ViaF32;
+#endif
+
+namespace gemm_impl {
+
 template <class In>
-void gemm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
-          bool accumulate, acc_t<In>* C, Index ldc) {
-  using Acc = acc_t<In>;
-  if (m <= 0 || n <= 0) return;
-  Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>> c(C, m, n, Eigen::OuterStride<>(ldc));
-  if (k <= 0) {
-    if (!accumulate) c.setZero();
-    return;
+inline constexpr bool is_gemm_scalar_v = is_supported_scalar_v<In>;
+
+inline const char* trans_str(Trans t) { return t == Trans::N ? "N" : "T"; }
+
+#if defined(__GNUC__)
+#define GLA_GEMM_COLD __attribute__((noinline, cold))
+#else
+#define GLA_GEMM_COLD
+#endif
+
+/// Throws the gla::Error for the first invalid argument: the function, the argument, expected vs actual.
+[[noreturn]] GLA_GEMM_COLD inline void check_failed(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k,
+                                                    const void* A, Index lda, const void* B, Index ldb, const void* C,
+                                                    Index ldc) {
+  const auto dim = [&](const char* name, Index v) {
+    if (v < 0) fail(fn, std::string(name) + " is " + std::to_string(v) + ", expected >= 0");
+  };
+  dim("m", m);
+  dim("n", n);
+  dim("k", k);
+  // name: the matrix; rows × cols: its stored shape; trans: its transpose flag (null for C)
+  const auto operand = [&](char name, Index rows, Index cols, const void* p, Index ld, const char* trans) {
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+    const char lower = static_cast<char>(name - 'A' + 'a');
+    if (ld < cols)
+      fail(fn, std::string("ld") + lower + " is " + std::to_string(ld) + ", expected >= " + std::to_string(cols) +
+                   " (" + name +
+                   (trans ? " stored row-major " + shape + ", t" + lower + " = " + trans : " row-major " + shape) +
+                   ")");
+    if (m > 0 && n > 0 && p == nullptr && rows > 0 && cols > 0)
+      fail(fn, std::string(1, name) + " is null, expected a pointer to a row-major " + shape + " matrix");
+  };
+  operand('A', ta == Trans::N ? m : k, ta == Trans::N ? k : m, A, lda, trans_str(ta));
+  operand('B', tb == Trans::N ? k : n, tb == Trans::N ? n : k, B, ldb, trans_str(tb));
+  operand('C', m, n, C, ldc, nullptr);
+  fail(fn, "invalid arguments");  // not reached: check() calls this only when one of the above fails
+}
+
+/// Throws gla::Error naming the function and argument, expected vs actual, for any invalid argument: a negative
+/// size, a row stride below the stored width, or a null operand that would be read or written. A few compares
+/// on every call; the message is built only on failure.
+inline void check(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k, const void* A, Index lda,
+                  const void* B, Index ldb, const void* C, Index ldc) {
+  const Index acols = ta == Trans::N ? k : m, bcols = tb == Trans::N ? n : k;
+  const bool bad_size = (m | n | k) < 0 || lda < acols || ldb < bcols || ldc < n;
+  const bool bad_ptr = m > 0 && n > 0 && (C == nullptr || (k > 0 && (A == nullptr || B == nullptr)));
+  if (bad_size || bad_ptr) check_failed(fn, ta, tb, m, n, k, A, lda, B, ldb, C, ldc);
+}
+
+/// A 64-byte aligned buffer grown on demand and never shrunk (contents are not kept across growth).
+template <class T>
+class Scratch {
+ public:
+  T* get(std::size_t n) {
+    if (n > cap_) {
+      const std::size_t cap = (n + 1023) & ~std::size_t{1023};
+      buf_.reset(static_cast<T*>(::operator new (cap * sizeof(T), std::align_val_t{64})));
+      cap_ = cap;
+    }
+    return buf_.get();
   }
-  if constexpr (std::is_same_v<In, Acc>) {
-    using CMap = Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
-    const CMap a(A, ta == Trans::N ? m : k, ta == Trans::N ? k : m, Eigen::OuterStride<>(lda));
-    const CMap b(B, tb == Trans::N ? k : n, tb == Trans::N ? n : k, Eigen::OuterStride<>(ldb));
-    const auto run = [&](const auto& x, const auto& y) {
-      if (accumulate)
-        c.noalias() += x * y;
-      else
-        c.noalias() = x * y;
-    };
-    if (ta == Trans::N && tb == Trans::N) run(a, b);
-    if (ta == Trans::N && tb == Trans::T) run(a, b.transpose());
-    if (ta == Trans::T && tb == Trans::N) run(a.transpose(), b);
-    if (ta == Trans::T && tb == Trans::T) run(a.transpose(), b.transpose());
+
+ private:
+  struct Free {
+    void operator()(T* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
+  };
+  std::unique_ptr<T, Free> buf_;
+  std::size_t cap_ = 0;
+};
+
+/// The per-thread scratch of gemm(): converted float tiles (Eigen fallback, half) and libxsmm packs.
+struct Scratchpad {
+  Scratch<float> conv_a, conv_b;  // A and B converted to float and/or repacked, contiguous
+  Scratch<std::uint32_t> vnni_b;  // bfloat16 B in VNNI layout, one pair of k per word
+  Scratch<std::uint16_t> pack_a;  // bfloat16 A, contiguous m×k' (k' even)
+};
+
+inline Scratchpad& scratchpad() {
+  static thread_local Scratchpad s;
+  return s;
+}
+
+/// The Eigen backend for S = float or double (inputs and C of the same type); arguments already checked.
+template <class S>
+void eigen_same(Trans ta, Trans tb, Index m, Index n, Index k, const S* A, Index lda, const S* B, Index ldb,
+                bool accumulate, S* C, Index ldc) {
+  using In = ConstStridedMap<S>;
+  using Stride = Eigen::OuterStride<>;
+  StridedMap<S> c(C, m, n, Stride(ldc));
+  const auto run = [&](const auto& a, const auto& b) {
+    if (accumulate)
+      c.noalias() += a * b;
+    else
+      c.noalias() = a * b;
+  };
+  if (ta == Trans::N) {
+    const In a(A, m, k, Stride(lda));
+    if (tb == Trans::N)
+      run(a, In(B, k, n, Stride(ldb)));
+    else
+      run(a, In(B, n, k, Stride(ldb)).transpose());
   } else {
-    // Low-precision operands: widen the tiles (thread-local scratch, grown once) and use the Acc product.
-    thread_local std::vector<Acc> wa, wb;
-    const Index ar = ta == Trans::N ? m : k, ac = ta == Trans::N ? k : m;
-    const Index br = tb == Trans::N ? k : n, bc = tb == Trans::N ? n : k;
-    wa.resize(static_cast<std::size_t>(ar * ac));
-    wb.resize(static_cast<std::size_t>(br * bc));
-    for (Index i = 0; i < ar; ++i)
-      for (Index j = 0; j < ac; ++j) wa[static_cast<std::size_t>(i * ac + j)] = static_cast<Acc>(A[i * lda + j]);
-    for (Index i = 0; i < br; ++i)
-      for (Index j = 0; j < bc; ++j) wb[static_cast<std::size_t>(i * bc + j)] = static_cast<Acc>(B[i * ldb + j]);
-    gemm<Acc>(ta, tb, m, n, k, wa.data(), ac, wb.data(), bc, accumulate, C, ldc);
+    const In a(A, k, m, Stride(lda));
+    if (tb == Trans::N)
+      run(a.transpose(), In(B, k, n, Stride(ldb)));
+    else
+      run(a.transpose(), In(B, n, k, Stride(ldb)).transpose());
   }
 }
 
-}  // namespace gla::detail
+#if GLA_GEMM_AVX512
+inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16_as_float(const Eigen::bfloat16* p) {  // bfloat16 is the upper half of a float
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16_as_float(const Eigen::half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
+template <class In>
+inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
+  for (int i = 0; i < 8; ++i) {  // interleave row pairs: 2×2 blocks
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // 4×4 blocks within each 128-bit lane
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)  // then the 128-bit lanes: 8×8 blocks
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {  // and 16×16
+    _mm512_storeu_ps(d + j * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(d + (8 + j) * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
+  }
+}
+#endif
+
+/// dst (rows × cols, contiguous) = src (rows × cols, row stride lds) converted to float.
+template <class In>
+void copy_rows_to_float(const In* src, Index lds, Index rows, Index cols, float* dst) {
+  for (Index i = 0; i < rows; ++i) {
+    const In* s = src + i * lds;
+    float* d = dst + i * cols;
+    if constexpr (std::is_same_v<In, float>) {
+      std::memcpy(d, s, static_cast<std::size_t>(cols) * sizeof(float));
+    } else {
+      Index j = 0;
+#if GLA_GEMM_AVX512
+      for (; j + 16 <= cols; j += 16) _mm512_storeu_ps(d + j, load16_as_float(s + j));
+#endif
+      for (; j < cols; ++j) d[j] = static_cast<float>(s[j]);
+    }
+  }
+}
+
+/// dst (cols × rows, contiguous) = the transpose of src (rows × cols, row stride lds), converted to float.
+template <class In>
+void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst) {
+  constexpr Index kb = 16;
+  Index i0 = 0;
+#if GLA_GEMM_AVX512
+  for (; i0 + kb <= rows; i0 += kb) {
+    Index j0 = 0;
+    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * rows + i0, rows);
+    for (Index j = j0; j < cols; ++j)
+      for (Index i = i0; i < i0 + kb; ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
+  }
+#endif
+  for (; i0 < rows; i0 += kb)  // blocks of 16×16, scalar
+    for (Index j0 = 0; j0 < cols; j0 += kb)
+      for (Index j = j0; j < std::min(cols, j0 + kb); ++j)
+        for (Index i = i0; i < std::min(rows, i0 + kb); ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
+}
+
+/// Products with k == 0: C = 0 (or unchanged when accumulating).
+template <class S>
+void empty_product(Index m, Index n, bool accumulate, S* C, Index ldc) {
+  if (!accumulate) StridedMap<S>(C, m, n, Eigen::OuterStride<>(ldc)).setZero();
+}
+
+#if GLA_GEMM_WITH_LIBXSMM
+
+/// Products with any dimension above this go to Eigen: libxsmm's kernels are not cache-blocked, and its float
+/// kernel, ahead of Eigen up to 512³, falls to half of Eigen's rate at 768³ (bench_small_gemm, square/*).
+inline constexpr Index kXsmmMaxDim = 512;
+/// Entries of the per-thread kernel table (a power of two).
+inline constexpr std::size_t kXsmmCacheSlots = 64;
+
+enum class Kind : std::int32_t { F32 = 1, BF16 = 2 };
+
+/// What identifies a libxsmm kernel, in libxsmm's (column-major) terms.
+struct XsmmKey {
+  std::int32_t kind, m, n, k, lda, ldb, ldc, flags;
+  bool operator==(const XsmmKey& o) const noexcept {
+    return kind == o.kind && m == o.m && n == o.n && k == o.k && lda == o.lda && ldb == o.ldb && ldc == o.ldc &&
+           flags == o.flags;
+  }
+};
+
+struct XsmmSlot {
+  XsmmKey key;
+  libxsmm_xmmfunction fn;  // fn.xmm == nullptr: libxsmm declined this key (cached too)
+  bool filled;
+};
+
+inline std::size_t xsmm_hash(const XsmmKey& k) noexcept {
+  std::uint64_t h = 0x9E3779B97F4A7C15ull;
+  for (const std::int32_t v : {k.kind, k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.flags}) {
+    h ^= static_cast<std::uint32_t>(v);
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 29;
+  }
+  return static_cast<std::size_t>(h >> 32);
+}
+
+inline void xsmm_init_once() {
+  static const bool done = [] {
+    libxsmm_init();
+    return true;
+  }();
+  (void)done;
+}
+
+inline libxsmm_xmmfunction xsmm_dispatch(const XsmmKey& k) {
+  xsmm_init_once();
+  const libxsmm_blasint lda = k.lda, ldb = k.ldb, ldc = k.ldc;
+  const int flags = k.flags, prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+  const float alpha = 1.f, beta = (k.flags & LIBXSMM_GEMM_FLAG_BETA_0) ? 0.f : 1.f;
+  libxsmm_xmmfunction fn;
+  fn.xmm = nullptr;
+  if (k.kind == static_cast<std::int32_t>(Kind::F32))
+    fn.smm = libxsmm_smmdispatch(k.m, k.n, k.k, &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+  else
+    fn.bsmm = libxsmm_bsmmdispatch(k.m, k.n, k.k, &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+  return fn;
+}
+
+/// The kernel for a key: the thread's table, else libxsmm's registry (which JIT-compiles on its first request).
+inline libxsmm_xmmfunction xsmm_kernel(const XsmmKey& key) {
+  static thread_local XsmmSlot table[kXsmmCacheSlots];  // zero-initialised: no per-thread constructor
+  XsmmSlot& s = table[xsmm_hash(key) & (kXsmmCacheSlots - 1)];
+  if (s.filled && s.key == key) return s.fn;
+  s.fn = xsmm_dispatch(key);
+  s.key = key;
+  s.filled = true;
+  return s.fn;
+}
+
+/// True when every size fits libxsmm_blasint and no dimension exceeds kXsmmMaxDim.
+inline bool xsmm_fits(Index m, Index n, Index k, Index lda, Index ldb, Index ldc) {
+  constexpr Index imax = std::numeric_limits<std::int32_t>::max() / 2;  // ldb/k may be rounded up to even
+  return m <= kXsmmMaxDim && n <= kXsmmMaxDim && k <= kXsmmMaxDim && lda <= imax && ldb <= imax && ldc <= imax;
+}
+
+/// The float kernel of the row-major C = op(A)·B for B k×n with row stride ldb (null when libxsmm declines).
+inline libxsmm_smmfunction xsmm_f32_kernel(Trans ta, Index m, Index n, Index k, Index lda, Index ldb, Index ldc,
+                                           bool accumulate) {
+  const int flags = (ta == Trans::T ? LIBXSMM_GEMM_FLAG_TRANS_B : 0) | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
+  const auto i32 = [](Index v) { return static_cast<std::int32_t>(v); };
+  return xsmm_kernel(
+             {static_cast<std::int32_t>(Kind::F32), i32(n), i32(m), i32(k), i32(ldb), i32(lda), i32(ldc), flags})
+      .smm;
+}
+
+inline bool xsmm_f32(Trans ta, Trans tb, Index m, Index n, Index k, const float* A, Index lda, const float* B,
+                     Index ldb, bool accumulate, float* C, Index ldc) {
+  if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
+  const bool pack = tb == Trans::T;  // libxsmm cannot transpose its left operand: B goes k×n into scratch
+  const libxsmm_smmfunction fn = xsmm_f32_kernel(ta, m, n, k, lda, pack ? n : ldb, ldc, accumulate);
+  if (fn == nullptr) return false;
+  const float* left = B;
+  if (pack) {
+    float* p = scratchpad().conv_b.get(static_cast<std::size_t>(k * n));
+    transpose_to_float(B, ldb, n, k, p);
+    left = p;
+  }
+  fn(left, A, C);
+  return true;
+}
+
+/// bfloat16 or half inputs on the float kernels: A converted as stored (ta kept: TRANS_B), op(B) converted
+/// to k×n, both contiguous in per-thread scratch.
+template <class In>
+bool xsmm_via_f32(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+                  bool accumulate, float* C, Index ldc) {
+  if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
+  const Index ar = ta == Trans::N ? m : k, ac = ta == Trans::N ? k : m;
+  const libxsmm_smmfunction fn = xsmm_f32_kernel(ta, m, n, k, ac, n, ldc, accumulate);
+  if (fn == nullptr) return false;
+  Scratchpad& sp = scratchpad();
+  float* a = sp.conv_a.get(static_cast<std::size_t>(m * k));
+  float* b = sp.conv_b.get(static_cast<std::size_t>(k * n));
+  copy_rows_to_float(A, lda, ar, ac, a);
+  if (tb == Trans::N)
+    copy_rows_to_float(B, ldb, k, n, b);
+  else
+    transpose_to_float(B, ldb, n, k, b);
+  fn(b, a, C);
+  return true;
+}
+
+inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen::bfloat16* A, Index lda,
+                           const Eigen::bfloat16* B, Index ldb, bool accumulate, float* C, Index ldc) {
+  if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
+  const Index kp = k + (k & 1);
+  const bool pack_a = ta == Trans::T || (k & 1) != 0 || (lda & 1) != 0;
+  const int flags = LIBXSMM_GEMM_FLAG_VNNI_A | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
+  const XsmmKey key{static_cast<std::int32_t>(Kind::BF16), static_cast<std::int32_t>(n),
+                    static_cast<std::int32_t>(m),          static_cast<std::int32_t>(kp),
+                    static_cast<std::int32_t>(n),          static_cast<std::int32_t>(pack_a ? kp : lda),
+                    static_cast<std::int32_t>(ldc),        flags};
+  const libxsmm_xmmfunction fn = xsmm_kernel(key);
+  if (fn.bsmm == nullptr) return false;
+  Scratchpad& sp = scratchpad();
+  const auto* a16 = reinterpret_cast<const std::uint16_t*>(A);
+  const auto* b16 = reinterpret_cast<const std::uint16_t*>(B);
+
+  // Left operand: op(B) in VNNI layout, word q·n + j = (op(B)(2q, j), op(B)(2q+1, j)), low half first.
+  const Index kh = k / 2;
+  std::uint32_t* v = sp.vnni_b.get(static_cast<std::size_t>((kp / 2) * n));
+  if (tb == Trans::N) {  // B is k×n: interleave row pairs
+    for (Index q = 0; q < kh; ++q) {
+      const std::uint16_t* r0 = b16 + 2 * q * ldb;
+      const std::uint16_t* r1 = r0 + ldb;
+      std::uint32_t* d = v + q * n;
+      for (Index j = 0; j < n; ++j) d[j] = std::uint32_t{r0[j]} | (std::uint32_t{r1[j]} << 16);
+    }
+    if (k & 1) {
+      const std::uint16_t* r0 = b16 + (k - 1) * ldb;
+      std::uint32_t* d = v + kh * n;
+      for (Index j = 0; j < n; ++j) d[j] = r0[j];
+    }
+  } else {  // B is n×k: each row j holds column j of op(B); its consecutive pairs are already VNNI words
+    for (Index j = 0; j < n; ++j) {
+      const std::uint16_t* r = b16 + j * ldb;
+      for (Index q = 0; q < kh; ++q) v[q * n + j] = std::uint32_t{r[2 * q]} | (std::uint32_t{r[2 * q + 1]} << 16);
+      if (k & 1) v[kh * n + j] = r[k - 1];
+    }
+  }
+
+  // Right operand: op(A) as row-major m×k (libxsmm's column-major k×m), even row stride, zero-padded to kp.
+  const std::uint16_t* right = a16;
+  if (pack_a) {
+    std::uint16_t* p = sp.pack_a.get(static_cast<std::size_t>(m * kp));
+    if (ta == Trans::N) {
+      for (Index i = 0; i < m; ++i) {
+        std::memcpy(p + i * kp, a16 + i * lda, static_cast<std::size_t>(k) * sizeof(std::uint16_t));
+        if (k & 1) p[i * kp + k] = 0;
+      }
+    } else {  // A is k×m
+      for (Index i = 0; i < m; ++i) {
+        std::uint16_t* d = p + i * kp;
+        for (Index q = 0; q < k; ++q) d[q] = a16[q * lda + i];
+        if (k & 1) d[k] = 0;
+      }
+    }
+    right = p;
+  }
+  fn.bsmm(reinterpret_cast<const libxsmm_bfloat16*>(v), reinterpret_cast<const libxsmm_bfloat16*>(right), C);
+  return true;
+}
+
+#endif  // GLA_GEMM_WITH_LIBXSMM
+
+/// libxsmm for one call: true when done, false when not available (C untouched); arguments already checked,
+/// m, n, k > 0.
+template <class In>
+bool libxsmm_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+                 bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel) {
+#if GLA_GEMM_WITH_LIBXSMM
+  if constexpr (std::is_same_v<In, float>) {
+    return xsmm_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  } else if constexpr (std::is_same_v<In, Eigen::bfloat16>) {
+    if (bf16_kernel == Bf16Kernel::Vnni) return xsmm_bf16_vnni(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+    return xsmm_via_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  } else if constexpr (std::is_same_v<In, Eigen::half>) {
+    return xsmm_via_f32(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  } else {
+    return false;  // double: Eigen
+  }
+#else
+  (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)A, (void)lda, (void)B, (void)ldb, (void)accumulate, (void)C,
+      (void)ldc, (void)bf16_kernel;
+  return false;
+#endif
+}
+
+/// The Eigen backend for any input type; arguments already checked, m, n, k > 0. bfloat16 and half operands
+/// are converted to float as stored (Eigen's products take the transposes).
+template <class In>
+void eigen_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+               bool accumulate, acc_t<In>* C, Index ldc) {
+  if constexpr (std::is_same_v<In, acc_t<In>>) {
+    eigen_same<In>(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  } else {
+    const Index ar = ta == Trans::N ? m : k, ac = ta == Trans::N ? k : m;
+    const Index br = tb == Trans::N ? k : n, bc = tb == Trans::N ? n : k;
+    Scratchpad& sp = scratchpad();
+    float* a = sp.conv_a.get(static_cast<std::size_t>(m * k));
+    float* b = sp.conv_b.get(static_cast<std::size_t>(k * n));
+    copy_rows_to_float(A, lda, ar, ac, a);
+    copy_rows_to_float(B, ldb, br, bc, b);
+    eigen_same<float>(ta, tb, m, n, k, a, ac, b, bc, accumulate, C, ldc);
+  }
+}
+
+/// Common entry: checks, handles empty products; returns false when the caller's backend must run.
+template <class In>
+bool trivial(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B,
+             Index ldb, bool accumulate, acc_t<In>* C, Index ldc) {
+  static_assert(is_gemm_scalar_v<In>, "gla::detail::gemm: In must be float, double, Eigen::bfloat16 or Eigen::half");
+  check(fn, ta, tb, m, n, k, A, lda, B, ldb, C, ldc);
+  if (m == 0 || n == 0) return true;
+  if (k == 0) {
+    empty_product(m, n, accumulate, C, ldc);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace gemm_impl
+
+/// C[m×n] (row stride ldc) = op(A)·op(B), plus C when `accumulate`; op(A) is m×k, op(B) is k×n (layouts at the
+/// top of this file). float/bfloat16/half accumulate in float (C is float), double in double. Runs libxsmm when
+/// built with it and it has a kernel for the call, else Eigen. Throws gla::Error on a negative size, a row stride
+/// below the stored width or a null operand that would be read.
+template <class In>
+void gemm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+          bool accumulate, acc_t<In>* C, Index ldc) {
+  if (gemm_impl::trivial("gla::detail::gemm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
+  if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, kBf16KernelDefault)) return;
+  gemm_impl::eigen_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+/// gemm() on the Eigen backend only (the fallback path; for tests and benchmarks).
+template <class In>
+void gemm_eigen(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+                bool accumulate, acc_t<In>* C, Index ldc) {
+  if (gemm_impl::trivial("gla::detail::gemm_eigen", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
+  gemm_impl::eigen_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+/// gemm() on the libxsmm backend only (for tests and benchmarks): returns false, leaving C untouched, when
+/// libxsmm is not compiled in or has no kernel for the call (always false for double). Empty products are done
+/// here (true). bf16_kernel chooses the bfloat16 route (ignored for other types).
+template <class In>
+bool gemm_libxsmm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+                  bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel = kBf16KernelDefault) {
+  if (gemm_impl::trivial("gla::detail::gemm_libxsmm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
+  return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, bf16_kernel);
+}
+
+/// A one-line description of the backend, e.g. "libxsmm 1.17 (JIT target cpx)" or "Eigen 3.4.0".
+inline std::string gemm_backend_name() {
+#if GLA_GEMM_WITH_LIBXSMM
+  gemm_impl::xsmm_init_once();
+  return std::string("libxsmm ") + LIBXSMM_CONFIG_VERSION + " (JIT target " + libxsmm_get_target_arch() + ")";
+#else
+  return "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+         std::to_string(EIGEN_MINOR_VERSION);
+#endif
+}
+
+}  // namespace detail
+}  // namespace gla
