@@ -10,6 +10,7 @@
 #include "support/test_utils.hpp"
 
 #include <atomic>
+#include <cmath>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -98,6 +99,41 @@ TEST_CASE("views: the natural decode loop re-points the initial state instead of
   static_assert(!std::is_assignable_v<std::optional<HeldView<float, 4>>&, Tensor<float, 4>&&>);
   static_assert(std::is_assignable_v<std::optional<HeldView<float, 4>>&, Tensor<float, 4>&>);
   static_assert(std::is_assignable_v<std::optional<HeldView<float, 4>>&, const Tensor<float, 4>&>);
+}
+
+TEST_CASE("views: the README decode loop updates one state in place with a reused workspace", "[api]") {
+  const Index B = 2, T = 7, H = 3, K = 12, V = 10;
+  const Inputs in(B, T, H, K, V);
+  GLAOptions full_opts;
+  full_opts.output_final_state = true;
+  const auto full = fused_recurrent_gla(in.q, in.k, in.v, in.g, std::nullopt, full_opts);
+
+  Tensor<float, 4> state(B, H, K, V);
+  state.setZero();
+  Tensor<float, 4> o1(B, 1, H, V), q1(B, 1, H, K), k1(B, 1, H, K), g1(B, 1, H, K), v1(B, 1, H, V);
+  gla::Workspace ws;
+  GLAOptions step;
+  step.initial_state = state;
+  step.output_final_state = true;
+  step.workspace = &ws;
+  const float* const state_data = state.data();
+  for (Index t = 0; t < T; ++t) {
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h) {
+        for (Index d = 0; d < K; ++d) {
+          q1(b, 0, h, d) = in.q(b, t, h, d);
+          k1(b, 0, h, d) = in.k(b, t, h, d);
+          g1(b, 0, h, d) = in.g(b, t, h, d);
+        }
+        for (Index d = 0; d < V; ++d) v1(b, 0, h, d) = in.v(b, t, h, d);
+      }
+    gla::fused_recurrent_gla_into(q1, k1, v1, g1, std::nullopt, step, o1, state);
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h)
+        for (Index d = 0; d < V; ++d) CHECK(std::abs(o1(b, 0, h, d) - full.o(b, t, h, d)) <= 1e-5f);
+  }
+  CHECK(state.data() == state_data);
+  CHECK(gla::test::ok(compare(state, *full.final_state), 1e-6));
 }
 
 TEST_CASE("operators deduce the scalar type from their arguments, any mix of tensors, maps and views", "[api]") {

@@ -36,7 +36,7 @@ TEST_CASE("router: parse_mode and select_gla_mode", "[router]") {
   CHECK(to_string(Mode::FusedChunk) == "fused_chunk");
   CHECK_GLA_ERROR("parse_mode: mode is 'recurrent', expected one of", parse_mode("recurrent"));
   CHECK(select_gla_mode(Mode::Auto, 64) == Mode::FusedRecurrent);
-  CHECK(select_gla_mode(Mode::Auto, 65) == Mode::Chunk);
+  CHECK(select_gla_mode(Mode::Auto, 65) == Mode::FusedChunk);
   CHECK(select_gla_mode(Mode::Auto, 100, 128) == Mode::FusedRecurrent);
   CHECK(select_gla_mode(Mode::FusedChunk, 1) == Mode::FusedChunk);
   CHECK(select_gla_mode(Mode::Chunk, 1) == Mode::Chunk);

@@ -25,11 +25,13 @@ void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, I
                     const ChunkScratch<Acc, Op>& ws) {
   RowArrMap<Acc> e(ws.e, K), vr(ws.ev, Vt);
   for (Index t = 0; t < L; ++t) {
-    if (g.p)
-      e = ConstRowArrMap<In>(g.row(t), K).template cast<Acc>().exp();
-    else
+    if (g.p) {
+      convert_n(g.row(t), ws.e, K);
+      e = e.exp();
+    } else {
       e.setOnes();
-    vr = ConstRowArrMap<In>(v.row(t), Vt).template cast<Acc>();
+    }
+    convert_n(v.row(t), ws.ev, Vt);
     for (Index a = 0; a < K; ++a) {
       RowArrMap<Acc> row(ws.S + a * Vt, Vt);
       row = row * e(a) + static_cast<Acc>(k.row(t)[a]) * vr;

@@ -291,21 +291,25 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
       for (Index i = 0; i < sq.len; ++i) {
         const Index t = recurrent_step_time(sq, i, opts.reverse);
         const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
-        RowArrMap<Acc>(w.q, K) = ConstRowArrMap<T>(q.data() + rowk, K).template cast<Acc>();
-        RowArrMap<Acc>(w.k, K) = ConstRowArrMap<T>(k.data() + rowk, K).template cast<Acc>();
-        RowArrMap<Acc>(w.v, Vt) = ConstRowArrMap<T>(v.data() + rowv, Vt).template cast<Acc>();
+        convert_n(q.data() + rowk, w.q, K);
+        convert_n(k.data() + rowk, w.k, K);
+        convert_n(v.data() + rowv, w.v, Vt);
         if constexpr (Gk) {
           RowArrMap<Acc> ek(w.ek, K);
-          if (gk)
-            ek = ConstRowArrMap<T>(gk->data() + rowk, K).template cast<Acc>().exp() * gam;
-          else
+          if (gk) {
+            convert_n(gk->data() + rowk, w.ek, K);
+            ek = ek.exp() * gam;
+          } else {
             ek.setConstant(gam);
+          }
         }
-        if constexpr (Gv)
-          RowArrMap<Acc>(w.ev, Vt) = ConstRowArrMap<T>(gv->data() + rowv, Vt).template cast<Acc>().exp();
+        if constexpr (Gv) {
+          convert_n(gv->data() + rowv, w.ev, Vt);
+          RowArrMap<Acc>(w.ev, Vt) = RowArrMap<Acc>(w.ev, Vt).exp();
+        }
         recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, w.q, w.k, w.v, w.ek, w.ev, scale, lo, hi, w.o);
         src = dst;
-        RowArrMap<T>(o.data() + rowv, Vt) = RowArrMap<Acc>(w.o, Vt).template cast<T>();
+        convert_n(w.o, o.data() + rowv, Vt);
       }
       if (in_place) {
         if (sq.len == 0) {  // nothing ran: the final state is the initial state (or zero)

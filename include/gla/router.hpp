@@ -11,7 +11,7 @@
 
 namespace gla {
 
-/// Which GLA kernel runs: Auto picks FusedRecurrent for short inputs and Chunk otherwise.
+/// Which GLA kernel runs: Auto picks FusedRecurrent for short inputs and FusedChunk otherwise (select_gla_mode).
 enum class Mode { Auto, Chunk, FusedChunk, FusedRecurrent };
 
 /// fla's mode names: "auto", "chunk", "fused_chunk", "fused_recurrent"; anything else → gla::Error.
@@ -38,11 +38,14 @@ inline std::string_view to_string(Mode m) {
   return "unknown";
 }
 
-/// fla's layer rule: Auto → FusedRecurrent when seq_len <= chunk_threshold, else Chunk; explicit modes kept.
+/// Auto → FusedRecurrent when seq_len <= chunk_threshold (fla's layer rule; the fastest for decoding and short
+/// inputs), else FusedChunk, the fastest or within a few percent of the fastest chunked form on every shape
+/// bench_targets measures (README "Which mode, when"; fla would pick Chunk there: the numbers agree to fp32
+/// rounding either way). Explicit modes are kept.
 inline Mode select_gla_mode(Mode mode, std::int64_t seq_len, std::int64_t chunk_threshold = 64) {
   if (seq_len < 0) detail::fail("select_gla_mode", "seq_len is " + std::to_string(seq_len) + ", expected >= 0");
   if (mode != Mode::Auto) return mode;
-  return seq_len <= chunk_threshold ? Mode::FusedRecurrent : Mode::Chunk;
+  return seq_len <= chunk_threshold ? Mode::FusedRecurrent : Mode::FusedChunk;
 }
 
 namespace detail {

@@ -258,8 +258,8 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
       expg.row(r).setZero();
       continue;
     }
-    const auto raw = ConstRowArrMap<In>(g.row(r), K).template cast<Acc>();
-    expg.row(r).array() = (raw < floor).select(floor, raw);
+    convert_n(g.row(r), expg.row(r).data(), K);
+    expg.row(r).array() = (expg.row(r).array() < floor).select(floor, expg.row(r).array());
   }
   MapD G(ws.Gd, L, K);
   G.row(0) = expg.row(0).template cast<double>();

@@ -6,6 +6,7 @@
 /// else is computed in acc_t of the input.
 
 #include <gla/core.hpp>
+#include <gla/detail/convert.hpp>
 #include <gla/detail/gemm.hpp>
 #include <gla/detail/parallel.hpp>
 #include <gla/workspace.hpp>
@@ -26,10 +27,12 @@ inline constexpr Index kSubChunk = 16;
 template <class Acc>
 inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
 
-/// The scalar of the products' operands for input scalar In: bf16 inputs stay bf16 (the CPU's bf16 dot
-/// products with fp32 accumulation, as fla's tl.dot on a GPU); every other input is computed in acc_t<In>.
+/// The scalar of the products' operands: acc_t<In> for every input. bf16 and half rows are widened once per
+/// chunk as they are read (exact) and the products run on the float kernels: on the CPUs docs/PERFORMANCE.md
+/// reports, libxsmm 1.17's bf16 dot-product kernels retire half the FLOPs of its float kernels, so bf16 operands
+/// would be slower, not faster (bench_small_gemm measures both). The accumulation is fp32 as in fla's tl.dot.
 template <class In>
-using operand_t = std::conditional_t<std::is_same_v<In, Eigen::bfloat16>, Eigen::bfloat16, acc_t<In>>;
+using operand_t = acc_t<In>;
 
 /// Gate sets of the state update as compile-time flags (a bitwise or): the scalar gate g, the constant decay
 /// gamma, the key gate gk, the value gate gv.
@@ -130,7 +133,7 @@ std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT,
 /// Rows [0, L) × [0, W) of a strided block in another scalar, into a contiguous [L×W] tile.
 template <class To, class From>
 void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
-  for (Index r = 0; r < L; ++r) RowArrMap<To>(dst + r * W, W) = ConstRowArrMap<From>(src.row(r), W).template cast<To>();
+  for (Index r = 0; r < L; ++r) convert_n(src.row(r), dst + r * W, W);
 }
 
 /// A block of input rows as product operands: the input itself when its scalar is the operand's, else a
@@ -159,19 +162,19 @@ void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G, Acc* eg) {
     return;
   }
   for (Index r = 0; r < L; ++r) {
+    // The row's floored gates go to eg (when kept) or straight into G's row, which then adds the previous row.
+    Acc* const step = eg ? eg + r * K : G + r * K;
+    convert_n(g.row(r), step, K);
+    RowArrMap<Acc> st(step, K);
+    st = (st < floor).select(floor, st);  // keeps NaN (it must show in its own outputs)
     RowArrMap<Acc> Gr(G + r * K, K);
-    const auto raw = ConstRowArrMap<In>(g.row(r), K).template cast<Acc>();
     if (eg) {
-      RowArrMap<Acc> er(eg + r * K, K);
-      er = (raw < floor).select(floor, raw);
       if (r == 0)
-        Gr = er;
+        Gr = st;
       else
-        Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + er;
-    } else if (r == 0) {
-      Gr = (raw < floor).select(floor, raw);
-    } else {
-      Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + (raw < floor).select(floor, raw);
+        Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + st;
+    } else if (r > 0) {
+      Gr += RowArrMap<Acc>(G + (r - 1) * K, K);
     }
   }
   if (eg) {
@@ -355,7 +358,7 @@ void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v
 /// Writes L rows of a contiguous [L×W] tile into strided output rows (converting to the output scalar).
 template <class T, class Acc>
 void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld) {
-  for (Index r = 0; r < L; ++r) RowArrMap<T>(out + r * ld, W) = ConstRowArrMap<Acc>(tile + r * W, W).template cast<T>();
+  for (Index r = 0; r < L; ++r) convert_n(tile + r * W, out + r * ld, W);
 }
 
 /// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.
