@@ -146,7 +146,7 @@ int run(const Options& o) {
   for (const std::string& w : model->config().warnings()) std::cerr << "gla-generate: warning: " << w << "\n";
 
   std::vector<std::int64_t> ids;
-  bool text_mode = false;
+  [[maybe_unused]] bool text_mode = false;  // read only with SentencePiece
 #if GLA_WITH_SENTENCEPIECE
   std::optional<gla::SentencePieceTokenizer> tok;
 #endif
