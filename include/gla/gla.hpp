@@ -1,6 +1,8 @@
 #pragma once
 /// gla/gla.hpp: the umbrella header — the version, every GLA operator and its backward, the mask/varlen
-/// helpers, the router, the modules, safetensors I/O and the GatedLinearAttention layer.
+/// helpers, the router, the modules, safetensors I/O, the GatedLinearAttention layer and fla's GLA language model
+/// (GLAConfig, GLAForCausalLM, checkpoint loading, generate, make_encoder). The SentencePiece tokenizer
+/// (gla/models/tokenizer.hpp) is optional and not included here.
 ///
 /// The layer and safetensors I/O parse JSON with nlohmann-json (3.11 or newer), so this header needs it too.
 /// Without it, include the operator headers one by one (gla/chunk.hpp, gla/fused_recurrent.hpp, ...):
@@ -29,4 +31,7 @@
 #if __has_include(<nlohmann/json.hpp>)  // else the #error above has stopped the build: one message, not two
 #include <gla/io/safetensors.hpp>
 #include <gla/layers/gated_linear_attention.hpp>
+#include <gla/models/encoder.hpp>
+#include <gla/models/generation.hpp>
+#include <gla/models/gla_model.hpp>
 #endif

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -23,6 +24,17 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define GLA_IO_HAVE_MMAP 1
+#else
+#define GLA_IO_HAVE_MMAP 0
+#endif
 
 // safetensors data is little-endian and is decoded with memcpy, so the host must be little-endian too.
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
@@ -284,22 +296,65 @@ inline std::uint64_t load_u64_le(const std::uint8_t* p) {
   return v;
 }
 
+/// The bytes of an opened file, kept alive by the SafeTensors objects that share them: bytes read into memory,
+/// or a read-only memory mapping of the file.
+class FileBytes {
+ public:
+  virtual ~FileBytes() = default;
+  virtual ByteView bytes() const = 0;
+};
+
+class OwnedBytes final : public FileBytes {
+ public:
+  explicit OwnedBytes(std::vector<std::uint8_t> b) : b_(std::move(b)) {}
+  ByteView bytes() const override { return {b_.data(), b_.size()}; }
+
+ private:
+  std::vector<std::uint8_t> b_;
+};
+
+#if GLA_IO_HAVE_MMAP
+/// A read-only private mapping of a whole file (unmapped when the last owner goes). Pages are read from the file
+/// when first touched and are the page cache's, so mapping a large checkpoint costs no anonymous memory.
+class MappedBytes final : public FileBytes {
+ public:
+  /// Maps `path` (a regular file of `size` bytes, size > 0); gla::Error naming the path and errno's text.
+  MappedBytes(const std::string& fn, const std::string& path, std::size_t size) : size_(size) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(fn, "cannot open '" + path + "': " + std::generic_category().message(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || static_cast<std::uintmax_t>(st.st_size) != size) {
+      ::close(fd);
+      fail(fn, "'" + path + "' changed size while it was being opened");
+    }
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int err = errno;
+    ::close(fd);  // the mapping keeps the file
+    if (p == MAP_FAILED) fail(fn, "cannot map '" + path + "' into memory: " + std::generic_category().message(err));
+    data_ = static_cast<const std::uint8_t*>(p);
+  }
+  ~MappedBytes() override { ::munmap(const_cast<std::uint8_t*>(data_), size_); }
+  MappedBytes(const MappedBytes&) = delete;
+  MappedBytes& operator=(const MappedBytes&) = delete;
+  ByteView bytes() const override { return {data_, size_}; }
+
+ private:
+  const std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+#endif
+
 }  // namespace detail
 
-/// An opened safetensors file: the whole file is held in memory and every header entry has been validated,
-/// so reading a tensor never touches bytes outside its own range.
+/// An opened safetensors file: the whole file is held in memory (load, from_bytes) or mapped read-only (map), and
+/// every header entry has been validated, so reading a tensor never touches bytes outside its own range.
+/// Copies share the same bytes (they are never modified).
 class SafeTensors {
  public:
   /// Reads and validates a file; gla::Error naming the path on I/O or format problems.
   static SafeTensors load(const std::string& path) {
     const std::string fn = "gla::io::SafeTensors::load";
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    const fs::file_status st = fs::status(path, ec);
-    if (ec || !fs::exists(st)) detail::fail(fn, "cannot open '" + path + "': " + (ec ? ec.message() : "no such file"));
-    if (!fs::is_regular_file(st)) detail::fail(fn, "'" + path + "' is not a regular file");
-    const std::uintmax_t size = fs::file_size(path, ec);
-    if (ec) detail::fail(fn, "cannot get the size of '" + path + "': " + ec.message());
+    const std::uintmax_t size = regular_file_size(fn, path);
     std::ifstream in(path, std::ios::binary);
     if (!in) detail::fail(fn, "cannot open '" + path + "' for reading");
     std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
@@ -312,10 +367,31 @@ class SafeTensors {
     return from_bytes(std::move(bytes), path);
   }
 
+  /// Maps a file read-only and validates it, as load() but without reading the tensor data: a tensor's bytes
+  /// are read from the file when get()/raw() first touch them, and a checkpoint never needs its size in
+  /// anonymous memory. The file must not be truncated or rewritten while a SafeTensors maps it (the process
+  /// would get SIGBUS reading a vanished page); replacing it (rename) is safe. Where memory mapping is not
+  /// available, or for an empty file, this is load(). gla::Error naming the path on I/O or format problems.
+  static SafeTensors map(const std::string& path) {
+#if GLA_IO_HAVE_MMAP
+    const std::string fn = "gla::io::SafeTensors::map";
+    const std::uintmax_t size = regular_file_size(fn, path);
+    if (size == 0 || size > std::numeric_limits<std::size_t>::max()) return load(path);  // mmap needs size > 0
+    SafeTensors f;
+    f.store_ = std::make_shared<detail::MappedBytes>(fn, path, static_cast<std::size_t>(size));
+    f.origin_ = path;
+    f.mapped_ = true;
+    f.parse();
+    return f;
+#else
+    return load(path);
+#endif
+  }
+
   /// Validates an in-memory file; `origin` names it in error messages.
   static SafeTensors from_bytes(std::vector<std::uint8_t> bytes, std::string origin = "<memory>") {
     SafeTensors f;
-    f.bytes_ = std::move(bytes);
+    f.store_ = std::make_shared<detail::OwnedBytes>(std::move(bytes));
     f.origin_ = std::move(origin);
     f.parse();
     return f;
@@ -323,6 +399,12 @@ class SafeTensors {
 
   /// Where the bytes came from (the path, or the origin given to from_bytes).
   const std::string& origin() const { return origin_; }
+
+  /// Whether the file is memory-mapped (map()) rather than held in memory.
+  bool mapped() const { return mapped_; }
+
+  /// The file's size in bytes.
+  std::size_t file_size() const { return file().size; }
 
   /// Tensor names, sorted.
   std::vector<std::string> names() const {
@@ -343,7 +425,7 @@ class SafeTensors {
   /// The header's `__metadata__` (empty when the file has none).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
-  /// The stored little-endian bytes of one tensor (valid while this object lives).
+  /// The stored little-endian bytes of one tensor (valid while this object or a copy of it lives).
   ByteView raw(const std::string& name) const { return raw_of(find("gla::io::SafeTensors::raw", name)); }
 
   /// A tensor converted to T (float, double, Eigen::half, Eigen::bfloat16, int64). Same-dtype reads are
@@ -367,6 +449,20 @@ class SafeTensors {
  private:
   SafeTensors() = default;
 
+  /// The size of a regular file; gla::Error naming the path when it is missing or not a regular file.
+  static std::uintmax_t regular_file_size(const std::string& fn, const std::string& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::file_status st = fs::status(path, ec);
+    if (ec || !fs::exists(st)) detail::fail(fn, "cannot open '" + path + "': " + (ec ? ec.message() : "no such file"));
+    if (!fs::is_regular_file(st)) detail::fail(fn, "'" + path + "' is not a regular file");
+    const std::uintmax_t size = fs::file_size(path, ec);
+    if (ec) detail::fail(fn, "cannot get the size of '" + path + "': " + ec.message());
+    return size;
+  }
+
+  ByteView file() const { return store_->bytes(); }
+
   std::string label(const std::string& name) const { return "tensor " + detail::quote(name) + " in " + origin_; }
 
   const TensorInfo& find(const std::string& fn, const std::string& name) const {
@@ -377,7 +473,7 @@ class SafeTensors {
     return it->second;
   }
 
-  ByteView raw_of(const TensorInfo& ti) const { return {bytes_.data() + data_start_ + ti.begin, ti.end - ti.begin}; }
+  ByteView raw_of(const TensorInfo& ti) const { return {file().data + data_start_ + ti.begin, ti.end - ti.begin}; }
 
   void parse() {
     using detail::fail;
@@ -386,10 +482,11 @@ class SafeTensors {
     using nlohmann::json;
     const std::string fn = "gla::io::SafeTensors::from_bytes";
     const std::string& src = origin_;
-    const std::size_t size = bytes_.size();
+    const std::uint8_t* const bytes = file().data;
+    const std::size_t size = file().size;
     if (size < 8)
       fail(fn, src + ": the file has " + std::to_string(size) + " bytes, expected at least 8 (the header length)");
-    const std::uint64_t header_len = detail::load_u64_le(bytes_.data());
+    const std::uint64_t header_len = detail::load_u64_le(bytes);
     if (header_len > size - 8)
       fail(fn, src + ": header length is " + std::to_string(header_len) + " bytes, but only " +
                    std::to_string(size - 8) + " bytes follow the 8-byte length prefix");
@@ -397,10 +494,10 @@ class SafeTensors {
     const std::size_t data_size = size - data_start_;
 
     // nlohmann treats a NUL byte as the end of its input and would ignore whatever follows it.
-    const void* nul = std::memchr(bytes_.data() + 8, 0, static_cast<std::size_t>(header_len));
+    const void* nul = std::memchr(bytes + 8, 0, static_cast<std::size_t>(header_len));
     if (nul != nullptr)
       fail(fn, src + ": the header has a NUL byte at offset " +
-                   std::to_string(static_cast<const std::uint8_t*>(nul) - (bytes_.data() + 8)) + " of its " +
+                   std::to_string(static_cast<const std::uint8_t*>(nul) - (bytes + 8)) + " of its " +
                    std::to_string(header_len) + " bytes");
 
     // One pass of nlohmann's SAX parser (HeaderReader) checks the syntax, rejects duplicate keys and converts each
@@ -408,7 +505,7 @@ class SafeTensors {
     // held at a time. Problems are reported in a fixed order: invalid JSON, a duplicate key, a root that is not
     // an object, then the first invalid entry in file order.
     HeaderReader reader(*this, fn, data_size);
-    const auto first = bytes_.begin() + 8, last = bytes_.begin() + static_cast<std::ptrdiff_t>(data_start_);
+    const std::uint8_t *first = bytes + 8, *last = bytes + data_start_;
     json::sax_parse(first, last, &reader);
     if (!reader.syntax_error.empty())
       fail(fn, src + ": the header is not valid JSON (" + reader.syntax_error + ")");
@@ -640,8 +737,9 @@ class SafeTensors {
     json* slot_ = nullptr;           // where the value of the last key goes
   };
 
-  std::vector<std::uint8_t> bytes_;
+  std::shared_ptr<const detail::FileBytes> store_;
   std::string origin_;
+  bool mapped_ = false;
   std::size_t data_start_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
@@ -669,9 +767,10 @@ class StateDict {
     return d;
   }
 
-  /// Reads a file (see from_safetensors).
+  /// Reads a file (see from_safetensors). The file is mapped (SafeTensors::map), so only the tensors under
+  /// strip_prefix are read from it.
   static StateDict load(const std::string& path, const std::string& strip_prefix = "") {
-    return from_safetensors(SafeTensors::load(path), strip_prefix);
+    return from_safetensors(SafeTensors::map(path), strip_prefix);
   }
 
   /// Stores a copy of t in its own dtype (float → F32, double → F64, half → F16, bfloat16 → BF16, int64 → I64),

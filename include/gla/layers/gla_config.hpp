@@ -24,6 +24,84 @@ template <class X>
 struct is_optional : std::false_type {};
 template <class X>
 struct is_optional<std::optional<X>> : std::true_type {};
+
+/// The strict JSON field readers of the config structs (GatedLinearAttentionConfig::from_json and the model
+/// config, gla/models/gla_model_config.hpp), so every config reads its values by the same rules.
+namespace config_json {
+
+/// A double as C++ prints it (std::to_string would print 1e-7 as 0.000000).
+inline std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+/// A JSON value for a message: floats as C++ prints them (nlohmann writes NaN and inf as null), and long
+/// values cut short.
+inline std::string json_str(const nlohmann::json& v) {
+  if (v.is_number_float()) return num(v.get<double>());
+  std::string s = v.dump();
+  constexpr std::size_t kMax = 80;
+  return s.size() > kMax ? s.substr(0, kMax) + "..." : s;
+}
+
+/// One JSON value as a field of type F (std::int64_t, double, bool or std::string); gla::Error naming fn and key
+/// otherwise. Value rules:
+///   integer fields  a JSON integer in [-2^63, 2^63), or a JSON float holding such an integer exactly (e.g.
+///                   1024.0: JSON has one number type, and some writers emit every number as a float);
+///                   64.9, 1e300, 18446744073709551615 and true are rejected, never truncated or wrapped;
+///   float fields    a JSON number (integers convert to the nearest double);
+///   bool fields     true or false;  string fields  a JSON string.
+template <class F>
+F read(const std::string& fn, const std::string& key, const nlohmann::json& v) {
+  const std::string what = key + " is JSON " + json_str(v);
+  if constexpr (std::is_same_v<F, std::int64_t>) {
+    if (v.is_number_unsigned()) {  // checked first: is_number_integer() holds for unsigned numbers too
+      const auto u = v.get<std::uint64_t>();
+      if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        fail(fn, what + ", expected an integer below 2^63");
+      return static_cast<std::int64_t>(u);
+    }
+    if (v.is_number_integer()) return v.get<std::int64_t>();
+    if (v.is_number_float()) {
+      const double d = v.get<double>();
+      if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+        fail(fn, what + ", expected an integer in [-2^63, 2^63)");
+      if (d != std::trunc(d)) fail(fn, what + ", expected an integer (it has a fractional part)");
+      return static_cast<std::int64_t>(d);
+    }
+    fail(fn, what + ", expected an integer");
+  } else if constexpr (std::is_same_v<F, double>) {
+    if (!v.is_number()) fail(fn, what + ", expected a number");
+    return v.get<double>();
+  } else if constexpr (std::is_same_v<F, bool>) {
+    if (!v.is_boolean()) fail(fn, what + ", expected true or false");
+    return v.get<bool>();
+  } else {
+    static_assert(std::is_same_v<F, std::string>, "a config field is an integer, double, bool or string");
+    if (!v.is_string()) fail(fn, what + ", expected a string");
+    return v.get<std::string>();
+  }
+}
+
+/// field = j[key] by read()'s rules when the key is present (an absent key keeps the field's value); for a
+/// std::optional field, JSON null unsets it. Returns whether the key was present.
+template <class F>
+bool read_field(const std::string& fn, const nlohmann::json& j, const std::string& key, F& field) {
+  const auto it = j.find(key);
+  if (it == j.end()) return false;
+  if constexpr (is_optional<F>::value) {
+    if (it->is_null())
+      field.reset();
+    else
+      field = read<typename F::value_type>(fn, key, *it);
+  } else {
+    field = read<F>(fn, key, *it);
+  }
+  return true;
+}
+
+}  // namespace config_json
 }  // namespace detail
 
 /// fla's GatedLinearAttention constructor arguments, with fla's defaults. validate() applies fla's checks (mode,
@@ -152,10 +230,11 @@ struct GatedLinearAttentionConfig {
       detail::fail(fn, "clamp_min is " + num(*clamp_min) + ", expected a number <= 0 (or -inf for no clamp)");
   }
 
-  /// The config from a JSON object with fla's keyword names (e.g. a golden file's or a model config's parameters);
-  /// absent keys keep their defaults, null sets an optional to unset, keys that are not layer options are
-  /// ignored (such dicts carry more, e.g. shapes or model settings). The result is validated.
-  /// Value rules (anything else is a gla::Error naming the key):
+  /// The config from a JSON object with the layer's fla keyword names (e.g. a golden file's parameters); absent
+  /// keys keep their defaults, null sets an optional to unset, keys that are not layer options are ignored (such
+  /// dicts carry more, e.g. shapes). A model config is rejected: its keys 'attn_mode' and 'hidden_act' (the
+  /// model's names of mode and gate_fn) are a gla::Error pointing to gla::GLAConfig. The result is validated.
+  /// Value rules (detail::config_json::read; anything else is a gla::Error naming the key):
   ///   integer fields  a JSON integer in [-2^63, 2^63), or a JSON float holding such an integer exactly (e.g.
   ///                   1024.0: JSON has one number type, and some writers emit every number as a float);
   ///                   64.9, 1e300, 18446744073709551615 and true are rejected, never truncated or wrapped;
@@ -165,20 +244,16 @@ struct GatedLinearAttentionConfig {
   static GatedLinearAttentionConfig from_json(const nlohmann::json& j) {
     const std::string fn = "GatedLinearAttentionConfig::from_json";
     if (!j.is_object()) detail::fail(fn, "the config is JSON " + std::string(j.type_name()) + ", expected an object");
+    // A model config (fla's GLAConfig) names two of these options differently: reading one here would silently
+    // drop its attn_mode and hidden_act. gla::GLAConfig (gla/models/gla_model_config.hpp) maps them.
+    for (const char* model_key : {"attn_mode", "hidden_act"})
+      if (j.contains(model_key))
+        detail::fail(fn, std::string("the key '") + model_key +
+                             "' belongs to a model config (fla's GLAConfig), whose names differ from the layer's "
+                             "(attn_mode -> mode, hidden_act -> gate_fn), expected a layer config; read a model "
+                             "config with gla::GLAConfig::from_json and take its layer_config()");
     GatedLinearAttentionConfig c;
-    auto get = [&](const char* key, auto& field) {
-      const auto it = j.find(key);
-      if (it == j.end()) return;
-      using F = std::decay_t<decltype(field)>;
-      if constexpr (detail::is_optional<F>::value) {
-        if (it->is_null())
-          field.reset();
-        else
-          field = read<typename F::value_type>(fn, key, *it);
-      } else {
-        field = read<F>(fn, key, *it);
-      }
-    };
+    auto get = [&](const char* key, auto& field) { detail::config_json::read_field(fn, j, key, field); };
     get("mode", c.mode);
     get("hidden_size", c.hidden_size);
     get("expand_k", c.expand_k);
@@ -203,52 +278,7 @@ struct GatedLinearAttentionConfig {
   }
 
  private:
-  static std::string num(double v) {
-    std::ostringstream s;
-    s << v;
-    return s.str();
-  }
-
-  /// A JSON value for a message: floats as C++ prints them (nlohmann writes NaN and inf as null), and long
-  /// values cut short.
-  static std::string json_str(const nlohmann::json& v) {
-    if (v.is_number_float()) return num(v.get<double>());
-    std::string s = v.dump();
-    constexpr std::size_t kMax = 80;
-    return s.size() > kMax ? s.substr(0, kMax) + "..." : s;
-  }
-
-  template <class F>
-  static F read(const std::string& fn, const char* key, const nlohmann::json& v) {
-    const std::string what = std::string(key) + " is JSON " + json_str(v);
-    if constexpr (std::is_same_v<F, std::int64_t>) {
-      if (v.is_number_unsigned()) {  // checked first: is_number_integer() holds for unsigned numbers too
-        const auto u = v.get<std::uint64_t>();
-        if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-          detail::fail(fn, what + ", expected an integer below 2^63");
-        return static_cast<std::int64_t>(u);
-      }
-      if (v.is_number_integer()) return v.get<std::int64_t>();
-      if (v.is_number_float()) {
-        const double d = v.get<double>();
-        if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
-          detail::fail(fn, what + ", expected an integer in [-2^63, 2^63)");
-        if (d != std::trunc(d)) detail::fail(fn, what + ", expected an integer (it has a fractional part)");
-        return static_cast<std::int64_t>(d);
-      }
-      detail::fail(fn, what + ", expected an integer");
-    } else if constexpr (std::is_same_v<F, double>) {
-      if (!v.is_number()) detail::fail(fn, what + ", expected a number");
-      return v.get<double>();
-    } else if constexpr (std::is_same_v<F, bool>) {
-      if (!v.is_boolean()) detail::fail(fn, what + ", expected true or false");
-      return v.get<bool>();
-    } else {
-      static_assert(std::is_same_v<F, std::string>, "a config field is an integer, double, bool or string");
-      if (!v.is_string()) detail::fail(fn, what + ", expected a string");
-      return v.get<std::string>();
-    }
-  }
+  static std::string num(double v) { return detail::config_json::num(v); }
 
   /// int(hidden_size · expand) as Python computes it (a double product, truncated), or gla::Error when the
   /// product is NaN or outside int64 (where the conversion would be undefined behaviour).
