@@ -4,7 +4,8 @@
 ///
 /// Layout (the one oneDNN 2.6's brgemm matmul prefers on AVX-512 machines for a K×N weight, checked by
 /// onednn_layout_is_preferred()): W is seen as K×N (K = in, N = out) and cut into panels of kPanel = 64 output
-/// columns; K is padded to Kp (a multiple of kKBlock = 16) and N to a multiple of 64 with zeros.
+/// columns; K is padded to Kp (a multiple of 16 for fp32, of 32 for bf16, as oneDNN pads) and N to a multiple
+/// of 64 with zeros.
 ///   fp32  oneDNN tag BA16a64b:   element (k, n) at  (n/64)·Kp·64 + k·64 + n%64
 ///   bf16  oneDNN tag BA16a64b2a: element (k, n) at  (n/64)·Kp·64 + (k/2)·128 + (n%64)·2 + k%2  (VNNI pairs)
 /// so each panel is one contiguous Kp×64 slab that both oneDNN and the small-M kernel below stream.
@@ -88,13 +89,13 @@ constexpr bool linear_uses_onednn() noexcept { return GLA_LINEAR_WITH_ONEDNN != 
 class PackedLinear {
  public:
   static constexpr Index kPanel = 64;   // output columns per panel
-  static constexpr Index kKBlock = 16;  // K is padded to a multiple of this
+  static constexpr Index kKBlock = 16;  // K is padded to a multiple of this (fp32), of 2·kKBlock (bf16)
   static constexpr Index kSmallM = 64;  // M ≤ kSmallM: the one-pass kernel
 
   PackedLinear() = default;
   /// in → out with zero weights.
   PackedLinear(Index in, Index out, WeightPrecision p)
-      : K_(in), N_(out), Kp_((in + kKBlock - 1) / kKBlock * kKBlock), panels_((out + kPanel - 1) / kPanel), prec_(p) {
+      : K_(in), N_(out), Kp_(padded_k(in, p)), panels_((out + kPanel - 1) / kPanel), prec_(p) {
     if (in <= 0 || out <= 0)
       fail("PackedLinear", "in = " + std::to_string(in) + ", out = " + std::to_string(out) + ", expected both > 0");
     buf_.reserve(bytes());
@@ -174,7 +175,7 @@ class PackedLinear {
     const dnnl::memory::desc a({M, K_}, dt, tag::ab), any({K_, N_}, dt, tag::any),
         c({M, N_}, dnnl::memory::data_type::f32, tag::ab);
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, c), engine());
-    return pd.weights_desc() == wdesc();
+    return pd.weights_desc() == wdesc() && wdesc().get_size() == bytes();
 #else
     (void)M;
     return false;
@@ -194,6 +195,11 @@ class PackedLinear {
 
  private:
   Index K_ = 0, N_ = 0, Kp_ = 0, panels_ = 0;
+  /// oneDNN 2.6 pads K of BA16a64b2a to a multiple of 32 (checked by onednn_layout_is_preferred's size test).
+  static Index padded_k(Index K, WeightPrecision p) {
+    const Index b = p == WeightPrecision::F32 ? kKBlock : 2 * kKBlock;
+    return (K + b - 1) / b * b;
+  }
   WeightPrecision prec_ = WeightPrecision::F32;
   Workspace buf_;  // 64-byte aligned packed weights
 
@@ -302,7 +308,7 @@ class PackedLinear {
     if (prec_ == WeightPrecision::BF16) scratch = per_worker(panels_, std::vector<float>(static_cast<std::size_t>(K_ * kPanel)));
     parallel_for(panels_, [&](Index p, int worker) {
       const Index n0 = p * kPanel, nb = std::min<Index>(kPanel, N_ - n0);
-      const float* Wp = f32() ? nullptr : nullptr;
+      const float* Wp = nullptr;
       if (prec_ == WeightPrecision::F32) {
         Wp = f32() + p * Kp_ * kPanel;
       } else {
@@ -339,7 +345,7 @@ class PackedLinear {
   struct PrimCache {
     struct Entry {
       Index M, ldx, ldy;
-      dnnl::matmul prim;
+      dnnl::matmul prim;  // empty when oneDNN would not take this layout as its own (then Eigen runs)
     };
     std::mutex mutex;
     std::vector<Entry> prims;
@@ -360,7 +366,10 @@ class PackedLinear {
       for (const auto& e : cache_.prims)
         if (e.M == M && e.ldx == ldx && e.ldy == ldy) return e.prim;
     }
-    dnnl::matmul prim(make_pd(M, ldx, ldy));
+    // Only when oneDNN's own choice for this shape is the packed layout (e.g. bf16 with an odd K is not, and
+    // oneDNN 2.6 then computes wrong products from it): otherwise the Eigen path.
+    dnnl::matmul prim;
+    if (onednn_layout_is_preferred(M)) prim = dnnl::matmul(make_pd(M, ldx, ldy));
     std::lock_guard<std::mutex> lock(cache_.mutex);
     if (cache_.prims.size() >= kMaxPrims) cache_.prims.erase(cache_.prims.begin());
     cache_.prims.push_back({M, ldx, ldy, prim});
@@ -370,6 +379,11 @@ class PackedLinear {
   void onednn_forward(const float* x, Index M, Index ldx, float* y, Index ldy) const {
     try {
       const bool bf16 = prec_ == WeightPrecision::BF16;
+      const dnnl::matmul prim = primitive(M, ldx, ldy);
+      if (!prim) {
+        eigen_forward(x, M, ldx, y, ldy);
+        return;
+      }
       std::vector<std::uint16_t> xb;
       if (bf16) {  // oneDNN 2.6 multiplies bf16 weights with bf16 activations only
         xb.resize(static_cast<std::size_t>(M * K_));
@@ -378,7 +392,6 @@ class PackedLinear {
           for (Index r = blk * 64; r < r1; ++r) to_bf16_row(x + r * ldx, xb.data() + r * K_, K_);
         });
       }
-      const dnnl::matmul prim = primitive(M, ldx, ldy);
       const dnnl::engine& eng = engine();
       const dnnl::memory::desc a({M, K_}, wdt(), dnnl::memory::dims{bf16 ? K_ : ldx, 1});
       const dnnl::memory::desc c({M, N_}, dnnl::memory::data_type::f32, dnnl::memory::dims{ldy, 1});
@@ -387,20 +400,30 @@ class PackedLinear {
       dnnl::memory cm(c, eng, y);
       dnnl::stream s(eng);
       // oneDNN's threads are OpenMP's: the engine's count from the caller's thread, one inside a work item.
-#ifdef _OPENMP
-      const int saved = omp_get_max_threads();
-      const int want = in_parallel_item() ? 1 : get_num_threads();
-      if (want != saved) omp_set_num_threads(want);
-#endif
+      const OmpThreads threads(in_parallel_item() ? 1 : get_num_threads());
       prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}});
       s.wait();
-#ifdef _OPENMP
-      if (want != saved) omp_set_num_threads(saved);
-#endif
     } catch (const dnnl::error& e) {
       fail("PackedLinear::forward", std::string("oneDNN matmul failed: ") + e.what());
     }
   }
+
+  /// OpenMP's thread count of the calling thread (oneDNN's team size) for a scope.
+  struct OmpThreads {
+#ifdef _OPENMP
+    explicit OmpThreads(int n) : saved(omp_get_max_threads()) {
+      if (n != saved) omp_set_num_threads(n);
+    }
+    ~OmpThreads() {
+      if (omp_get_max_threads() != saved) omp_set_num_threads(saved);
+    }
+    int saved;
+#else
+    explicit OmpThreads(int) {}
+#endif
+    OmpThreads(const OmpThreads&) = delete;
+    OmpThreads& operator=(const OmpThreads&) = delete;
+  };
 
   static void to_bf16_row(const float* src, std::uint16_t* dst, Index n) {
     Index i = 0;
