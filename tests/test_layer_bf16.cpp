@@ -18,6 +18,11 @@
 #include <string>
 #include <vector>
 
+#if defined(__GNUC__) && !defined(__clang__)
+// The replaced operator new is malloc and operator delete is free, a matching pair GCC cannot see once inlined.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
 // ---- allocation counting: every operator new of this program (oneDNN's and the standard library's included)
 namespace {
 std::atomic<long> g_allocs{0};

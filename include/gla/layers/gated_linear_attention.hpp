@@ -339,39 +339,52 @@ class GatedLinearAttention {
     const Index Tk = cu.empty() ? Tq : ntok;
     if (cache) check_cache(fn, *cache, N);
 
-    Mat X(ntok, hidden);
+    Mat X;  // the gathered token rows when padded; otherwise x itself is read
+    const T* xrows = x.data();
     if (packed) {
+      X.resize(ntok, hidden);
       for (Index i = 0; i < ntok; ++i)
         std::copy_n(x.data() + indices[static_cast<std::size_t>(i)] * hidden, hidden, X.data() + i * hidden);
-    } else {
-      std::copy_n(x.data(), ntok * hidden, X.data());
+      xrows = X.data();
     }
 
     // 2. Projections and short convolutions (before the head repeat, so conv widths are per kv group).
     const Index H = cfg_.num_heads, G = cfg_.num_kv_groups(), Kh = cfg_.head_k_dim(), Vh = cfg_.head_v_dim();
     // One product over the concatenated weights: Z = [q | k | v | g | low].
     Mat Z(ntok, lay_.n);
-    project(w_in_, X.data(), ntok, Z.data());
-    Mat q = Z.middleCols(lay_.q, cfg_.key_dim()), k = Z.middleCols(lay_.k, cfg_.key_dim_per_group()),
-        v = Z.middleCols(lay_.v, cfg_.value_dim_per_group());
+    project(w_in_, xrows, ntok, Z.data());
+    // Split Z into contiguous q, k, v, g and compute gk = logsigmoid(low·Wgk1 + b)/normalizer (→ clamp), in
+    // blocks of rows on the parallel engine.
+    Mat q(ntok, cfg_.key_dim()), k(ntok, cfg_.key_dim_per_group()), v(ntok, cfg_.value_dim_per_group());
+    Mat gk(ntok, cfg_.key_dim_per_group()), g;
+    if (cfg_.use_output_gate) g.resize(ntok, cfg_.value_dim());
+    {
+      constexpr Index kRows = 64;
+      const T inv_norm = static_cast<T>(cfg_.gate_logit_normalizer);
+      const bool clamp = cfg_.clamp_min.has_value();
+      const T lo = clamp ? static_cast<T>(*cfg_.clamp_min) : T(0);
+      detail::parallel_for((ntok + kRows - 1) / kRows, [&](Index blk, int) {
+        const Index r0 = blk * kRows, nr = std::min(kRows, ntok - r0);
+        q.middleRows(r0, nr) = Z.block(r0, lay_.q, nr, q.cols());
+        k.middleRows(r0, nr) = Z.block(r0, lay_.k, nr, k.cols());
+        v.middleRows(r0, nr) = Z.block(r0, lay_.v, nr, v.cols());
+        if (cfg_.use_output_gate) g.middleRows(r0, nr) = Z.block(r0, lay_.g, nr, g.cols());
+        auto gb = gk.middleRows(r0, nr);
+        gb.noalias() = Z.block(r0, lay_.low, nr, cfg_.gate_low_rank_dim) * wgk1_;
+        gb.rowwise() += bgk1_;
+        T* p = gk.data() + r0 * gk.cols();
+        for (Index i = 0; i < nr * gk.cols(); ++i) {
+          T z = logsigmoid(p[i]) / inv_norm;
+          if (clamp && z < lo) z = lo;
+          p[i] = z;
+        }
+      });
+    }
     std::optional<Tensor<T, 3>> fin_q, fin_k, fin_v;
     if (cfg_.use_short_conv) {
       conv(*conv_q_, q, Bk, Tk, cu, cache ? &cache->conv_state_q : nullptr, use_cache, fin_q);
       conv(*conv_k_, k, Bk, Tk, cu, cache ? &cache->conv_state_k : nullptr, use_cache, fin_k);
       conv(*conv_v_, v, Bk, Tk, cu, cache ? &cache->conv_state_v : nullptr, use_cache, fin_v);
-    }
-    Mat gk(ntok, cfg_.key_dim_per_group());
-    {
-      gk.noalias() = Z.middleCols(lay_.low, cfg_.gate_low_rank_dim) * wgk1_;
-      gk.rowwise() += bgk1_;
-      const T inv_norm = static_cast<T>(cfg_.gate_logit_normalizer);
-      const bool clamp = cfg_.clamp_min.has_value();
-      const T lo = clamp ? static_cast<T>(*cfg_.clamp_min) : T(0);
-      for (Index i = 0; i < gk.size(); ++i) {
-        T z = logsigmoid(gk.data()[i]) / inv_norm;
-        if (clamp && z < lo) z = lo;
-        gk.data()[i] = z;
-      }
     }
     // The feature map is elementwise, so applying it to k before the repeat equals fla's order.
     if (feature_map_) {
@@ -423,28 +436,26 @@ class GatedLinearAttention {
       const ConstView<T, 2> o_rows(o.data(), ntok * H, Vh);
       const View<T, 2> o_out(o.data(), ntok * H, Vh);
       if (fused_norm_) {
-        const Mat g = Z.middleCols(lay_.g, cfg_.value_dim());
         fused_norm_->forward_into(o_rows, ConstView<T, 2>(g.data(), ntok * H, Vh), o_out);
       } else {
         norm_->forward_into(o_rows, o_out);
         if (cfg_.use_output_gate) {
-          Mat g = Z.middleCols(lay_.g, cfg_.value_dim());
           detail::activate_ptr(*gate_act_, g.data(), g.data(), g.size());
           o.array() *= g.array();
         }
       }
     }
-    Mat y(ntok, hidden);
-    project(w_out_, o.data(), ntok, y.data());
-
-    // 5. Repad with exact zeros, then commit the cache (nothing above touched it).
+    // 5. o_proj, repadded with exact zeros (unpadded: straight into the output); then commit the cache
+    // (nothing above touched it).
     Tensor<T, 3> out(B, Tq, hidden);
     if (packed) {
+      Mat y(ntok, hidden);
+      project(w_out_, o.data(), ntok, y.data());
       out.setZero();
       for (Index i = 0; i < ntok; ++i)
         std::copy_n(y.data() + i * hidden, hidden, out.data() + indices[static_cast<std::size_t>(i)] * hidden);
     } else {
-      std::copy_n(y.data(), ntok * hidden, out.data());
+      project(w_out_, o.data(), ntok, out.data());
     }
     if (use_cache) {
       cache->recurrent_state = std::move(fin_state);
@@ -605,16 +616,13 @@ class GatedLinearAttention {
       const T* eg = buf.gk + b * Kg + hk * Kh;  // exp(gk)
       const T* v = buf.v + b * Vg + hk * Vh;
       float* S = state + (b * H + h) * Vh * Kh;
+      using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+      using Row = Eigen::Map<Eigen::Array<float, Eigen::Dynamic, 1>>;
+      const Eigen::Map<const Arr> egm(eg, Kh), km(k, Kh), qm(q, Kh);
       for (Index i = 0; i < Vh; ++i) {
-        float* Si = S + i * Kh;
-        const T vi = v[i];
-        T acc = 0;
-        for (Index j = 0; j < Kh; ++j) {
-          const T sij = static_cast<T>(Si[j]) * eg[j] + k[j] * vi;
-          Si[j] = static_cast<float>(sij);
-          acc += sij * q[j];
-        }
-        o[i] = acc * scale;
+        Row Si(S + i * Kh, Kh);  // vectorized: the update, then the dot product with q (packet partial sums)
+        Si = (Si.template cast<T>() * egm + km * v[i]).template cast<float>();
+        o[i] = (Si.template cast<T>() * qm).sum() * scale;
       }
       // Per-head RMS norm (fla: rstd = 1/sqrt(sum(x²)/D + eps)), weight, then the output gate.
       T ss = 0;
