@@ -351,7 +351,11 @@ class GatedLinearAttention {
     // 2. Projections and short convolutions (before the head repeat, so conv widths are per kv group).
     const Index H = cfg_.num_heads, G = cfg_.num_kv_groups(), Kh = cfg_.head_k_dim(), Vh = cfg_.head_v_dim();
     // One product over the concatenated weights: Z = [q | k | v | g | low].
-    Mat Z(ntok, lay_.n);
+    // Z and the kernels' scratch live in this thread's reusable workspaces (grown to the largest call, kept):
+    // no page faults for them on repeated calls.
+    thread_local Workspace z_ws, kernel_ws;
+    z_ws.reserve(static_cast<std::size_t>(std::max<Index>(ntok * lay_.n, 1)) * sizeof(T));
+    Eigen::Map<Mat> Z(reinterpret_cast<T*>(z_ws.data()), ntok, lay_.n);
     project(w_in_, xrows, ntok, Z.data());
     // Split Z into contiguous q, k, v, g and compute gk = logsigmoid(low·Wgk1 + b)/normalizer (→ clamp), in
     // blocks of rows on the parallel engine.
@@ -372,12 +376,10 @@ class GatedLinearAttention {
         auto gb = gk.middleRows(r0, nr);
         gb.noalias() = Z.block(r0, lay_.low, nr, cfg_.gate_low_rank_dim) * wgk1_;
         gb.rowwise() += bgk1_;
-        T* p = gk.data() + r0 * gk.cols();
-        for (Index i = 0; i < nr * gk.cols(); ++i) {
-          T z = logsigmoid(p[i]) / inv_norm;
-          if (clamp && z < lo) z = lo;
-          p[i] = z;
-        }
+        // logsigmoid(z) = min(0, z) − log1p(exp(−|z|)), on Eigen's vectorized exp and log1p.
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(gk.data() + r0 * gk.cols(), nr * gk.cols());
+        a = (a.min(T(0)) - (-a.abs()).exp().log1p()) / inv_norm;
+        if (clamp) a = a.max(lo);
       });
     }
     std::optional<Tensor<T, 3>> fin_q, fin_k, fin_v;
@@ -402,6 +404,7 @@ class GatedLinearAttention {
     std::optional<Tensor<float, 4>> fin_state;
     if (ntok > 0) {
       GLAOptions opts;
+      opts.workspace = &kernel_ws;
       opts.state_v_first = true;
       opts.output_final_state = use_cache;
       opts.cu_seqlens = cu;
@@ -436,7 +439,12 @@ class GatedLinearAttention {
       const ConstView<T, 2> o_rows(o.data(), ntok * H, Vh);
       const View<T, 2> o_out(o.data(), ntok * H, Vh);
       if (fused_norm_) {
-        fused_norm_->forward_into(o_rows, ConstView<T, 2>(g.data(), ntok * H, Vh), o_out);
+        // Per-head rows in blocks on the engine (the norm itself is serial).
+        detail::parallel_for((ntok + 63) / 64, [&](Index blk, int) {
+          const Index r0 = blk * 64 * H, nr = std::min<Index>(64, ntok - blk * 64) * H;
+          fused_norm_->forward_into(ConstView<T, 2>(o.data() + r0 * Vh, nr, Vh),
+                                    ConstView<T, 2>(g.data() + r0 * Vh, nr, Vh), View<T, 2>(o.data() + r0 * Vh, nr, Vh));
+        });
       } else {
         norm_->forward_into(o_rows, o_out);
         if (cfg_.use_output_gate) {
