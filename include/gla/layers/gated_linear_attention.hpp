@@ -353,15 +353,26 @@ class GatedLinearAttention {
     // One product over the concatenated weights: Z = [q | k | v | g | low].
     // Z and the kernels' scratch live in this thread's reusable workspaces (grown to the largest call, kept):
     // no page faults for them on repeated calls.
+    // So do q, k, v, gk, g and o.
     thread_local Workspace z_ws, kernel_ws;
-    z_ws.reserve(static_cast<std::size_t>(std::max<Index>(ntok * lay_.n, 1)) * sizeof(T));
-    Eigen::Map<Mat> Z(reinterpret_cast<T*>(z_ws.data()), ntok, lay_.n);
+    const Index nK = cfg_.key_dim(), nKg = cfg_.key_dim_per_group(), nVg = cfg_.value_dim_per_group(),
+                nV = cfg_.value_dim();
+    auto plan = [&](detail::Arena& a) {
+      struct Bufs {
+        T *Z, *q, *k, *v, *gk, *g, *o;
+      } p{a.take<T>(ntok * lay_.n), a.take<T>(ntok * nK),  a.take<T>(ntok * nKg), a.take<T>(ntok * nVg),
+          a.take<T>(ntok * nKg),    a.take<T>(ntok * nV), a.take<T>(ntok * nV)};
+      return p;
+    };
+    z_ws.reserve(std::max<std::size_t>(detail::planned_bytes(plan), 1));
+    detail::Arena arena(z_ws.data(), z_ws.capacity());
+    const auto buf = plan(arena);
+    Eigen::Map<Mat> Z(buf.Z, ntok, lay_.n);
     project(w_in_, xrows, ntok, Z.data());
     // Split Z into contiguous q, k, v, g and compute gk = logsigmoid(low·Wgk1 + b)/normalizer (→ clamp), in
     // blocks of rows on the parallel engine.
-    Mat q(ntok, cfg_.key_dim()), k(ntok, cfg_.key_dim_per_group()), v(ntok, cfg_.value_dim_per_group());
-    Mat gk(ntok, cfg_.key_dim_per_group()), g;
-    if (cfg_.use_output_gate) g.resize(ntok, cfg_.value_dim());
+    Eigen::Map<Mat> q(buf.q, ntok, nK), k(buf.k, ntok, nKg), v(buf.v, ntok, nVg), gk(buf.gk, ntok, nKg),
+        g(buf.g, ntok, cfg_.use_output_gate ? nV : 0);
     {
       constexpr Index kRows = 64;
       const T inv_norm = static_cast<T>(cfg_.gate_logit_normalizer);
@@ -393,14 +404,19 @@ class GatedLinearAttention {
       detail::activate_ptr(*feature_map_, q.data(), q.data(), q.size());
       detail::activate_ptr(*feature_map_, k.data(), k.data(), k.size());
     }
+    const T *kp = k.data(), *gkp = gk.data(), *vp = v.data();
+    Mat k_rep, gk_rep, v_rep;
     if (G > 1) {
-      k = repeat_heads(k, G, Kh);
-      gk = repeat_heads(gk, G, Kh);
-      v = repeat_heads(v, G, Vh);
+      k_rep = repeat_heads(k, G, Kh);
+      gk_rep = repeat_heads(gk, G, Kh);
+      v_rep = repeat_heads(v, G, Vh);
+      kp = k_rep.data();
+      gkp = gk_rep.data();
+      vp = v_rep.data();
     }
 
     // 3. The GLA kernel on [Bk,Tk,H,D] views of the token rows; the cache state is [N,H,V,K] (state_v_first).
-    Mat o(ntok, cfg_.value_dim());
+    Eigen::Map<Mat> o(buf.o, ntok, nV);
     std::optional<Tensor<float, 4>> fin_state;
     if (ntok > 0) {
       GLAOptions opts;
@@ -409,8 +425,8 @@ class GatedLinearAttention {
       opts.output_final_state = use_cache;
       opts.cu_seqlens = cu;
       if (cache && cache->recurrent_state) opts.initial_state = *cache->recurrent_state;
-      const ConstView<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(k.data(), Bk, Tk, H, Kh), gm(gk.data(), Bk, Tk, H, Kh),
-          vm(v.data(), Bk, Tk, H, Vh);
+      const ConstView<T, 4> qm(q.data(), Bk, Tk, H, Kh), km(kp, Bk, Tk, H, Kh), gm(gkp, Bk, Tk, H, Kh),
+          vm(vp, Bk, Tk, H, Vh);
       const View<T, 4> om(o.data(), Bk, Tk, H, Vh);
       if (use_cache) fin_state.emplace(N, H, Vh, Kh);
       const std::optional<View<float, 4>> fs = detail::optional_output(fin_state);
@@ -770,7 +786,8 @@ class GatedLinearAttention {
   }
 
   /// In place: rows [ntok,D] ← ShortConvolution(rows) over the [Bk,Tk,D] batch; the final cache when use_cache.
-  static void conv(const ShortConvolution<T>& c, Mat& rows, Index Bk, Index Tk, const std::vector<std::int64_t>& cu,
+  template <class Rows>
+  static void conv(const ShortConvolution<T>& c, Rows& rows, Index Bk, Index Tk, const std::vector<std::int64_t>& cu,
                    const std::optional<Tensor<T, 3>>* cache, bool use_cache, std::optional<Tensor<T, 3>>& final_out) {
     const Index D = rows.cols();
     std::optional<ConstView<T, 3>> init;
@@ -781,7 +798,8 @@ class GatedLinearAttention {
   }
 
   /// [n, Hkv·D] → [n, Hkv·G·D] with query head i ← kv head i/G (fla's '... (h d) -> ... (h g) d').
-  static Mat repeat_heads(const Mat& src, Index G, Index D) {
+  template <class Src>
+  static Mat repeat_heads(const Src& src, Index G, Index D) {
     const Index n = src.rows(), hkv = src.cols() / D;
     Mat dst(n, hkv * G * D);
     for (Index i = 0; i < n; ++i)
