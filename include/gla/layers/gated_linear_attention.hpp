@@ -75,11 +75,16 @@ struct GatedLinearAttentionCache {
 ///   logsigmoid(gk_proj(x))/normalizer (→ clamp_min) → repeat kv heads (query head i ← kv head i/G) → feature map
 ///   → GLA kernel (fused_recurrent when the padded T ≤ 64, else config.mode) → per-head RMSNorm with the output
 ///   gate → o_proj → repad with exact zeros.
-/// Parameters are stored transposed ([in,out], so x·W is a plain row-major GEMM; decode is 2.4× faster this way,
-/// measured) and exchanged in fla's [out,in] layout by load_state_dict()/state_dict().
+/// The projections that read x (q, k, v, g and gk_proj's first factor) are one product over concatenated
+/// weights. For T = float the linear weights are packed once at load into oneDNN's matmul layout, fp32 or bf16
+/// (WeightPrecision; gla/detail/packed_linear.hpp: oneDNN for prefill when built with it, else Eigen; a
+/// one-pass kernel for decoding); for T = double they are Eigen matrices [in,out]. Either way they are
+/// exchanged in fla's [out,in] layout by load_state_dict()/state_dict(). See docs/layer.md, "Weight precision
+/// and the projections".
 /// A default-constructed layer has zero linear weights: call load_state_dict() or init_random().
-/// Threads: Eigen's GEMMs and the kernels' OpenMP loops. forward() is const and may run concurrently on
-/// different caches.
+/// Threads: the operators' parallel engine (gla::set_num_threads) for the layer's own loops and the kernels;
+/// oneDNN's OpenMP team for prefill products, started from the caller's thread only. forward() and step() are
+/// const and may run concurrently on different caches (forward's scratch is thread-local).
 template <class T = float>
 class GatedLinearAttention {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
