@@ -615,11 +615,10 @@ class GatedLinearAttention {
         g = bgk1_.array();
         const T* low = buf.Z + b * lay_.n + lay_.low;
         for (Index j = 0; j < r; ++j) g += low[j] * wgk1_.row(j).array();
-        for (Index i = 0; i < Kg; ++i) {
-          T z = logsigmoid(g(i)) / inv_norm;
-          if (clamp && z < lo) z = lo;
-          g(i) = std::exp(z);  // the recurrence needs only the decay exp(gk)
-        }
+        // logsigmoid on Eigen's vectorized exp and log1p, as forward(); the recurrence needs only exp(gk).
+        g = (g.min(T(0)) - (-g.abs()).exp().log1p()) / inv_norm;
+        if (clamp) g = g.max(lo);
+        g = g.exp();
       }
     }
     if (feature_map_) {  // elementwise, so before the head repeat as in forward()
