@@ -39,16 +39,23 @@ double resident_bytes() {
   return 0;
 }
 
-const Model& model() {
-  static const std::unique_ptr<Model> m = [] {
+/// The benchmarked model (GLA_BENCH_MODEL: a preset name or a config.json; default 340M) with random weights;
+/// bf16 = its attention layers hold their linear weights in bf16 (the same random values, rounded).
+const Model& model(bool bf16 = false) {
+  static const auto make = [](gla::WeightPrecision prec) {
     const char* env = std::getenv("GLA_BENCH_MODEL");
     const std::string name = env ? env : "340M";
     const gla::GLAConfig cfg = name.find(".json") != std::string::npos ? gla::GLAConfig::from_file(name)
                                                                        : gla::GLAConfig::preset(name);
-    auto p = std::make_unique<Model>(cfg);
+    auto p = std::make_unique<Model>(cfg, prec);
     p->init_random(gla::bench::kSeed);
     return p;
-  }();
+  };
+  if (bf16) {
+    static const std::unique_ptr<Model> m = make(gla::WeightPrecision::BF16);
+    return *m;
+  }
+  static const std::unique_ptr<Model> m = make(gla::WeightPrecision::F32);
   return *m;
 }
 
@@ -68,7 +75,7 @@ void counters(benchmark::State& st, double tokens) {
 /// Prefill of B prompts of T tokens (logits of the last position, caches written, as generate's first call).
 void BM_ModelPrefill(benchmark::State& st) {
   const Index B = st.range(0), T = st.range(1);
-  const Model& m = model();
+  const Model& m = model(st.range(2) != 0);
   const auto ids = random_ids(B, T, 1);
   for (auto _ : st) {
     auto cache = m.make_cache();
@@ -81,7 +88,7 @@ void BM_ModelPrefill(benchmark::State& st) {
 /// One decode step of B rows after a 16-token prefill (the cache advances each iteration, as in generation).
 void BM_ModelDecode(benchmark::State& st) {
   const Index B = st.range(0);
-  const Model& m = model();
+  const Model& m = model(st.range(1) != 0);
   auto cache = m.make_cache();
   m.forward(random_ids(B, 16, 2), std::nullopt, &cache, true, 1);
   const auto next = random_ids(B, 1, 3);
@@ -129,9 +136,10 @@ void BM_ModelProjections(benchmark::State& st) {
 
 }  // namespace
 
-BENCHMARK(BM_ModelPrefill)->ArgNames({"B", "T"})->Args({1, 256})->Args({8, 64})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ModelPrefill)->ArgNames({"B", "T", "bf16"})->ArgsProduct({{1}, {256}, {0, 1}})->ArgsProduct({{8}, {64}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ModelProjections)->ArgNames({"B", "T"})->Args({1, 256})->Args({8, 64})->Args({1, 1})->Args({8, 1})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_ModelDecode)->ArgName("B")->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ModelDecode)->ArgNames({"B", "bf16"})->ArgsProduct({{1, 8}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -118,6 +118,38 @@ TEST_CASE("model bf16 and f16 weights") {
   CHECK(d.rel_rms < 5e-2);
 }
 
+TEST_CASE("model with attention weights held in bf16") {
+  const auto ids = golden_ids();
+  const TempDir dir("model_bf16_held");
+  gla::test::write_checkpoint(dir.path(), gla::test::tiny_config(),
+                              converted<Eigen::bfloat16>(gla::test::tiny_weights()));
+  const Model f32 = Model::from_pretrained(dir.path());
+  const Model held = Model::from_pretrained(dir.path(), gla::WeightPrecision::BF16);
+  CHECK(held.weight_precision() == gla::WeightPrecision::BF16);
+  CHECK(held.block(0).attn().weight_precision() == gla::WeightPrecision::BF16);
+  CHECK(f32.block(0).attn().weight_precision() == gla::WeightPrecision::F32);
+  // The weights are the same bf16 values; only the products differ (bf16 activations in oneDNN's prefill).
+  const auto d = gla::test::compare(held.forward(ids), f32.forward(ids));
+  INFO(d.str());
+  CHECK(gla::test::ok(d, 5e-3));
+  // Incremental decoding with bf16-held weights still equals its own full forward.
+  const Index B = ids.dimension(0), T = ids.dimension(1);
+  Tensor<std::int64_t, 2> head(B, T - 1), last(B, 1);
+  for (Index b = 0; b < B; ++b) {
+    for (Index t = 0; t + 1 < T; ++t) head(b, t) = ids(b, t);
+    last(b, 0) = ids(b, T - 1);
+  }
+  auto cache = held.make_cache();
+  held.forward(head, std::nullopt, &cache, true);
+  const Tensor<float, 3> step = held.forward(last, std::nullopt, &cache, true);
+  const Tensor<float, 3> full_last = held.forward(ids, std::nullopt, nullptr, false, 1);
+  const auto ds = gla::test::compare(step, full_last);
+  INFO(ds.str());
+  CHECK(gla::test::ok(ds, 1e-2));  // prefill products round activations to bf16 (oneDNN), steps do not
+  CHECK_THROWS_AS(gla::GLAForCausalLM<double>(GLAConfig::from_json(gla::test::tiny_config()), gla::WeightPrecision::BF16),
+                  gla::Error);
+}
+
 TEST_CASE("model tied and untied lm_head") {
   for (const bool tied : {true, false}) {
     Model m(GLAConfig::from_json(small_config(tied)));

@@ -159,8 +159,9 @@ class GLABlock {
   using Mat = detail::RowMat<T>;
   using Cache = GatedLinearAttentionCache<T>;
 
-  GLABlock(const GLAConfig& config, std::int64_t layer_idx)
-      : attn_(config.layer_config(layer_idx)),
+  /// precision: how the attention layer holds its linear weights (GatedLinearAttention's WeightPrecision).
+  GLABlock(const GLAConfig& config, std::int64_t layer_idx, WeightPrecision precision = WeightPrecision::F32)
+      : attn_(config.layer_config(layer_idx), precision),
         mlp_(config.hidden_size, config.mlp_intermediate_size()),
         attn_norm_(detail::RowVec<T>::Ones(config.hidden_size)),
         mlp_norm_(detail::RowVec<T>::Ones(config.hidden_size)),
@@ -235,17 +236,24 @@ class GLAForCausalLM {
   using Cache = GLAModelCache<T>;
 
   /// A model with fla's initial norm weights (ones) and zero linear weights; load weights or init_random().
-  explicit GLAForCausalLM(const GLAConfig& config) : cfg_(validated(config)) {
+  /// precision: how the attention layers hold their linear weights — WeightPrecision::BF16 keeps fla's bf16
+  /// checkpoint weights as bf16 (half their memory, bf16 products with fp32 accumulation; T = float only);
+  /// embeddings, MLPs, norms and lm_head stay in T (docs/models.md, "Weight precision").
+  explicit GLAForCausalLM(const GLAConfig& config, WeightPrecision precision = WeightPrecision::F32)
+      : cfg_(validated(config)), prec_(precision) {
     embed_ = Mat::Zero(cfg_.vocab_size, cfg_.hidden_size);
     if (!cfg_.tie_word_embeddings) lm_head_ = Mat::Zero(cfg_.vocab_size, cfg_.hidden_size);
     norm_ = detail::RowVec<T>::Ones(cfg_.hidden_size);
     blocks_.reserve(static_cast<std::size_t>(cfg_.num_hidden_layers));
-    for (std::int64_t i = 0; i < cfg_.num_hidden_layers; ++i) blocks_.emplace_back(cfg_, i);
+    for (std::int64_t i = 0; i < cfg_.num_hidden_layers; ++i) blocks_.emplace_back(cfg_, i, precision);
   }
+
+  /// How the attention layers hold their linear weights.
+  WeightPrecision weight_precision() const { return prec_; }
 
   /// Loads a checkpoint directory: config.json (GLAConfig::from_file) and its weights (CheckpointTensors::open:
   /// model.safetensors, or shards with model.safetensors.index.json), each file mapped and read once.
-  static GLAForCausalLM from_pretrained(const std::string& dir) {
+  static GLAForCausalLM from_pretrained(const std::string& dir, WeightPrecision precision = WeightPrecision::F32) {
     const std::string fn = "gla::GLAForCausalLM::from_pretrained";
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -253,7 +261,7 @@ class GLAForCausalLM {
       detail::fail(fn, "dir is '" + dir + "', expected a checkpoint directory (it does not exist or is not one)");
     const std::string cfg_path = (fs::path(dir) / "config.json").string();
     if (!fs::exists(cfg_path, ec)) detail::fail(fn, "'" + dir + "' has no config.json, expected fla's model config");
-    GLAForCausalLM m(GLAConfig::from_file(cfg_path));
+    GLAForCausalLM m(GLAConfig::from_file(cfg_path), precision);
     m.load(CheckpointTensors::open(dir));
     return m;
   }
@@ -414,6 +422,7 @@ class GLAForCausalLM {
   }
 
   GLAConfig cfg_;
+  WeightPrecision prec_ = WeightPrecision::F32;
   Mat embed_, lm_head_;
   detail::RowVec<T> norm_;
   std::vector<GLABlock<T>> blocks_;
