@@ -5,6 +5,7 @@
 
 #include <gla/chunk.hpp>
 #include <gla/core.hpp>
+#include <gla/io/load_helpers.hpp>
 #include <gla/detail/packed_linear.hpp>
 #include <gla/detail/parallel.hpp>
 #include <gla/fused_chunk.hpp>
@@ -192,19 +193,7 @@ class GatedLinearAttention {
     for (const std::string& full : dict.names())
       if (full.compare(0, prefix.size(), prefix) == 0 && !expected.count(full.substr(prefix.size())))
         unexpected.push_back(full);
-    if (!missing.empty() || !unexpected.empty() || !bad.empty()) {
-      std::string msg = "the state dict does not fit this config (prefix '" + prefix + "'):";
-      auto list = [&](const char* what, const std::vector<std::string>& v) {
-        if (v.empty()) return;
-        msg += std::string(" ") + what + ": ";
-        for (std::size_t i = 0; i < v.size(); ++i) msg += (i ? ", " : "") + v[i];
-        msg += ";";
-      };
-      list("missing", missing);
-      list("unexpected", unexpected);
-      list("wrong shape or dtype", bad);
-      detail::fail(fn, msg);
-    }
+    detail::fail_unless_tensors_fit(fn, "the state dict does not fit this config (prefix '" + prefix + "')", missing, unexpected, bad);
     // Everything is checked: build a copy and swap it in, so a conversion failure cannot leave half a layer.
     GatedLinearAttention next(*this);
     auto linear = [&](const char* name, auto& dst, Index n0) {

@@ -4,6 +4,7 @@
 /// shards listed by model.safetensors.index.json), each file memory-mapped once.
 
 #include <gla/core.hpp>
+#include <gla/io/load_helpers.hpp>
 #include <gla/io/safetensors.hpp>
 
 #include <nlohmann/json.hpp>
@@ -173,16 +174,7 @@ class CheckpointTensors {
   /// weight_map of an index file: tensor name → file name (a plain file name in the same directory).
   static std::map<std::string, std::string> read_index(const std::string& path) {
     const std::string fn = "gla::CheckpointTensors::open";
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail(fn, "cannot open '" + path + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      detail::fail(fn, "'" + path + "' is not valid JSON: " + e.what());
-    }
+    const nlohmann::json j = detail::read_json_file(fn, path);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       detail::fail(fn, "'" + path + "' has no weight_map object, expected {\"weight_map\": {tensor: file, ...}}");
     std::map<std::string, std::string> out;

@@ -5,6 +5,7 @@
 /// init. The attention of every block is the library's GatedLinearAttention layer.
 
 #include <gla/core.hpp>
+#include <gla/io/load_helpers.hpp>
 #include <gla/io/safetensors.hpp>
 #include <gla/layers/gated_linear_attention.hpp>
 #include <gla/models/checkpoint.hpp>
@@ -308,19 +309,7 @@ class GLAForCausalLM {
       if (cfg_.tie_word_embeddings && name == "lm_head.weight") continue;
       unexpected.push_back(name);
     }
-    if (!missing.empty() || !unexpected.empty() || !bad.empty()) {
-      std::string msg = "the tensors of " + src.origin() + " do not fit the config:";
-      auto list = [&](const char* what, const std::vector<std::string>& v) {
-        if (v.empty()) return;
-        msg += std::string(" ") + what + ": ";
-        for (std::size_t i = 0; i < v.size(); ++i) msg += (i ? ", " : "") + v[i];
-        msg += ";";
-      };
-      list("missing", missing);
-      list("unexpected", unexpected);
-      list("wrong shape or dtype", bad);
-      detail::fail(fn, msg);
-    }
+    detail::fail_unless_tensors_fit(fn, "the tensors of " + src.origin() + " do not fit the config", missing, unexpected, bad);
     GLAForCausalLM next(*this);
     next.embed_ = detail::load_mat<T>(src, "model.embeddings.weight", false);
     for (std::size_t i = 0; i < next.blocks_.size(); ++i)

@@ -4,6 +4,7 @@
 /// GatedLinearAttentionConfig; plus the published fla shapes (340M, 1B, 7B) as presets.
 
 #include <gla/core.hpp>
+#include <gla/io/load_helpers.hpp>
 #include <gla/detail/param_limits.hpp>
 #include <gla/layers/gla_config.hpp>
 
@@ -288,16 +289,7 @@ struct GLAConfig {
   /// Reads and parses a config.json; gla::Error naming the path when it cannot be read or is not JSON.
   static GLAConfig from_file(const std::string& path) {
     const std::string fn = "GLAConfig::from_file";
-    std::ifstream in(path, std::ios::binary);
-    if (!in) detail::fail(fn, "cannot open '" + path + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      detail::fail(fn, "'" + path + "' is not valid JSON: " + e.what());
-    }
+    const nlohmann::json j = detail::read_json_file(fn, path);
     try {
       return from_json(j);
     } catch (const Error& e) {
