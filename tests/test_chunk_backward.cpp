@@ -38,6 +38,8 @@ struct Case {
   bool v_first = false;
   int chunk_size = 64;
   std::uint64_t seed = 1;
+  // When set: the per-step log gate of chunk j (64 tokens) is chunk_gate[j % size] · U[0.9, 1.1).
+  std::vector<double> chunk_gate;
 };
 
 struct Inputs {
@@ -58,10 +60,18 @@ Inputs make_inputs(const Case& c) {
   gla::test::fill_uniform(in.q, rng);
   gla::test::fill_uniform(in.k, rng);
   gla::test::fill_normal(in.v, rng);
-  if (c.gate_norm > 0)
+  if (!c.chunk_gate.empty()) {
+    std::uniform_real_distribution<double> u(0.9, 1.1);
+    for (Index b = 0; b < c.B; ++b)
+      for (Index t = 0; t < c.T; ++t)
+        for (Index h = 0; h < c.H; ++h)
+          for (Index d = 0; d < c.K; ++d)
+            in.g(b, t, h, d) = c.chunk_gate[static_cast<std::size_t>(t / 64) % c.chunk_gate.size()] * u(rng);
+  } else if (c.gate_norm > 0) {
     gla::test::fill_gate(in.g, rng, c.gate_norm);
-  else
+  } else {
     gla::test::fill_strong_gate(in.g, rng);
+  }
   gla::test::fill_normal(in.do_, rng);
   const Index N = num_seqs(c);
   in.h0 = c.v_first ? Tensor<float, 4>(N, c.H, c.V, c.K) : Tensor<float, 4>(N, c.H, c.K, c.V);
@@ -129,11 +139,11 @@ Grads<T> run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tenso
   std::optional<gla::View<float, 4>> dh0;
   if (o.initial_state) dh0 = r.dh0;
   if (op == Op::Chunk)
-    chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
-                               mut_view(r.dg), dh0);
+    chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv), mut_view(r.dg),
+                            dh0);
   else
     fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
-                                     mut_view(r.dg), dh0);
+                                  mut_view(r.dg), dh0);
   return r;
 }
 
@@ -147,8 +157,7 @@ GradDiffs check_case(Op op, const Case& c) {
   const Tensor<double, 4> qd = q.template cast<double>(), kd = k.template cast<double>(),
                           vd = v.template cast<double>(), gd = g.template cast<double>(),
                           dod = do_.template cast<double>();
-  const auto ref =
-      naive_recurrent_gla_backward<double>(qd, kd, vd, view(gd), std::nullopt, dod, dht_of(c, in), o);
+  const auto ref = naive_recurrent_gla_backward<double>(qd, kd, vd, view(gd), std::nullopt, dod, dht_of(c, in), o);
   const Grads<T> got = run_op<T>(op, q, k, v, g, do_, dht_of(c, in), o, in.h0.dimensions());
   return {compare(got.dq, ref.dq), compare(got.dk, ref.dk), compare(got.dv, ref.dv), compare(got.dg, *ref.dgk),
           o.initial_state ? compare(got.dh0, ref.dh0) : gla::test::Diff{}};
@@ -172,8 +181,8 @@ bool tensors_equal(const Tensor<T, 4>& a, const Tensor<T, 4>& b) {
 
 TEST_CASE("chunk backward: float against the float64 backward around chunk boundaries", "[chunk][backward]") {
   const Index T = GENERATE(1, 15, 16, 17, 63, 64, 65, 127, 128, 129);
-  const auto [K, V] = GENERATE(std::pair<Index, Index>{16, 60}, std::pair<Index, Index>{100, 64},
-                               std::pair<Index, Index>{64, 128});
+  const auto [K, V] =
+      GENERATE(std::pair<Index, Index>{16, 60}, std::pair<Index, Index>{100, 64}, std::pair<Index, Index>{64, 128});
   const double norm = GENERATE(0.1, 1.0, 16.0);
   Case c;
   c.T = T;
@@ -189,6 +198,27 @@ TEST_CASE("chunk backward: float against the float64 backward around chunk bound
          d);
   INFO("T=" << T << " K=" << K << " V=" << V << " norm=" << norm << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
+}
+
+// A chunk whose gate cumsum stays within ±8 takes the factored intra-chunk products, any other the 16-row
+// sub-chunks (docs/chunk_backward.md); this sequence crosses the bound both ways (|G| at the chunk's end ≈ 0.6,
+// 8.6, 7.4, 190, and +2.6 for a positive gate).
+TEST_CASE("chunk backward: factored and sub-chunk intra-chunk paths in one sequence", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  Case c;
+  c.T = 5 * 64 + 17;
+  c.H = 2;
+  c.K = 100;
+  c.V = 60;
+  c.chunk_gate = {-0.01, -8.6 / 64, -7.4 / 64, -3.0, 0.04};
+  const GradDiffs df = check_case<float>(op, c);
+  report(std::string(op_name(op)) + " float mixed paths", df);
+  INFO(op_name(op) << " float" << df.str());
+  CHECK(df.ok(kFloatTol, kFloatTol));
+  const GradDiffs dd = check_case<double>(op, c);
+  report(std::string(op_name(op)) + " double mixed paths", dd);
+  INFO(op_name(op) << " double" << dd.str());
+  CHECK(dd.ok(kDoubleTol, kDoubleDh0Tol));
 }
 
 TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
@@ -223,9 +253,9 @@ TEST_CASE("chunk backward: strong decay (per-step log gate near -5) stays finite
 
 TEST_CASE("chunk backward: varlen with zero-length, length-1 and chunk-straddling sequences",
           "[chunk][backward][varlen]") {
-  const std::vector<std::int64_t> cu = GENERATE(std::vector<std::int64_t>{0, 0, 16},
-                                                std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
-                                                std::vector<std::int64_t>{0, 15, 100, 257, 400});
+  const std::vector<std::int64_t> cu =
+      GENERATE(std::vector<std::int64_t>{0, 0, 16}, std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
+               std::vector<std::int64_t>{0, 15, 100, 257, 400});
   const bool h0 = GENERATE(true, false);
   const bool dht = GENERATE(true, false);
   Case c;
@@ -237,9 +267,9 @@ TEST_CASE("chunk backward: varlen with zero-length, length-1 and chunk-straddlin
   c.h0 = h0;
   c.dht = dht;
   const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float varlen N=" + std::to_string(cu.size() - 1) + " h0=" + std::to_string(h0) +
-             " dht=" + std::to_string(dht),
-         d);
+  report(
+      "float varlen N=" + std::to_string(cu.size() - 1) + " h0=" + std::to_string(h0) + " dht=" + std::to_string(dht),
+      d);
   INFO("cu.size=" << cu.size() << " h0=" << h0 << " dht=" << dht << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
@@ -347,8 +377,8 @@ TEST_CASE("chunk backward: fused_chunk_gla_backward equals chunk_gla_backward", 
   }
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
-  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(),
-                         g = in.g.cast<float>(), do_ = in.do_.cast<float>();
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
+                         do_ = in.do_.cast<float>();
   const auto a = run_op<float>(Op::Chunk, q, k, v, g, do_, dht_of(c, in), o, in.h0.dimensions());
   const auto b = run_op<float>(Op::FusedChunk, q, k, v, g, do_, dht_of(c, in), o, in.h0.dimensions());
   CHECK(tensors_equal(a.dq, b.dq));
@@ -374,8 +404,8 @@ TEST_CASE("chunk backward: the owning API returns dh0 iff initial_state is set a
   c.h0 = h0;
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
-  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(),
-                         g = in.g.cast<float>(), do_ = in.do_.cast<float>();
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
+                         do_ = in.do_.cast<float>();
   const auto into = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
   for (Op op : {Op::Chunk, Op::FusedChunk}) {
     const ChunkGLAGrads<float> r = op == Op::Chunk ? chunk_gla_backward(q, k, v, g, do_, view(in.dht), o)
@@ -399,8 +429,8 @@ TEST_CASE("chunk backward: varlen equals per-sequence calls", "[chunk][backward]
   c.H = 2;
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
-  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(),
-                         g = in.g.cast<float>(), do_ = in.do_.cast<float>();
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
+                         do_ = in.do_.cast<float>();
   const auto packed = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
   const Index H = c.H, K = c.K, V = c.V;
   for (std::size_t n = 0; n + 1 < c.cu.size(); ++n) {
@@ -417,8 +447,8 @@ TEST_CASE("chunk backward: varlen equals per-sequence calls", "[chunk][backward]
     GLAOptions on = o;
     on.cu_seqlens.clear();
     on.initial_state = h0n;
-    const auto one = run_op<float>(Op::Chunk, slice(q), slice(k), slice(v), slice(g), slice(do_), view(dhtn), on,
-                                   h0n.dimensions());
+    const auto one =
+        run_op<float>(Op::Chunk, slice(q), slice(k), slice(v), slice(g), slice(do_), view(dhtn), on, h0n.dimensions());
     INFO("sequence " << n << " len=" << len);
     CHECK(tensors_equal(one.dq, slice(packed.dq)));
     CHECK(tensors_equal(one.dk, slice(packed.dk)));
@@ -440,8 +470,8 @@ TEST_CASE("chunk backward: results do not depend on the thread count", "[chunk][
   c.V = 40;
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
-  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(),
-                         g = in.g.cast<float>(), do_ = in.do_.cast<float>();
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
+                         do_ = in.do_.cast<float>();
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
   const auto one = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
@@ -548,8 +578,7 @@ TEST_CASE("chunk backward: fla's golden float64 gradients (ops-chunk_cases)", "[
     const std::string name = case_name;
     const auto meta = gold.meta(name);
     const auto get = [&](const std::string& t) { return gold.get<float, 4>(name + "." + t); };
-    const Tensor<float, 4> q = get("q"), k = get("k"), v = get("v"), g = get("gk"), do_ = get("do"),
-                           dht = get("dht");
+    const Tensor<float, 4> q = get("q"), k = get("k"), v = get("v"), g = get("gk"), do_ = get("do"), dht = get("dht");
     GLAOptions o;
     o.scale = meta["scale"].get<float>();
     if (!meta["cu_seqlens"].is_null()) o.cu_seqlens = gold.ints(name + ".cu_seqlens");
@@ -562,8 +591,11 @@ TEST_CASE("chunk backward: fla's golden float64 gradients (ops-chunk_cases)", "[
       using T = decltype(tag);
       const Tensor<T, 4> qt = q.cast<T>(), kt = k.cast<T>(), vt = v.cast<T>(), gt = g.cast<T>(), dot = do_.cast<T>();
       const ChunkGLAGrads<T> r = chunk_gla_backward(qt, kt, vt, gt, dot, view(dht), o);
-      GradDiffs d{compare(r.dq, get("dq_ref")), compare(r.dk, get("dk_ref")), compare(r.dv, get("dv_ref")),
-                  compare(r.dg, get("dgk_ref")), {}};
+      GradDiffs d{compare(r.dq, get("dq_ref")),
+                  compare(r.dk, get("dk_ref")),
+                  compare(r.dv, get("dv_ref")),
+                  compare(r.dg, get("dgk_ref")),
+                  {}};
       REQUIRE(r.dh0.has_value() == o.initial_state.has_value());
       if (r.dh0) d.dh0 = compare(*r.dh0, get("dh0_ref"));
       report(std::string("golden ") + name + (std::is_same_v<T, float> ? " float" : " double"), d);
@@ -728,8 +760,8 @@ TEST_CASE("chunk_bwd_dh: double inputs with gk = cumsum(g) give the recurrence's
   ChunkHGates gates;
   gates.gk.emplace(view(gkf));
   const ChunkBwdDhResult r = chunk_bwd_dh(in.q, in.k, in.v, gates, in.do_, view(in.dht), o);
-  const auto ref = naive_recurrent_gla_backward<double>(in.q, in.k, in.v, view(in.g), std::nullopt, in.do_,
-                                                        view(in.dht), o);
+  const auto ref =
+      naive_recurrent_gla_backward<double>(in.q, in.k, in.v, view(in.g), std::nullopt, in.do_, view(in.dht), o);
   REQUIRE(r.dh0.has_value());
   const Diff d = compare(*r.dh0, ref.dh0);
   INFO(d.str());
@@ -773,11 +805,10 @@ TEST_CASE("chunk backward: validation errors name the function and the argument"
     std::optional<gla::View<float, 4>> dh0v;
     dh0v.emplace(mut_view(dh0));
     if (op == Op::Chunk)
-      chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv), mut_view(dg),
-                                     dh0v);
+      chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv), mut_view(dg), dh0v);
     else
-      fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv),
-                                           mut_view(dg), dh0v);
+      fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(dq), mut_view(dk), mut_view(dv), mut_view(dg),
+                                    dh0v);
   };
   const std::optional<ConstTensorMap<float, 4>> dht = view(e.dht);
   GLAOptions o;

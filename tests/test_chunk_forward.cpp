@@ -18,9 +18,12 @@ enum class Op { Chunk, FusedChunk, FusedChunkNoFallback };
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::Chunk: return "chunk_gla";
-    case Op::FusedChunk: return "fused_chunk_gla";
-    default: return "fused_chunk_gla(no fallback)";
+    case Op::Chunk:
+      return "chunk_gla";
+    case Op::FusedChunk:
+      return "fused_chunk_gla";
+    default:
+      return "fused_chunk_gla(no fallback)";
   }
 }
 
@@ -34,6 +37,9 @@ struct Case {
   bool v_first = false;
   int chunk_size = 64;
   std::uint64_t seed = 1;
+  // When set: the per-step log gate of chunk j (64 tokens) is chunk_gate[j % size] · U[0.9, 1.1) — chunks on
+  // either side of the factored path's bound in one sequence.
+  std::vector<double> chunk_gate;
 };
 
 struct Inputs {
@@ -51,7 +57,14 @@ Inputs make_inputs(const Case& c) {
   gla::test::fill_uniform(in.q, rng);
   gla::test::fill_uniform(in.k, rng);
   gla::test::fill_normal(in.v, rng);
-  if (c.gate_norm > 0)
+  if (!c.chunk_gate.empty()) {
+    std::uniform_real_distribution<double> u(0.9, 1.1);
+    for (Index b = 0; b < c.B; ++b)
+      for (Index t = 0; t < c.T; ++t)
+        for (Index h = 0; h < c.H; ++h)
+          for (Index d = 0; d < c.K; ++d)
+            in.g(b, t, h, d) = c.chunk_gate[static_cast<std::size_t>(t / 64) % c.chunk_gate.size()] * u(rng);
+  } else if (c.gate_norm > 0)
     gla::test::fill_gate(in.g, rng, c.gate_norm);
   else
     gla::test::fill_strong_gate(in.g, rng);
@@ -157,11 +170,38 @@ TEST_CASE("chunk forward: strong decay stays finite and accurate", "[chunk][forw
   CHECK(gla::test::ok(es, tol_for_float));
 }
 
-TEST_CASE("chunk forward: varlen with zero-length, length-1 and chunk-straddling sequences", "[chunk][forward][varlen]") {
+// A chunk whose gate cumsum stays within ±8 computes its intra-chunk attention as one factored product, any other
+// through 16-row sub-chunks (docs/chunk_algorithm.md). One sequence here crosses the bound both ways: |G| at the
+// chunk's end ≈ 0.6, 8.6 (sub-chunk), 7.4 (factored), 190 (sub-chunk, strong decay), +2.6 (a positive gate).
+TEST_CASE("chunk forward: factored and sub-chunk intra-chunk paths in one sequence", "[chunk][forward]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  Case c;
+  c.T = 5 * 64 + 17;
+  c.B = 1;
+  c.H = 2;
+  c.K = 100;
+  c.V = 60;
+  c.chunk_gate = {-0.01, -8.6 / 64, -7.4 / 64, -3.0, 0.04};
+  {
+    const auto [eo, es] = check_case<float>(op, c);
+    INFO(op_name(op) << " float o: " << eo.str() << "\n final_state: " << es.str());
+    CHECK(gla::test::ok(eo, tol_for_float));
+    CHECK(gla::test::ok(es, tol_for_float));
+  }
+  {
+    const auto [eo, es] = check_case<double>(op, c);
+    INFO(op_name(op) << " double o: " << eo.str() << "\n final_state: " << es.str());
+    CHECK(gla::test::ok(eo, 1e-12));
+    CHECK(gla::test::ok(es, 1e-7));
+  }
+}
+
+TEST_CASE("chunk forward: varlen with zero-length, length-1 and chunk-straddling sequences",
+          "[chunk][forward][varlen]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk, Op::FusedChunkNoFallback);
-  const std::vector<std::int64_t> cu = GENERATE(std::vector<std::int64_t>{0, 0, 16},
-                                                std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
-                                                std::vector<std::int64_t>{0, 15, 100, 257, 400});
+  const std::vector<std::int64_t> cu =
+      GENERATE(std::vector<std::int64_t>{0, 0, 16}, std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
+               std::vector<std::int64_t>{0, 15, 100, 257, 400});
   const bool h0 = GENERATE(true, false);
   Case c;
   c.T = cu.back();

@@ -93,7 +93,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       const Index L = std::min(BT, sq.len - c0);
       store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
                        it.width, /*v_first=*/false);
-      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
+      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
       state_update<kGateGk>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, it.v0), cg,
                             L, K, it.width, sc);
     }
@@ -145,11 +145,12 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
     const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
-    gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
+    const auto gr = head_rows(g, s, sq, hh, c0, K);
+    gate_cumsum(gr, L, K, floor, sc.G);
     const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
     const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-    chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), vop, S, V, scale, L, K,
-                 V, sc, BT);
+    chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
+                 scale, L, K, V, sc, BT);
     store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
   });
 }

@@ -80,7 +80,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
       store_state_tile(sc.S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0, Vt,
                        /*v_first=*/false);
-      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, static_cast<Acc*>(nullptr));
+      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
       RowArrMap<Acc> el(sc.el, K);
       el = ConstRowArrMap<Acc>(sc.G + (L - 1) * K, K).exp();
       for (Index a = 0; a < K; ++a) RowArrMap<Acc>(sc.S + a * Vt, Vt) *= sc.el[a];

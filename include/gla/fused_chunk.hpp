@@ -42,10 +42,14 @@ void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, I
   }
 }
 
-/// The work items of fused_chunk_gla: (sequence, head) pairs, split into at most 2 value tiles when few pairs
-/// carry most of the work (each tile recomputes the chunk's intra-chunk attention, so tiles cost extra work).
-inline std::vector<HeadTile> fused_chunk_items(const OpShape& s) {
-  return head_tiles(s, /*target=*/2, /*max_tiles=*/2);
+/// The work items of fused_chunk_gla: groups of (sequence, head) pairs that sweep together (head_groups), each pair
+/// split into at most 2 value tiles when few pairs carry most of the work (each tile recomputes the chunk's
+/// intra-chunk attention, so tiles cost extra work). A group's states stay within 1 MiB, half the L2 of the
+/// machines docs/PERFORMANCE.md reports.
+template <class Acc>
+std::vector<HeadGroup> fused_chunk_groups(const OpShape& s) {
+  const Index state_bytes = std::max<Index>(1, s.K * s.V * static_cast<Index>(sizeof(Acc)));
+  return head_groups(s, /*target=*/2, /*max_tiles=*/2, std::max<Index>(1, (Index(1) << 20) / state_bytes));
 }
 
 /// fused_chunk_gla after validation; g may be null (no decay, plain linear attention).
@@ -57,27 +61,36 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = resolve_scale<Acc>(opts, K);
   const Acc floor = kChunkGateFloor<Acc>;
-  const std::vector<HeadTile> items = fused_chunk_items(s);
-  const Index n_items = static_cast<Index>(items.size()), Vt = max_tile_width(items);
+  const std::vector<HeadGroup> groups = fused_chunk_groups<Acc>(s);
+  const Index n_groups = static_cast<Index>(groups.size()), Vt = max_group_width(groups),
+              heads = max_group_heads(groups);
   Scratch scratch;
-  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
+  const auto ws =
+      scratch.carve(opts.workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_groups, BT, K, Vt, heads); });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
-  parallel_for(n_items, [&](Index i, int w) {
-    const HeadTile& it = items[static_cast<std::size_t>(i)];
+  parallel_for(n_groups, [&](Index i, int w) {
+    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
-    const Index n = it.pair / H, hh = it.pair % H, Wt = it.width;
+    const Index n = gr.n, Wt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0)
-      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
-    else
-      std::fill_n(sc.S, K * Wt, Acc(0));
-    T* out = o.data() + it.v0;
+    const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
+    for (Index j = 0; j < gr.count; ++j) {
+      const Index pair = n * H + gr.h0 + j;
+      if (h0)
+        load_state_tile(state_of(j), h0 + pair * K * V, K, V, gr.v0, Wt, opts.state_v_first);
+      else
+        std::fill_n(state_of(j), K * Wt, Acc(0));
+    }
+    T* out = o.data() + gr.v0;
     if (opts.heuristic_fallback && sq.len <= BT) {
-      if (sq.len > 0) {
+      for (Index j = 0; j < gr.count && sq.len > 0; ++j) {
+        const Index hh = gr.h0 + j;
+        ChunkScratch<Acc, Op> hs = sc;  // recurrent_rows works on hs.S
+        hs.S = state_of(j);
         recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
-                       head_rows(v.data(), s, sq, hh, 0, V, it.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
-                       sc);
-        store_tile_rows(sc.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
+                       head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
+                       hs);
+        store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
       }
     } else {
       ChunkGates<Acc> cg;
@@ -85,16 +98,39 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
       cg.ldgk = K;
       for (Index c0 = 0; c0 < sq.len; c0 += BT) {
         const Index L = std::min(BT, sq.len - c0);
-        const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
-        const auto vr = head_rows(v.data(), s, sq, hh, c0, V, it.v0);
-        gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G, sc.eg);
-        const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
-        chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, vop, sc.S, Wt, scale, L, K, Wt, sc, BT);
-        store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
-        state_update<kGateGk>(sc.S, Wt, kr, vr, cg, L, K, Wt, sc);
+        for (Index j = 0; j < gr.count; ++j) {
+          const Index hh = gr.h0 + j;
+          Acc* const S = state_of(j);
+          const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
+          const auto vr = head_rows(v.data(), s, sq, hh, c0, V, gr.v0);
+          const auto gt = head_rows(g, s, sq, hh, c0, K);
+          {  // the rows of the group's next (chunk, head), fetched while this one computes
+            const bool last = j + 1 == gr.count;
+            const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
+            if (c1 < sq.len) {
+              const Index L1 = std::min(BT, sq.len - c1);
+              prefetch_rows(head_rows(qv.data(), s, sq, h1, c1, K), L1, K);
+              prefetch_rows(head_rows(k.data(), s, sq, h1, c1, K), L1, K);
+              prefetch_rows(head_rows(v.data(), s, sq, h1, c1, V, gr.v0), L1, Wt);
+              prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+              prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt, /*for_write=*/true);
+            }
+          }
+          gate_cumsum(gt, L, K, floor, sc.G);
+          const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
+          const bool factored =
+              chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale, L, K, Wt, sc, BT);
+          store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+          if (factored)
+            state_update_factored(S, Wt, vop, L, K, Wt, sc);
+          else
+            state_update<kGateGk>(S, Wt, kr, vr, cg, L, K, Wt, sc);
+        }
       }
     }
-    if (ht) store_state_tile(sc.S, Wt, ht + it.pair * K * V, K, V, it.v0, Wt, opts.state_v_first);
+    if (ht)
+      for (Index j = 0; j < gr.count; ++j)
+        store_state_tile(state_of(j), Wt, ht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, opts.state_v_first);
   });
 }
 
@@ -105,10 +141,11 @@ template <class Scalar = float>
 std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V, const GLAOptions& opts = {}) {
   static_assert(is_supported_scalar_v<Scalar>, "fused_chunk_gla_workspace_size: unsupported scalar type");
   const detail::OpShape s = detail::shape_of("fused_chunk_gla_workspace_size", B, T, H, K, V, opts);
-  const std::vector<detail::HeadTile> items = detail::fused_chunk_items(s);
+  const std::vector<detail::HeadGroup> groups = detail::fused_chunk_groups<acc_t<Scalar>>(s);
   return detail::planned_bytes([&](detail::Arena& a) {
     return detail::plan_workers<acc_t<Scalar>, detail::operand_t<Scalar>>(
-        a, static_cast<Index>(items.size()), opts.chunk_size, K, detail::max_tile_width(items));
+        a, static_cast<Index>(groups.size()), opts.chunk_size, K, detail::max_group_width(groups),
+        detail::max_group_heads(groups));
   });
 }
 
@@ -116,9 +153,11 @@ std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, I
 /// chunk's output from the carried state, then advancing the state. Same math, shapes, options, output
 /// contract and aliasing rule as chunk_gla_into, plus opts.max_seqlen (a longer sequence → gla::Error) and
 /// opts.heuristic_fallback (a sequence no longer than one chunk runs token by token; same numbers within
-/// rounding). Scratch (fused_chunk_gla_workspace_size): O(chunk_size·(K+V) + K·V) per thread, independent of T.
-/// Threads: the parallel engine over (sequence, head), longest first; when a few sequences hold most of the
-/// tokens (e.g. B = 1, H = 1) their value columns are split in two tiles. Deterministic for any thread count.
+/// rounding). Scratch (fused_chunk_gla_workspace_size): O(chunk_size·(K+V) + G·K·V) per thread, independent of T,
+/// with G ≤ H heads per group (their states within 1 MiB). Threads: the parallel engine over groups of
+/// consecutive heads of one sequence that advance chunk by chunk together (at least two groups per thread),
+/// longest first; when a few sequences hold most of the tokens (e.g. B = 1, H = 1) their value columns are split
+/// in two tiles. Deterministic for any thread count: the grouping changes only the order in which heads advance.
 template <class Q>
 void fused_chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                           const GLAOptions& opts, ViewOf<Q, 4> o,

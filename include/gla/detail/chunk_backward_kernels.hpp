@@ -148,6 +148,7 @@ struct BwdScratch {
   Acc* f = nullptr;      // [K]
   Acc* qf = nullptr;     // [K]
   Acc* dgl = nullptr;    // [K]
+  Acc* dAd = nullptr;    // [BT] the diagonal of dA
 
   static BwdScratch plan(Arena& a, Index BT, Index K, Index V) {
     BwdScratch w;
@@ -175,6 +176,7 @@ struct BwdScratch {
     w.f = a.take<Acc>(K);
     w.qf = a.take<Acc>(K);
     w.dgl = a.take<Acc>(K);
+    w.dAd = a.take<Acc>(BT);
     return w;
   }
 
@@ -271,80 +273,115 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     out.array() = out.array().exp();
   };
 
-  // dA = scale · do_ vᵀ (only the s <= t half is ever read).
+  // dA = scale · do_ vᵀ (only the s <= t half is ever read); its diagonal is kept apart for the self terms.
   gemm<Op>(Trans::N, Trans::T, L, L, V, doop.p, doop.ld, vop.p, vop.ld, false, ws.dA, BT);
   MapA dA(ws.dA, L, L, sBT);
   dA *= scale;
-  const Op* dAop = ws.dA_operand(L, BT);
+  for (Index t = 0; t < L; ++t) ws.dAd[t] = dA(t, t);
   MapA A(ws.A, L, L, sBT);
   MapA dq(ws.dq, L, K, sK), dk(ws.dk, L, K, sK);
-  dq.setZero();
-  dk.setZero();
-  // e^{g_r}: the factors of the diagonal blocks' running products (from the gate, not a cumsum difference).
-  expg.array() = expg.array().exp();
   Eigen::Map<RowVec<double>> gn(ws.gn, K);
   Eigen::Map<RowVec<Acc>> f(ws.f, K), qf(ws.qf, K);
+  // e^{G} [L×K] of the factored path (in ws.eg), for the inter-chunk term of dq.
+  const bool factored = decay_is_bounded(ws.Gd, L, K);
+  MapA eG(ws.eg, L, K, sK);
 
-  for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
-    const Index Li = std::min(kSubChunk, L - i0), j1 = i0 + Li, Lr = L - j1;
-    if (i0 > 0) {
-      // dq of query sub-chunk [i0, j1) from all earlier keys; reference gn = G[i0]:
-      // dq_t += (Σ_s dA[t,s] k_s e^{gn−G_s}) ⊙ e^{G_t−gn}.
-      gn = G.row(i0);
-      MapA dec(ws.dec, i0, K, sK);
-      for (Index s = 0; s < i0; ++s) {
-        decay_into(dec.row(s), gn, G.row(s));
-        RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * dec.row(s).array()).template cast<Op>();
-      }
-      gemm<Op>(Trans::N, Trans::N, Li, K, i0, dAop + i0 * BT, BT, ws.kg, K, false, ws.tmp, K);
-      MapA tmp(ws.tmp, Li, K, sK);
-      for (Index r = 0; r < Li; ++r) {
-        decay_into(f, G.row(i0 + r), gn);
-        dq.row(i0 + r).array() += tmp.row(r).array() * f.array();
-      }
-      A.block(0, i0, i0, Li).setZero();  // above the diagonal block: s > t
+  if (factored) {
+    // |G| <= kFactoredDecayBound: the intra-chunk terms as whole-chunk products of q ⊙ e^{G} and k ⊙ e^{−G}
+    // (docs/chunk_backward.md), with dA's diagonal and upper triangle set to 0 (the self terms come after dg).
+    MapA eGinv(ws.dec, L, K, sK);
+    for (Index r = 0; r < L; ++r) {
+      eG.row(r) = G.row(r).template cast<Acc>();
+      eG.row(r).array() = eG.row(r).array().exp();
+      eGinv.row(r) = (-G.row(r)).template cast<Acc>();
+      eGinv.row(r).array() = eGinv.row(r).array().exp();
+      RowArrMap<Op>(ws.qg + r * K, K) = (q.row(r).array() * eG.row(r).array()).template cast<Op>();
+      RowArrMap<Op>(ws.kg + r * K, K) = (k.row(r).array() * eGinv.row(r).array()).template cast<Op>();
     }
-    if (Lr > 0) {
-      // Key sub-chunk [i0, j1) against all later queries; reference gn = G[j1−1], its last valid row:
-      // A[t,s] = scale (q_t e^{G_t−gn})·(k_s e^{gn−G_s}),  dk_s += (Σ_t dA[t,s] q_t e^{G_t−gn}) ⊙ e^{gn−G_s}.
-      gn = G.row(j1 - 1);
-      for (Index t = 0; t < Lr; ++t) {
-        decay_into(f, G.row(j1 + t), gn);
-        RowArrMap<Op>(ws.qg + t * K, K) = (q.row(j1 + t).array() * f.array()).template cast<Op>();
-      }
-      MapA dec(ws.dec, Li, K, sK);  // e^{gn−G_s}, shared by A and dk
-      for (Index c = 0; c < Li; ++c) {
-        decay_into(dec.row(c), gn, G.row(i0 + c));
-        RowArrMap<Op>(ws.kg + c * K, K) = (k.row(i0 + c).array() * dec.row(c).array()).template cast<Op>();
-      }
-      gemm<Op>(Trans::N, Trans::T, Lr, Li, K, ws.qg, K, ws.kg, K, false, ws.A + j1 * BT + i0, BT);
-      A.block(j1, i0, Lr, Li) *= scale;
-      gemm<Op>(Trans::T, Trans::N, Li, K, Lr, dAop + j1 * BT + i0, BT, ws.qg, K, false, ws.tmp, K);
-      MapA tmp(ws.tmp, Li, K, sK);
-      dk.middleRows(i0, Li).array() += tmp.array() * dec.array();
+    gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kg, K, false, ws.A, BT);
+    for (Index r = 0; r < L; ++r) {
+      A.row(r).head(r) *= scale;
+      A(r, r) = scale * q.row(r).dot(k.row(r));
+      A.row(r).tail(L - 1 - r).setZero();
+      dA.row(r).tail(L - r).setZero();
     }
-    // Diagonal block, column c, rows r >= c: f = e^{G_r−G_c} = Π_{s=c+1..r} e^{g_s}; the r < c half is
-    // assigned 0 (never computed, never multiplied by a mask). The r == c terms dA[t,t] k_t (of dq_t) and
-    // dA[t,t] q_t (of dk_t) are added after dg (they cancel in it; see below).
-    for (Index c = i0; c < j1; ++c) {
-      A(c, c) = scale * q.row(c).dot(k.row(c));
-      f.setOnes();
-      for (Index r = c + 1; r < j1; ++r) {
-        f.array() *= expg.row(r).array();
-        qf = q.row(r).array() * f.array();
-        A(r, c) = scale * (qf.array() * k.row(c).array()).sum();
-        const Acc d = dA(r, c);
-        dk.row(c) += d * qf;
-        dq.row(r).array() += d * k.row(c).array() * f.array();
+    const Op* dAop = ws.dA_operand(L, BT);
+    gemm<Op>(Trans::N, Trans::N, L, K, L, dAop, BT, ws.kg, K, false, ws.dq, K);  // Σ_s dA[t,s] k_s e^{−G_s}
+    dq.array() *= eG.array();
+    gemm<Op>(Trans::T, Trans::N, L, K, L, dAop, BT, ws.qg, K, false, ws.dk, K);  // Σ_t dA[t,s] q_t e^{G_t}
+    dk.array() *= eGinv.array();
+  } else {
+    dq.setZero();
+    dk.setZero();
+    const Op* dAop = ws.dA_operand(L, BT);
+    // e^{g_r}: the factors of the diagonal blocks' running products (from the gate, not a cumsum difference).
+    expg.array() = expg.array().exp();
+    for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
+      const Index Li = std::min(kSubChunk, L - i0), j1 = i0 + Li, Lr = L - j1;
+      if (i0 > 0) {
+        // dq of query sub-chunk [i0, j1) from all earlier keys; reference gn = G[i0]:
+        // dq_t += (Σ_s dA[t,s] k_s e^{gn−G_s}) ⊙ e^{G_t−gn}.
+        gn = G.row(i0);
+        MapA dec(ws.dec, i0, K, sK);
+        for (Index s = 0; s < i0; ++s) {
+          decay_into(dec.row(s), gn, G.row(s));
+          RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * dec.row(s).array()).template cast<Op>();
+        }
+        gemm<Op>(Trans::N, Trans::N, Li, K, i0, dAop + i0 * BT, BT, ws.kg, K, false, ws.tmp, K);
+        MapA tmp(ws.tmp, Li, K, sK);
+        for (Index r = 0; r < Li; ++r) {
+          decay_into(f, G.row(i0 + r), gn);
+          dq.row(i0 + r).array() += tmp.row(r).array() * f.array();
+        }
+        A.block(0, i0, i0, Li).setZero();  // above the diagonal block: s > t
       }
-      for (Index r = i0; r < c; ++r) A(r, c) = Acc(0);
+      if (Lr > 0) {
+        // Key sub-chunk [i0, j1) against all later queries; reference gn = G[j1−1], its last valid row:
+        // A[t,s] = scale (q_t e^{G_t−gn})·(k_s e^{gn−G_s}),  dk_s += (Σ_t dA[t,s] q_t e^{G_t−gn}) ⊙ e^{gn−G_s}.
+        gn = G.row(j1 - 1);
+        for (Index t = 0; t < Lr; ++t) {
+          decay_into(f, G.row(j1 + t), gn);
+          RowArrMap<Op>(ws.qg + t * K, K) = (q.row(j1 + t).array() * f.array()).template cast<Op>();
+        }
+        MapA dec(ws.dec, Li, K, sK);  // e^{gn−G_s}, shared by A and dk
+        for (Index c = 0; c < Li; ++c) {
+          decay_into(dec.row(c), gn, G.row(i0 + c));
+          RowArrMap<Op>(ws.kg + c * K, K) = (k.row(i0 + c).array() * dec.row(c).array()).template cast<Op>();
+        }
+        gemm<Op>(Trans::N, Trans::T, Lr, Li, K, ws.qg, K, ws.kg, K, false, ws.A + j1 * BT + i0, BT);
+        A.block(j1, i0, Lr, Li) *= scale;
+        gemm<Op>(Trans::T, Trans::N, Li, K, Lr, dAop + j1 * BT + i0, BT, ws.qg, K, false, ws.tmp, K);
+        MapA tmp(ws.tmp, Li, K, sK);
+        dk.middleRows(i0, Li).array() += tmp.array() * dec.array();
+      }
+      // Diagonal block, column c, rows r >= c: f = e^{G_r−G_c} = Π_{s=c+1..r} e^{g_s}; the r < c half is
+      // assigned 0 (never computed, never multiplied by a mask). The r == c terms dA[t,t] k_t (of dq_t) and
+      // dA[t,t] q_t (of dk_t) are added after dg (they cancel in it; see below).
+      for (Index c = i0; c < j1; ++c) {
+        A(c, c) = scale * q.row(c).dot(k.row(c));
+        f.setOnes();
+        for (Index r = c + 1; r < j1; ++r) {
+          f.array() *= expg.row(r).array();
+          qf = q.row(r).array() * f.array();
+          A(r, c) = scale * (qf.array() * k.row(c).array()).sum();
+          const Acc d = dA(r, c);
+          dk.row(c) += d * qf;
+          dq.row(r).array() += d * k.row(c).array() * f.array();
+        }
+        for (Index r = i0; r < c; ++r) A(r, c) = Acc(0);
+      }
     }
   }
 
   // Inter-chunk terms. decl = e^{Gl−G_s} (<= 1) decays every key row to the chunk's end.
   gn = G.row(L - 1);
   MapA decl(ws.dec, L, K, sK);
-  for (Index s = 0; s < L; ++s) decay_into(decl.row(s), gn, G.row(s));
+  if (factored) {
+    const RowVec<Acc> el = eG.row(L - 1);                             // e^{Gl}
+    for (Index s = 0; s < L; ++s) decl.row(s).array() *= el.array();  // e^{−G_s} e^{Gl}, in place
+  } else {
+    for (Index s = 0; s < L; ++s) decay_into(decl.row(s), gn, G.row(s));
+  }
   const Op* Aop = ws.A_operand(L, BT);
   gemm<Op>(Trans::T, Trans::N, L, V, L, Aop, BT, doop.p, doop.ld, false, ws.dv, V);  // dv = Aᵀ do_
   for (Index s = 0; s < L; ++s)
@@ -357,7 +394,10 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, Sop, V, false, ws.tmp, K);  // (S do_t)ᵀ
   for (Index t = 0; t < L; ++t) {
     RowArrMap<Acc> e(ws.f, K);
-    e = G.row(t).template cast<Acc>().array().exp();
+    if (factored)
+      e = eG.row(t).array();
+    else
+      e = G.row(t).template cast<Acc>().array().exp();
     dq.row(t).array() += scale * tmp.row(t).array() * e;
   }
   gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ
@@ -386,8 +426,8 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   }
   dk += tmp;
   for (Index t = 0; t < L; ++t) {
-    dq.row(t) += dA(t, t) * k.row(t);
-    dk.row(t) += dA(t, t) * q.row(t);
+    dq.row(t) += ws.dAd[t] * k.row(t);
+    dk.row(t) += ws.dAd[t] * q.row(t);
   }
 }
 

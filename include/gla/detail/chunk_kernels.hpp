@@ -34,6 +34,21 @@ inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : 
 template <class In>
 using operand_t = acc_t<In>;
 
+/// The bound on |G| (chunk-local gate cumsum, natural log) under which a chunk takes the factored path:
+/// A = tril((q ⊙ e^{G})(k ⊙ e^{−G})ᵀ) as one product, with every factor within [e^{−8}, e^{8}] — no overflow,
+/// no denormals, and the same rounding as the sub-chunk path (both multiply exponentials of the same rounded
+/// cumsum). fla's own gates (logsigmoid/16) decay by about 3 over a 64-token chunk; stronger decay takes the
+/// sub-chunk path. docs/chunk_algorithm.md, "Two paths".
+inline constexpr double kFactoredDecayBound = 8.0;
+
+/// True when every |G[r,k]| of the L×K chunk-local cumsum is within kFactoredDecayBound (false for NaN).
+template <class Acc>
+bool decay_is_bounded(const Acc* G, Index L, Index K) {
+  const Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>> all(G, L * K);
+  // A vectorised max; PropagateNaN makes a NaN anywhere fail the comparison.
+  return all.abs().template maxCoeff<Eigen::PropagateNaN>() <= static_cast<Acc>(kFactoredDecayBound);
+}
+
 /// Gate sets of the state update as compile-time flags (a bitwise or): the scalar gate g, the constant decay
 /// gamma, the key gate gk, the value gate gv.
 inline constexpr unsigned kGateG = 1u, kGateGamma = 2u, kGateGk = 4u, kGateGv = 8u;
@@ -98,7 +113,8 @@ struct ChunkScratch {
   Acc* ev = nullptr;   // [Vt]
   Acc* e = nullptr;    // [K]
 
-  static ChunkScratch plan(Arena& a, Index BT, Index K, Index Vt) {
+  /// states: the number of K×Vt state tiles S holds (one per head of a group that sweeps together).
+  static ChunkScratch plan(Arena& a, Index BT, Index K, Index Vt, Index states = 1) {
     ChunkScratch w;
     w.G = a.take<Acc>(BT * K);
     w.eg = a.take<Acc>(BT * K);
@@ -113,7 +129,7 @@ struct ChunkScratch {
     w.vop = a.take<Op>(BT * Vt);
     w.Sop = a.take<Op>(kLowp ? K * Vt : 0);
     w.O = a.take<Acc>(BT * Vt);
-    w.S = a.take<Acc>(K * Vt);
+    w.S = a.take<Acc>(states * K * Vt);
     w.el = a.take<Acc>(K);
     w.ev = a.take<Acc>(Vt);
     w.e = a.take<Acc>(K);
@@ -123,11 +139,37 @@ struct ChunkScratch {
 
 /// One scratch per worker of a parallel_for over `items` items.
 template <class Acc, class Op>
-std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT, Index K, Index Vt) {
+std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT, Index K, Index Vt, Index states = 1) {
   std::vector<ChunkScratch<Acc, Op>> w;
   const int n = parallel_workers(items);
-  for (int i = 0; i < n; ++i) w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt));
+  for (int i = 0; i < n; ++i) w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt, states));
   return w;
+}
+
+/// Asks for rows [0, L) × [0, W) of a strided block to be brought into L2 ahead of their use (for_write: rows about
+/// to be stored). A head's rows lie H·D elements apart, more than a page for fla's shapes, and the hardware
+/// prefetchers stop at page boundaries, so without this every row's first touch waits on memory (a third of
+/// fused_chunk_gla's time at prefill in a profile). A hint only: no effect on results.
+template <class T>
+void prefetch_rows(Rows<T> rows, Index L, Index W, bool for_write = false) {
+#if defined(__GNUC__) || defined(__clang__)
+  if (!rows.p) return;
+  const Index bytes = W * static_cast<Index>(sizeof(T));
+  for (Index r = 0; r < L; ++r) {
+    const char* p = reinterpret_cast<const char*>(rows.row(r));
+    for (Index b = 0; b < bytes; b += 64) {
+      if (for_write)
+        __builtin_prefetch(p + b, 1, 2);
+      else
+        __builtin_prefetch(p + b, 0, 2);
+    }
+  }
+#else
+  (void)rows;
+  (void)L;
+  (void)W;
+  (void)for_write;
+#endif
 }
 
 /// Rows [0, L) × [0, W) of a strided block in another scalar, into a contiguous [L×W] tile.
@@ -151,36 +193,37 @@ Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
   }
 }
 
-/// G ← the inclusive cumsum over the L rows of the per-step gates g (each floored), and, when eg is given,
-/// eg ← e^{floored g} (the one-step decays, exponentiated here from the gates themselves, not from differences
-/// of the cumsum, which would carry the cumsum's rounding). Absent gates (g.p == nullptr) are zero: no decay.
+/// G ← the inclusive cumsum over the L rows of the per-step gates g (each floored). Absent gates (g.p == nullptr)
+/// are zero: no decay.
 template <class Acc, class In>
-void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G, Acc* eg) {
+void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G) {
   if (!g.p) {
     std::fill_n(G, L * K, Acc(0));
-    if (eg) std::fill_n(eg, L * K, Acc(1));
     return;
   }
   for (Index r = 0; r < L; ++r) {
-    // The row's floored gates go to eg (when kept) or straight into G's row, which then adds the previous row.
-    Acc* const step = eg ? eg + r * K : G + r * K;
-    convert_n(g.row(r), step, K);
-    RowArrMap<Acc> st(step, K);
-    st = (st < floor).select(floor, st);  // keeps NaN (it must show in its own outputs)
     RowArrMap<Acc> Gr(G + r * K, K);
-    if (eg) {
-      if (r == 0)
-        Gr = st;
-      else
-        Gr = RowArrMap<Acc>(G + (r - 1) * K, K) + st;
-    } else if (r > 0) {
-      Gr += RowArrMap<Acc>(G + (r - 1) * K, K);
-    }
+    convert_n(g.row(r), G + r * K, K);
+    Gr = (Gr < floor).select(floor, Gr);  // keeps NaN (it must show in its own outputs)
+    if (r > 0) Gr += RowArrMap<Acc>(G + (r - 1) * K, K);
   }
-  if (eg) {
-    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(eg, L * K);
-    all = all.exp();
+}
+
+/// eg ← e^{floored g} [L×K]: the one-step decays, exponentiated from the gates themselves, not from differences
+/// of the cumsum, which would carry the cumsum's rounding. Absent gates give 1.
+template <class Acc, class In>
+void step_decays(Rows<In> g, Index L, Index K, Acc floor, Acc* eg) {
+  if (!g.p) {
+    std::fill_n(eg, L * K, Acc(1));
+    return;
   }
+  for (Index r = 0; r < L; ++r) {
+    convert_n(g.row(r), eg + r * K, K);
+    RowArrMap<Acc> st(eg + r * K, K);
+    st = (st < floor).select(floor, st);
+  }
+  Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(eg, L * K);
+  all = all.exp();
 }
 
 /// Advances a state tile across one chunk of L tokens (S is K×Vt with row stride ldS, the state before the chunk):
@@ -250,15 +293,19 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
 
 /// The output of one chunk of L tokens for one value tile, into ws.O [L×Vt]:
 ///   o_t = scale (q_t ⊙ e^{G_t}) S + Σ_{s ≤ t in chunk} A[t,s] v_s,  A[t,s] = scale Σ_k q_t k_s e^{G_t − G_s}
-/// with S [K×Vt] (row stride ldS) the state before the chunk, G [L×K] the chunk-local gate cumsum and eg [L×K]
-/// the one-step decays e^{g} (gate_cumsum). v is the value tile as an operand.
-/// Off-diagonal 16×16 blocks use a reference point at the query sub-chunk's first row (both factors ≤ 1);
-/// diagonal blocks use e^{G_t − G_s} as a running product of e^{g} (every factor ≤ 1); the upper triangle is
-/// written as 0 (never a multiply by a mask, so no inf·0).
+/// with S [K×Vt] (row stride ldS) the state before the chunk, ws.G [L×K] the chunk-local gate cumsum
+/// (gate_cumsum) and g the chunk's raw gate rows. v is the value tile as an operand. Two paths
+/// (docs/chunk_algorithm.md):
+///  * factored, when |G| <= kFactoredDecayBound everywhere: A = tril((scale q ⊙ e^{G})(k ⊙ e^{−G})ᵀ) as one
+///    product. Leaves ws.tmp = e^{G} and ws.kd = k ⊙ e^{−G} for state_update_factored; returns true.
+///  * sub-chunk, otherwise: off-diagonal 16×16 blocks use a reference point at the query sub-chunk's first row
+///    (both factors ≤ 1); diagonal blocks use e^{G_t − G_s} as a running product of e^{g} (every factor ≤ 1).
+///    Returns false.
+/// Either way the upper triangle of A is written as 0 (never a multiply by a mask, so no inf·0).
 template <class Acc, class Op, class In>
-void chunk_output(Rows<In> q, Rows<In> k, Rows<Op> v, const Acc* S, Index ldS, Acc scale, Index L, Index K, Index Vt,
-                  const ChunkScratch<Acc, Op>& ws, Index BT) {
-  if (L == 0) return;
+bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, const Acc* S, Index ldS, Acc scale,
+                  Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws, Index BT) {
+  if (L == 0) return false;
   const Acc* G = ws.G;
   // Rows of q and k in Acc (for float/double inputs, the input rows themselves).
   Rows<Acc> qa, ka;
@@ -271,58 +318,71 @@ void chunk_output(Rows<In> q, Rows<In> k, Rows<Op> v, const Acc* S, Index ldS, A
     qa = {ws.qa, K};
     ka = {ws.ka, K};
   }
-  // Inter-chunk term: O = (scale q ⊙ e^{G}) · S.
-  {
-    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(ws.tmp, L * K) =
-        Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(G, L * K).exp();
-    for (Index r = 0; r < L; ++r)
-      RowArrMap<Op>(ws.qg + r * K, K) =
-          (ConstRowArrMap<Acc>(qa.row(r), K) * RowArrMap<Acc>(ws.tmp + r * K, K) * scale).template cast<Op>();
-    const Op* Sop = nullptr;
-    Index ldSop = 0;
-    if constexpr (std::is_same_v<Op, Acc>) {
-      Sop = S;
-      ldSop = ldS;
-    } else {
-      convert_rows(Rows<Acc>{S, ldS}, K, Vt, ws.Sop);
-      Sop = ws.Sop;
-      ldSop = Vt;
-    }
-    gemm<Op>(Trans::N, Trans::N, L, Vt, K, ws.qg, K, Sop, ldSop, /*accumulate=*/false, ws.O, Vt);
+  const Op* Sop = nullptr;
+  Index ldSop = 0;
+  if constexpr (std::is_same_v<Op, Acc>) {
+    Sop = S;
+    ldSop = ldS;
+  } else {
+    convert_rows(Rows<Acc>{S, ldS}, K, Vt, ws.Sop);
+    Sop = ws.Sop;
+    ldSop = Vt;
   }
-
-  // Intra-chunk attention A [L×L], row stride BT.
   Acc* A = ws.A;
-  for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
-    const Index Li = std::min(kSubChunk, L - i0);
-    if (i0 > 0) {
-      // Off-diagonal blocks of query sub-chunk i against all earlier keys, reference gn = G[i0].
-      const ConstRowArrMap<Acc> gn(G + i0 * K, K);
-      for (Index r = 0; r < Li; ++r) {
-        RowArrMap<Acc> x(ws.tmp + r * K, K);
-        x = (ConstRowArrMap<Acc>(G + (i0 + r) * K, K) - gn).exp();
-        RowArrMap<Op>(ws.qs + r * K, K) = (ConstRowArrMap<Acc>(qa.row(i0 + r), K) * x * scale).template cast<Op>();
-      }
-      for (Index s = 0; s < i0; ++s) {
-        RowArrMap<Acc> x(ws.tmp + s * K, K);
-        x = (gn - ConstRowArrMap<Acc>(G + s * K, K)).exp();
-        RowArrMap<Op>(ws.kd + s * K, K) = (ConstRowArrMap<Acc>(ka.row(s), K) * x).template cast<Op>();
-      }
-      gemm<Op>(Trans::N, Trans::T, Li, i0, K, ws.qs, K, ws.kd, K, /*accumulate=*/false, A + i0 * BT, BT);
+  const auto zero_upper = [&](Index r0, Index r1) {  // A[r, c] = 0 for c > r, rows [r0, r1)
+    for (Index r = r0; r < r1; ++r) std::fill(A + r * BT + r + 1, A + r * BT + L, Acc(0));
+  };
+  const bool factored = decay_is_bounded(G, L, K);
+  // O = (scale q ⊙ e^{G}) · S: the inter-chunk term; e^{G} stays in ws.tmp.
+  for (Index r = 0; r < L; ++r) {
+    RowArrMap<Acc> e(ws.tmp + r * K, K);
+    e = ConstRowArrMap<Acc>(G + r * K, K).exp();
+    RowArrMap<Op>(ws.qg + r * K, K) = (ConstRowArrMap<Acc>(qa.row(r), K) * e * scale).template cast<Op>();
+  }
+  gemm<Op>(Trans::N, Trans::N, L, Vt, K, ws.qg, K, Sop, ldSop, /*accumulate=*/false, ws.O, Vt);
+
+  if (factored) {
+    // kd = k ⊙ e^{−G} (factors ≤ e^{bound}); A = qg · kdᵀ, its upper triangle then set to 0.
+    for (Index r = 0; r < L; ++r) {
+      RowArrMap<Acc> e(ws.eg + r * K, K);
+      e = -ConstRowArrMap<Acc>(G + r * K, K);
+      e = e.exp();
+      RowArrMap<Op>(ws.kd + r * K, K) = (ConstRowArrMap<Acc>(ka.row(r), K) * e).template cast<Op>();
     }
-    // Diagonal block: column c, rows r >= c, decay e^{G_r − G_c} = Π_{s=c+1..r} e^{g_s}.
-    RowArrMap<Acc> e(ws.e, K);
-    for (Index c = i0; c < i0 + Li; ++c) {
-      e = ConstRowArrMap<Acc>(ka.row(c), K);
-      A[c * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(c), K) * e).sum();
-      for (Index r = c + 1; r < i0 + Li; ++r) {
-        e *= ConstRowArrMap<Acc>(ws.eg + r * K, K);
-        A[r * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(r), K) * e).sum();
+    gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kd, K, /*accumulate=*/false, A, BT);
+    zero_upper(0, L);
+  } else {
+    step_decays(g, L, K, floor, ws.eg);
+    Acc* const x = ws.tmp;  // e^{G} is not needed past the inter-chunk term on this path
+    for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
+      const Index Li = std::min(kSubChunk, L - i0);
+      if (i0 > 0) {
+        // Off-diagonal blocks of query sub-chunk i against all earlier keys, reference gn = G[i0].
+        const ConstRowArrMap<Acc> gn(G + i0 * K, K);
+        for (Index r = 0; r < Li; ++r) {
+          RowArrMap<Acc> xr(x + r * K, K);
+          xr = (ConstRowArrMap<Acc>(G + (i0 + r) * K, K) - gn).exp();
+          RowArrMap<Op>(ws.qs + r * K, K) = (ConstRowArrMap<Acc>(qa.row(i0 + r), K) * xr * scale).template cast<Op>();
+        }
+        for (Index s = 0; s < i0; ++s) {
+          RowArrMap<Acc> xs(x + s * K, K);
+          xs = (gn - ConstRowArrMap<Acc>(G + s * K, K)).exp();
+          RowArrMap<Op>(ws.kd + s * K, K) = (ConstRowArrMap<Acc>(ka.row(s), K) * xs).template cast<Op>();
+        }
+        gemm<Op>(Trans::N, Trans::T, Li, i0, K, ws.qs, K, ws.kd, K, /*accumulate=*/false, A + i0 * BT, BT);
       }
-      for (Index r = i0; r < c; ++r) A[r * BT + c] = Acc(0);
+      // Diagonal block: column c, rows r >= c, decay e^{G_r − G_c} = Π_{s=c+1..r} e^{g_s}.
+      RowArrMap<Acc> e(ws.e, K);
+      for (Index c = i0; c < i0 + Li; ++c) {
+        e = ConstRowArrMap<Acc>(ka.row(c), K);
+        A[c * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(c), K) * e).sum();
+        for (Index r = c + 1; r < i0 + Li; ++r) {
+          e *= ConstRowArrMap<Acc>(ws.eg + r * K, K);
+          A[r * BT + c] = scale * (ConstRowArrMap<Acc>(qa.row(r), K) * e).sum();
+        }
+      }
+      zero_upper(i0, i0 + Li);
     }
-    for (Index r = i0; r < i0 + Li; ++r)
-      for (Index c = i0 + Li; c < L; ++c) A[r * BT + c] = Acc(0);
   }
   // Intra-chunk term: O += A · V.
   const Op* Aop = nullptr;
@@ -333,6 +393,23 @@ void chunk_output(Rows<In> q, Rows<In> k, Rows<Op> v, const Acc* S, Index ldS, A
     Aop = ws.Aop;
   }
   gemm<Op>(Trans::N, Trans::N, L, Vt, L, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
+  return factored;
+}
+
+/// The state update after chunk_output's factored path, from what it left in the scratch (ws.tmp = e^{G},
+/// ws.kd = k ⊙ e^{−G}): S ← diag(e^{Gl}) S + (kd ⊙ e^{Gl})ᵀ v, the same update as state_update<kGateGk> without
+/// forming the exponentials again. vop [L×Vt]: the value tile as an operand (as chunk_output took it).
+template <class Acc, class Op>
+void state_update_factored(Acc* S, Index ldS, Rows<Op> vop, Index L, Index K, Index Vt,
+                           const ChunkScratch<Acc, Op>& ws) {
+  if (L == 0) return;
+  const ConstRowArrMap<Acc> el(ws.tmp + (L - 1) * K, K);  // e^{Gl}
+  for (Index s = 0; s < L; ++s) {
+    RowArrMap<Op> kd(ws.kd + s * K, K);
+    kd = (kd.template cast<Acc>() * el).template cast<Op>();
+  }
+  for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= el(a);
+  gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
 }
 
 /// Loads columns [v0, v0+Vt) of a float state [K,V] (or its V-first transpose [V,K]) into a row-major K×Vt tile.
@@ -389,6 +466,62 @@ inline std::vector<HeadTile> head_tiles(const OpShape& s, Index target, Index ma
            s.seqs[static_cast<std::size_t>(b.pair / s.H)].len * b.width;
   });
   return items;
+}
+
+/// Heads [h0, h0 + count) of sequence n over value columns [v0, v0 + width): one work item of a sweep that carries
+/// the heads' states together, chunk by chunk. A token's rows of all heads are adjacent in a [B,T,H,D] tensor,
+/// so a group reads (and writes) count·D contiguous elements per token where a single head reads D: fewer pages
+/// and cache lines touched per row, which is what limits a one-head sweep (docs/PERFORMANCE.md). The grouping
+/// changes only the order in which heads advance, never a head's arithmetic, so results do not depend on it.
+struct HeadGroup {
+  Index n, h0, count, v0, width;
+};
+
+/// The head groups of a sweep over the tiles of head_tiles(s, target, max_tiles): tiles of one sequence and one
+/// column range, consecutive heads, at most `max_heads` per group and enough groups for 2 per thread (so a
+/// descheduled thread's share can move); ordered by work, largest first.
+inline std::vector<HeadGroup> head_groups(const OpShape& s, Index target, Index max_tiles, Index max_heads) {
+  const std::vector<HeadTile> tiles = head_tiles(s, target, max_tiles);
+  const Index per_group = std::max<Index>(
+      1, std::min<Index>(max_heads, static_cast<Index>(tiles.size()) / (2 * static_cast<Index>(get_num_threads()))));
+  // Tiles of equal (sequence, v0) in head order: tiles is sorted by work, stably, so every sequence's heads keep
+  // their order; collect them per (sequence, v0).
+  std::vector<HeadTile> ordered(tiles);
+  std::stable_sort(ordered.begin(), ordered.end(), [&](const HeadTile& a, const HeadTile& b) {
+    const Index na = a.pair / s.H, nb = b.pair / s.H;
+    if (na != nb) return na < nb;
+    if (a.v0 != b.v0) return a.v0 < b.v0;
+    return a.pair < b.pair;
+  });
+  std::vector<HeadGroup> groups;
+  for (const HeadTile& t : ordered) {
+    const Index n = t.pair / s.H, h = t.pair % s.H;
+    if (!groups.empty()) {
+      HeadGroup& last = groups.back();
+      if (last.n == n && last.v0 == t.v0 && last.h0 + last.count == h && last.count < per_group) {
+        ++last.count;
+        continue;
+      }
+    }
+    groups.push_back({n, h, 1, t.v0, t.width});
+  }
+  std::stable_sort(groups.begin(), groups.end(), [&](const HeadGroup& a, const HeadGroup& b) {
+    return s.seqs[static_cast<std::size_t>(a.n)].len * a.width * a.count >
+           s.seqs[static_cast<std::size_t>(b.n)].len * b.width * b.count;
+  });
+  return groups;
+}
+
+/// The most heads in any group (state tiles per worker) and the widest group.
+inline Index max_group_heads(const std::vector<HeadGroup>& groups) {
+  Index m = 1;
+  for (const HeadGroup& g : groups) m = std::max(m, g.count);
+  return m;
+}
+inline Index max_group_width(const std::vector<HeadGroup>& groups) {
+  Index w = 0;
+  for (const HeadGroup& g : groups) w = std::max(w, g.width);
+  return w;
 }
 
 /// The widest tile of a list (the scratch size per worker).
