@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 
 namespace {
@@ -237,7 +238,8 @@ TEST_CASE("model config presets") {
 
 TEST_CASE("model config from_file errors") {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "gla_test_model_config";
+  std::random_device rd;  // a directory of this process's own (test cases run as parallel processes)
+  const fs::path dir = fs::temp_directory_path() / ("gla_test_model_config_" + std::to_string(rd()));
   fs::create_directories(dir);
   const std::string good = (dir / "config.json").string(), bad = (dir / "bad.json").string(),
                     wrong = (dir / "wrong.json").string();

@@ -93,6 +93,12 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       const Index L = std::min(BT, sq.len - c0);
       store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
                        it.width, /*v_first=*/false);
+      if (c0 + BT < sq.len) {  // the next chunk's rows, fetched while this one computes (see prefetch_rows)
+        const Index c1 = c0 + BT, L1 = std::min(BT, sq.len - c1);
+        prefetch_rows(head_rows(k, s, sq, hh, c1, K), L1, K);
+        prefetch_rows(head_rows(v, s, sq, hh, c1, V, it.v0), L1, it.width);
+        prefetch_rows(head_rows(g, s, sq, hh, c1, K), L1, K);
+      }
       gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
       state_update<kGateGk>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, it.v0), cg,
                             L, K, it.width, sc);

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,8 +21,10 @@ namespace gla::test {
 /// A fresh directory under the system's temp directory, removed with this object.
 class TempDir {
  public:
+  /// A fresh directory gla_test_<name>_<random> in the system's temp directory: ctest runs the test cases of one
+  /// binary as separate processes in parallel, so a fixed name would be removed by one while another uses it.
   explicit TempDir(const std::string& name)
-      : path_((std::filesystem::temp_directory_path() / ("gla_test_" + name)).string()) {
+      : path_((std::filesystem::temp_directory_path() / ("gla_test_" + name + "_" + unique_suffix())).string()) {
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }
@@ -35,6 +38,10 @@ class TempDir {
   std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
 
  private:
+  static std::string unique_suffix() {
+    std::random_device rd;
+    return std::to_string(rd()) + std::to_string(rd());
+  }
   std::string path_;
 };
 

@@ -345,6 +345,7 @@ class PackedLinear {
   struct PrimCache {
     struct Entry {
       Index M, ldx, ldy;
+      int threads;        // OpenMP team size when created: oneDNN fixes its work split for it at creation
       dnnl::matmul prim;  // empty when oneDNN would not take this layout as its own (then Eigen runs)
     };
     std::mutex mutex;
@@ -360,11 +361,19 @@ class PackedLinear {
   mutable PrimCache cache_;
   static constexpr std::size_t kMaxPrims = 8;
 
+  /// The primitive for this shape and the calling thread's OpenMP team size (set by the caller's OmpThreads):
+  /// a primitive created for 1 thread runs on 1 thread's work split even when 2 are given (measured: the layer's
+  /// 2-thread prefill took 170 ms instead of 99 after a 1-thread call had created its primitives).
   dnnl::matmul primitive(Index M, Index ldx, Index ldy) const {
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
     {
       std::lock_guard<std::mutex> lock(cache_.mutex);
       for (const auto& e : cache_.prims)
-        if (e.M == M && e.ldx == ldx && e.ldy == ldy) return e.prim;
+        if (e.M == M && e.ldx == ldx && e.ldy == ldy && e.threads == threads) return e.prim;
     }
     // Only when oneDNN's own choice for this shape is the packed layout (e.g. bf16 with an odd K is not, and
     // oneDNN 2.6 then computes wrong products from it): otherwise the Eigen path.
@@ -372,13 +381,15 @@ class PackedLinear {
     if (onednn_layout_is_preferred(M)) prim = dnnl::matmul(make_pd(M, ldx, ldy));
     std::lock_guard<std::mutex> lock(cache_.mutex);
     if (cache_.prims.size() >= kMaxPrims) cache_.prims.erase(cache_.prims.begin());
-    cache_.prims.push_back({M, ldx, ldy, prim});
+    cache_.prims.push_back({M, ldx, ldy, threads, prim});
     return prim;
   }
 
   void onednn_forward(const float* x, Index M, Index ldx, float* y, Index ldy) const {
     try {
       const bool bf16 = prec_ == WeightPrecision::BF16;
+      // oneDNN's threads are OpenMP's: the engine's count from the caller's thread, one inside a work item.
+      const OmpThreads threads(in_parallel_item() ? 1 : get_num_threads());
       const dnnl::matmul prim = primitive(M, ldx, ldy);
       if (!prim) {
         eigen_forward(x, M, ldx, y, ldy);
@@ -399,8 +410,6 @@ class PackedLinear {
       dnnl::memory wm(wdesc(), eng, const_cast<std::byte*>(cbuf()));
       dnnl::memory cm(c, eng, y);
       dnnl::stream s(eng);
-      // oneDNN's threads are OpenMP's: the engine's count from the caller's thread, one inside a work item.
-      const OmpThreads threads(in_parallel_item() ? 1 : get_num_threads());
       prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}});
       s.wait();
     } catch (const dnnl::error& e) {

@@ -67,10 +67,12 @@ void rms_norm_rows(const NormArgs<T, R, P>& a) {
     if (a.bias) xr += b;
     if (a.g) {
       for (Index j = 0; j < D; ++j) gr(j) = static_cast<A>(a.g[off + j]);
+      // σ(g) = 1 / (1 + e^{−g}) on Eigen's vectorised exp (a per-element std::exp was most of the norm's time);
+      // e^{−g} = inf for very negative g gives σ = 0, the correct limit, as the scalar form does.
       if (a.gate == NormGate::Swish)
-        xr *= gr.unaryExpr([](A z) { return silu(z); });
+        xr *= gr * (A(1) + (-gr).exp()).inverse();
       else
-        xr *= gr.unaryExpr([](A z) { return sigmoid(z); });
+        xr *= (A(1) + (-gr).exp()).inverse();
     }
     for (Index j = 0; j < D; ++j) a.y[off + j] = static_cast<T>(xr(j));
   }
