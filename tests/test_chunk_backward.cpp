@@ -61,12 +61,7 @@ Inputs make_inputs(const Case& c) {
   gla::test::fill_uniform(in.k, rng);
   gla::test::fill_normal(in.v, rng);
   if (!c.chunk_gate.empty()) {
-    std::uniform_real_distribution<double> u(0.9, 1.1);
-    for (Index b = 0; b < c.B; ++b)
-      for (Index t = 0; t < c.T; ++t)
-        for (Index h = 0; h < c.H; ++h)
-          for (Index d = 0; d < c.K; ++d)
-            in.g(b, t, h, d) = c.chunk_gate[static_cast<std::size_t>(t / 64) % c.chunk_gate.size()] * u(rng);
+    gla::test::fill_chunk_gates(in.g, rng, c.chunk_gate);
   } else if (c.gate_norm > 0) {
     gla::test::fill_gate(in.g, rng, c.gate_norm);
   } else {

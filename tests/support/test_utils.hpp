@@ -109,6 +109,20 @@ void fill_gate(Tens& t, std::mt19937_64& g, double normalizer) {
   for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(logsigmoid(u(g)) / normalizer);
 }
 
+/// Gates whose strength changes chunk by chunk, for a [B,T,H,K] tensor: the per-step log gate of token t is
+/// per_chunk[(t / 64) % size] · U[0.9, 1.1) (chunks of 64 tokens on either side of a path's bound).
+template <class Tens>
+void fill_chunk_gates(Tens& t, std::mt19937_64& g, const std::vector<double>& per_chunk) {
+  using S = typename Tens::Scalar;
+  std::uniform_real_distribution<double> u(0.9, 1.1);
+  const auto& d = t.dimensions();
+  for (Index b = 0; b < d[0]; ++b)
+    for (Index s = 0; s < d[1]; ++s)
+      for (Index h = 0; h < d[2]; ++h)
+        for (Index k = 0; k < d[3]; ++k)
+          t(b, s, h, k) = static_cast<S>(per_chunk[static_cast<std::size_t>(s / 64) % per_chunk.size()] * u(g));
+}
+
 /// Strong decay: per-step log gate near −5 (uniform in [−5.5, −4.5]).
 template <class Tens>
 void fill_strong_gate(Tens& t, std::mt19937_64& g) {
@@ -127,10 +141,14 @@ void fill_nan(Tens& t) {
 /// Short name of a scalar type for test messages: fp32, fp64, bf16, half.
 template <class T>
 std::string type_name() {
-  if constexpr (std::is_same_v<T, float>) return "fp32";
-  else if constexpr (std::is_same_v<T, double>) return "fp64";
-  else if constexpr (std::is_same_v<T, Eigen::bfloat16>) return "bf16";
-  else return "half";
+  if constexpr (std::is_same_v<T, float>)
+    return "fp32";
+  else if constexpr (std::is_same_v<T, double>)
+    return "fp64";
+  else if constexpr (std::is_same_v<T, Eigen::bfloat16>)
+    return "bf16";
+  else
+    return "half";
 }
 
 /// Converts a tensor to another scalar type (e.g. float inputs → double for the reference).

@@ -193,6 +193,15 @@ Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
   }
 }
 
+/// dst ← row r of the per-step gates g in Acc, each below `floor` raised to it (NaN stays NaN: it must show in
+/// its own outputs).
+template <class Acc, class In>
+void floored_gate_row(Rows<In> g, Index r, Index K, Acc floor, Acc* dst) {
+  convert_n(g.row(r), dst, K);
+  RowArrMap<Acc> st(dst, K);
+  st = (st < floor).select(floor, st);
+}
+
 /// G ← the inclusive cumsum over the L rows of the per-step gates g (each floored). Absent gates (g.p == nullptr)
 /// are zero: no decay.
 template <class Acc, class In>
@@ -202,10 +211,8 @@ void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G) {
     return;
   }
   for (Index r = 0; r < L; ++r) {
-    RowArrMap<Acc> Gr(G + r * K, K);
-    convert_n(g.row(r), G + r * K, K);
-    Gr = (Gr < floor).select(floor, Gr);  // keeps NaN (it must show in its own outputs)
-    if (r > 0) Gr += RowArrMap<Acc>(G + (r - 1) * K, K);
+    floored_gate_row(g, r, K, floor, G + r * K);
+    if (r > 0) RowArrMap<Acc>(G + r * K, K) += RowArrMap<Acc>(G + (r - 1) * K, K);
   }
 }
 
@@ -217,11 +224,7 @@ void step_decays(Rows<In> g, Index L, Index K, Acc floor, Acc* eg) {
     std::fill_n(eg, L * K, Acc(1));
     return;
   }
-  for (Index r = 0; r < L; ++r) {
-    convert_n(g.row(r), eg + r * K, K);
-    RowArrMap<Acc> st(eg + r * K, K);
-    st = (st < floor).select(floor, st);
-  }
+  for (Index r = 0; r < L; ++r) floored_gate_row(g, r, K, floor, eg + r * K);
   Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(eg, L * K);
   all = all.exp();
 }
