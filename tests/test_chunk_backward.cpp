@@ -196,8 +196,7 @@ TEST_CASE("chunk backward: float against the float64 backward around chunk bound
 }
 
 // A chunk whose gate cumsum stays within ±8 takes the factored intra-chunk products, any other the 16-row
-// sub-chunks (docs/chunk_backward.md); this sequence crosses the bound both ways (|G| at the chunk's end ≈ 0.6,
-// 8.6, 7.4, 190, and +2.6 for a positive gate).
+// sub-chunks (docs/chunk_backward.md); this sequence crosses the bound both ways.
 TEST_CASE("chunk backward: factored and sub-chunk intra-chunk paths in one sequence", "[chunk][backward]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
   Case c;
@@ -205,7 +204,7 @@ TEST_CASE("chunk backward: factored and sub-chunk intra-chunk paths in one seque
   c.H = 2;
   c.K = 100;
   c.V = 60;
-  c.chunk_gate = {-0.01, -8.6 / 64, -7.4 / 64, -3.0, 0.04};
+  c.chunk_gate = gla::test::kGatesAcrossFactoredBound;
   const GradDiffs df = check_case<float>(op, c);
   report(std::string(op_name(op)) + " float mixed paths", df);
   INFO(op_name(op) << " float" << df.str());

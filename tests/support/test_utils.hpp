@@ -123,6 +123,11 @@ void fill_chunk_gates(Tens& t, std::mt19937_64& g, const std::vector<double>& pe
           t(b, s, h, k) = static_cast<S>(per_chunk[static_cast<std::size_t>(s / 64) % per_chunk.size()] * u(g));
 }
 
+/// Per-chunk gates (for fill_chunk_gates) that put one sequence's chunks on both sides of the chunk kernels' factored
+/// path bound (|G| ≤ 8 within a chunk, docs/chunk_algorithm.md): |G| at the chunk's end ≈ 0.6 (factored), 8.6
+/// (sub-chunk), 7.4 (factored), 190 (sub-chunk, strong decay), +2.6 (a positive gate, factored).
+inline const std::vector<double> kGatesAcrossFactoredBound = {-0.01, -8.6 / 64, -7.4 / 64, -3.0, 0.04};
+
 /// Strong decay: per-step log gate near −5 (uniform in [−5.5, −4.5]).
 template <class Tens>
 void fill_strong_gate(Tens& t, std::mt19937_64& g) {
