@@ -10,7 +10,8 @@
 //     backend  eigen_f32 (gemm_eigen<float>), xsmm_f32 (gemm_libxsmm<float>), xsmm_bf16 (gemm_libxsmm<bfloat16>,
 //              Bf16Kernel::ViaF32: tiles converted to float, float kernel), xsmm_bf16_vnni (Bf16Kernel::Vnni:
 //              libxsmm's bfloat16 kernel, VNNI packing included), eigen_bf16 (gemm_eigen<bfloat16>: bf16→float
-//              tile conversion included, the bf16 path of a build without libxsmm). Conversions and packs are
+//              tile conversion included, the bf16 path of a build without libxsmm), amx_bf16 (gemm_amx<bfloat16>:
+//              AMX tiles, VNNI packing included; skipped where AMX is not available). Conversions and packs are
 //              part of every call, as in gemm().
 //   yardstick/onednn_sgemm_1024/threads:<t>: dnnl_sgemm 1024³ on t OpenMP threads.
 //   square/<N>/<eigen_f32|libxsmm_kernel>: N³ float products, one thread, for the size limit of gemm()'s
@@ -65,7 +66,7 @@ std::vector<Product> products() {
   return ps;
 }
 
-enum class Backend { EigenF32, XsmmF32, XsmmBf16, XsmmBf16Vnni, EigenBf16 };
+enum class Backend { EigenF32, XsmmF32, XsmmBf16, XsmmBf16Vnni, EigenBf16, AmxBf16 };
 const char* backend_name(Backend b) {
   switch (b) {
     case Backend::EigenF32:
@@ -78,6 +79,8 @@ const char* backend_name(Backend b) {
       return "xsmm_bf16_vnni";
     case Backend::EigenBf16:
       return "eigen_bf16";
+    case Backend::AmxBf16:
+      return "amx_bf16";
   }
   return "?";
 }
@@ -126,11 +129,14 @@ void run_small(benchmark::State& st, const Product& p, Index ld, Backend be) {
         gla::detail::gemm_eigen(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false, o.C.data(),
                                 o.ldc);
         return true;
+      case Backend::AmxBf16:
+        return gla::detail::gemm_amx(p.ta, p.tb, p.m, p.n, p.k, o.Ah.data(), o.lda, o.Bh.data(), o.ldb, false,
+                                     o.C.data(), o.ldc);
     }
     return false;
   };
   if (!call()) {  // also the warm-up: JIT compilation and scratch growth happen here
-    st.SkipWithError("libxsmm has no kernel for this call (or is not compiled in)");
+    st.SkipWithError("no kernel for this call here (libxsmm or AMX not compiled in, or no AMX on this CPU)");
     return;
   }
   const gla::bench::ProcessMeter meter;  // `cores` below 1: other processes took part of this core
@@ -376,8 +382,8 @@ int main(int argc, char** argv) {
 #endif
   for (const Index ld : {Index(0), Index(2048)})
     for (const Product& p : products())
-      for (const Backend be :
-           {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni, Backend::EigenBf16}) {
+      for (const Backend be : {Backend::EigenF32, Backend::XsmmF32, Backend::XsmmBf16, Backend::XsmmBf16Vnni,
+                               Backend::EigenBf16, Backend::AmxBf16}) {
         const bool xsmm = be == Backend::XsmmF32 || be == Backend::XsmmBf16 || be == Backend::XsmmBf16Vnni;
         if (xsmm && !gla::detail::gemm_uses_libxsmm()) continue;  // built without libxsmm
         const std::string name = std::string("small/") + p.name + "_" + std::to_string(p.m) + "x" +

@@ -60,3 +60,13 @@ else()
   message(STATUS "gla: GLA_WITH_ONEDNN=OFF: the layer's projections use Eigen")
 endif()
 unset(_gla_onednn_looked)
+
+# GLA_WITH_AMX: gemm()'s bfloat16 products on Intel AMX tiles (include/gla/detail/gemm_amx.hpp). No package: the
+# code is compiled wherever the consumer's target has AMX (-march=native on Sapphire Rapids or later) and runs where
+# the CPU and Linux allow it. OFF gives gla::gla GLA_GEMM_NO_AMX=1, so its users (and the Eigen-only CI
+# configuration) take the other backends for bfloat16 on any CPU.
+option(GLA_WITH_AMX "bfloat16 small products on AMX tiles where the target CPU has them" ON)
+if(NOT GLA_WITH_AMX)
+  target_compile_definitions(gla INTERFACE GLA_GEMM_NO_AMX=1)
+  message(STATUS "gla: GLA_WITH_AMX=OFF: bfloat16 small products never use AMX tiles")
+endif()

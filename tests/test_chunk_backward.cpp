@@ -357,6 +357,38 @@ TEST_CASE("chunk backward: bf16 and half inputs within 5e-3", "[chunk][backward]
   }
 }
 
+// bfloat16 inputs (bfloat16 product operands in AMX builds): fla's bar of 4e-3 relative RMS on every gradient,
+// over chunk boundaries, head dims that are not powers of two, strong decay and a varlen batch.
+TEST_CASE("chunk backward: bf16 within 4e-3 around chunk boundaries, strong decay and varlen",
+          "[chunk][backward][lowp]") {
+  Case c;
+  c.B = 2;
+  c.H = 2;
+  SECTION("chunk boundaries") {
+    c.T = GENERATE(1, 63, 64, 65, 129);
+    c.K = 60;
+    c.V = 100;
+    c.gate_norm = GENERATE(1.0, 16.0);
+  }
+  SECTION("strong decay, K = 128") {
+    c.T = 150;
+    c.K = 128;
+    c.V = 64;
+    c.gate_norm = -1;
+  }
+  SECTION("varlen with length-1 and chunk-straddling sequences") {
+    c.B = 1;
+    c.cu = {0, 1, 66, 67, 200, 263};
+    c.T = 263;
+    c.K = 100;
+    c.V = 60;
+  }
+  const GradDiffs d = check_case<Eigen::bfloat16>(Op::Chunk, c);
+  report("bf16 T=" + std::to_string(c.T) + " norm=" + std::to_string(c.gate_norm), d);
+  INFO("bf16 T=" << c.T << " K=" << c.K << " V=" << c.V << " norm=" << c.gate_norm << d.str());
+  CHECK(d.ok(4e-3, 4e-3));
+}
+
 TEST_CASE("chunk backward: fused_chunk_gla_backward equals chunk_gla_backward", "[chunk][backward]") {
   Case c;
   c.T = 150;

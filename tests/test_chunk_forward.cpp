@@ -120,17 +120,19 @@ TEST_CASE("chunk forward: float against the float64 reference around chunk bound
   const Index T = GENERATE(1, 15, 16, 17, 63, 64, 65, 127, 128, 129);
   const auto [K, V] = GENERATE(std::pair<Index, Index>{16, 60}, std::pair<Index, Index>{100, 64});
   const double norm = GENERATE(0.1, 1.0, 16.0);
+  // 6 (sequence, head) pairs: chunk_gla runs the single sweep; 2 pairs: its two phases (chunk_gla_single_sweep)
+  const auto [B, H] = GENERATE(std::pair<Index, Index>{2, 3}, std::pair<Index, Index>{1, 2});
   Case c;
   c.T = T;
   c.K = K;
   c.V = V;
   c.gate_norm = norm;
-  c.B = 2;
-  c.H = 3;
+  c.B = B;
+  c.H = H;
   c.seed = static_cast<std::uint64_t>(T * 7 + K + norm * 10);
   const auto [eo, es] = check_case<float>(op, c);
-  INFO(op_name(op) << " T=" << T << " K=" << K << " V=" << V << " norm=" << norm << "\n o: " << eo.str()
-                   << "\n final_state: " << es.str());
+  INFO(op_name(op) << " B=" << B << " H=" << H << " T=" << T << " K=" << K << " V=" << V << " norm=" << norm
+                   << "\n o: " << eo.str() << "\n final_state: " << es.str());
   CHECK(gla::test::ok(eo, tol_for_float));
   CHECK(gla::test::ok(es, tol_for_float));
 }
@@ -244,6 +246,47 @@ TEST_CASE("chunk forward: double within 1e-12", "[chunk][forward][double]") {
   CHECK(gla::test::ok(eo, 1e-12));
   // States are float in this library (as fla's): the final state is as exact as a float can be.
   CHECK(gla::test::ok(es, 1e-7));
+}
+
+// bfloat16 inputs where the products take bfloat16 operands (AMX builds, gla::detail::operand_t) or widened
+// float ones (elsewhere): fla's own bar, 4e-3 relative RMS against the float64 truth of the same rounded inputs,
+// over chunk boundaries, head dims that are not powers of two, strong decay and a varlen batch.
+TEST_CASE("chunk forward: bf16 within 4e-3 around chunk boundaries, strong decay and varlen",
+          "[chunk][forward][lowp]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  const Index T = GENERATE(1, 63, 64, 65, 129);
+  const auto [K, V] = GENERATE(std::pair<Index, Index>{60, 100}, std::pair<Index, Index>{128, 64});
+  const double norm = GENERATE(1.0, 16.0, -1.0);  // -1: per-step log gates near -5
+  const Index H = GENERATE(2, 1);                 // 4 pairs: chunk_gla's single sweep; 2: its two phases
+  Case c;
+  c.T = T;
+  c.K = K;
+  c.V = V;
+  c.gate_norm = norm;
+  c.B = 2;
+  c.H = H;
+  c.seed = static_cast<std::uint64_t>(T * 5 + K + V + norm * 3 + 100);
+  const auto [eo, es] = check_case<Eigen::bfloat16>(op, c);
+  INFO(op_name(op) << " H=" << H << " T=" << T << " K=" << K << " V=" << V << " norm=" << norm << "\n o: " << eo.str()
+                   << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, 4e-3));
+  CHECK(gla::test::ok(es, 4e-3));
+}
+
+TEST_CASE("chunk forward: bf16 varlen with length-1 and chunk-straddling sequences within 4e-3",
+          "[chunk][forward][lowp]") {
+  const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  Case c;
+  c.cu = {0, 1, 66, 67, 200, 263};
+  c.T = 263;
+  c.K = 100;
+  c.V = 60;
+  c.H = 3;
+  c.gate_norm = GENERATE(1.0, -1.0);
+  const auto [eo, es] = check_case<Eigen::bfloat16>(op, c);
+  INFO(op_name(op) << " gate_norm=" << c.gate_norm << "\n o: " << eo.str() << "\n final_state: " << es.str());
+  CHECK(gla::test::ok(eo, 4e-3));
+  CHECK(gla::test::ok(es, 4e-3));
 }
 
 TEST_CASE("chunk forward: bf16 and half inputs within 5e-3", "[chunk][forward][lowp]") {

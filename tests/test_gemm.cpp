@@ -43,8 +43,9 @@ using half = Eigen::half;
 
 constexpr float kCPadding = -7.25f;  // C's padding sentinel
 
-/// gemm(), gemm_eigen(), gemm_libxsmm() (bfloat16: its default route), gemm_libxsmm(..., Bf16Kernel::Vnni).
-enum class Backend { Auto, Eigen, Libxsmm, LibxsmmVnni };
+/// gemm(), gemm_eigen(), gemm_libxsmm() (bfloat16: its default route), gemm_libxsmm(..., Bf16Kernel::Vnni),
+/// gemm_amx() (bfloat16 only).
+enum class Backend { Auto, Eigen, Libxsmm, LibxsmmVnni, Amx };
 
 const char* backend_name(Backend b) {
   switch (b) {
@@ -56,6 +57,8 @@ const char* backend_name(Backend b) {
       return "gemm_libxsmm";
     case Backend::LibxsmmVnni:
       return "gemm_libxsmm(Vnni)";
+    case Backend::Amx:
+      return "gemm_amx";
   }
   return "?";
 }
@@ -168,6 +171,10 @@ struct Problem {
                 be == Backend::LibxsmmVnni ? gla::detail::Bf16Kernel::Vnni : gla::detail::Bf16Kernel::ViaF32))
           return "declined";
         break;
+      case Backend::Amx:
+        if (!gla::detail::gemm_amx(c.ta, c.tb, c.m, c.n, c.k, a, c.lda, b, c.ldb, c.accumulate, C.data(), c.ldc))
+          return "declined";
+        break;
     }
     return verify(C);
   }
@@ -213,10 +220,18 @@ struct Problem {
   }
 };
 
-/// True when gemm_libxsmm must accept the call (libxsmm compiled in, its size limits met, and for bfloat16
-/// kernels a CPU that libxsmm 1.17 generates them for).
+/// True when gemm_libxsmm (or gemm_amx) must accept the call (libxsmm compiled in, its size limits met, and for
+/// bfloat16 kernels a CPU that libxsmm 1.17 generates them for; AMX: see the branch).
 template <class In>
 bool libxsmm_expected(const Case& c, Backend be) {
+  if (be == Backend::Amx) {  // bfloat16 on a CPU and OS with AMX, within its size limit
+#if GLA_GEMM_WITH_AMX
+    const Index lim = gla::detail::gemm_impl::kAmxMaxDim;
+    return std::is_same_v<In, bf16> && gla::detail::amx_available() && c.m <= lim && c.n <= lim && c.k <= lim;
+#else
+    return false;
+#endif
+  }
 #if GLA_GEMM_WITH_LIBXSMM
   if constexpr (std::is_same_v<In, double>) {
     return false;
@@ -240,8 +255,8 @@ std::vector<std::string> run_cases(const std::vector<Case>& cases, std::uint64_t
   std::vector<acc_t<In>> C;
   for (std::size_t ci = 0; ci < cases.size(); ++ci) {
     const Problem<In> p(cases[ci], salt + ci);
-    for (const Backend be : {Backend::Auto, Backend::Eigen, Backend::Libxsmm, Backend::LibxsmmVnni}) {
-      if (be == Backend::LibxsmmVnni && !std::is_same_v<In, bf16>) continue;
+    for (const Backend be : {Backend::Auto, Backend::Eigen, Backend::Libxsmm, Backend::LibxsmmVnni, Backend::Amx}) {
+      if ((be == Backend::LibxsmmVnni || be == Backend::Amx) && !std::is_same_v<In, bf16>) continue;
       std::string why = p.run(be, C);
       if (why == "declined" && !libxsmm_expected<In>(p.c, be)) why.clear();
       if (!why.empty() && failures.size() < max_report)
@@ -372,6 +387,19 @@ TEST_CASE("gemm: the backend in use", "[gemm]") {
   std::vector<double> a(4, 1.0), c(4, 5.0);
   CHECK_FALSE(gla::detail::gemm_libxsmm(Trans::N, Trans::N, 2, 2, 2, a.data(), 2, a.data(), 2, false, c.data(), 2));
   CHECK(c == std::vector<double>(4, 5.0));
+  // AMX takes bfloat16 only, and only where it is compiled in and the CPU and OS allow it
+  std::vector<float> af(4, 1.f), cf(4, 5.f);
+  CHECK_FALSE(gla::detail::gemm_amx(Trans::N, Trans::N, 2, 2, 2, af.data(), 2, af.data(), 2, false, cf.data(), 2));
+  CHECK(cf == std::vector<float>(4, 5.f));
+#if defined(GLA_GEMM_FORCE_EIGEN) || defined(GLA_GEMM_NO_INTRINSICS)
+  CHECK_FALSE(gla::detail::gemm_compiled_with_amx());
+#endif
+  CHECK(gla::detail::amx_available() == (name.find("AMX") != std::string::npos));
+  if (!gla::detail::amx_available()) {
+    std::vector<bf16> ab(4, bf16(1.f));
+    CHECK_FALSE(gla::detail::gemm_amx(Trans::N, Trans::N, 2, 2, 2, ab.data(), 2, ab.data(), 2, false, cf.data(), 2));
+    CHECK(cf == std::vector<float>(4, 5.f));
+  }
 }
 
 TEST_CASE("gemm: k = 0 zeroes C or leaves it, m = 0 or n = 0 touches nothing", "[gemm]") {

@@ -4,6 +4,7 @@
 
 #include <gla/chunk_h.hpp>
 #include <gla/cumsum.hpp>
+#include <gla/detail/fused_chunk_sweep.hpp>
 
 namespace gla {
 
@@ -52,11 +53,6 @@ GLAResult<T> allocate_result(const ConstView<T, 4>& q, const ConstView<T, 4>& v,
   return r;
 }
 
-template <class Acc>
-Acc resolve_scale(const GLAOptions& opts, Index K) {
-  return opts.scale ? static_cast<Acc>(*opts.scale) : Acc(1) / std::sqrt(static_cast<Acc>(K));
-}
-
 /// The (sequence, chunk) pairs of a batch, in order; offsets from chunk_offsets.
 inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std::vector<Index>& off) {
   std::vector<std::array<Index, 2>> chunks;
@@ -67,43 +63,58 @@ inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std:
 }
 
 /// The state before every chunk (h [ΣNT,H,K,V] in Acc, K-first) and the final state (ht, float, in the
-/// options' layout; may be null) of the gk-gated recurrence, per (sequence, head, value tile); the gate cumsums
-/// are formed per chunk from the raw gates g. h0 float (state layout) or null. One scratch per worker.
+/// options' layout; may be null) of the gk-gated recurrence, per head group (sweep_groups: consecutive heads of
+/// one sequence over one value tile, advancing chunk by chunk together); the gate cumsums are formed per chunk
+/// from the raw gates g. h0 float (state layout) or null. One scratch per worker, with a state tile per head of
+/// the largest group.
 template <class Acc, class Op, class In>
 void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, const In* g, const float* h0, bool v_first,
-                       Acc* h, float* ht, const std::vector<HeadTile>& items,
+                       Acc* h, float* ht, const std::vector<HeadGroup>& groups,
                        const std::vector<ChunkScratch<Acc, Op>>& workers) {
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  parallel_for(static_cast<Index>(items.size()), [&](Index i, int w) {
-    const HeadTile& it = items[static_cast<std::size_t>(i)];
+  parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
+    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
-    const Index n = it.pair / H, hh = it.pair % H;
+    const Index n = gr.n, Wt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (h0)
-      load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, v_first);
-    else
-      std::fill_n(sc.S, K * it.width, Acc(0));
+    const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head gr.h0 + j's state tile
+    for (Index j = 0; j < gr.count; ++j) {
+      if (h0)
+        load_state_tile(state_of(j), h0 + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
+      else
+        std::fill_n(state_of(j), K * Wt, Acc(0));
+    }
     ChunkGates<Acc> cg;
     cg.gk = sc.G;
     cg.ldgk = K;
     Index c = 0;
     for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
       const Index L = std::min(BT, sq.len - c0);
-      store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
-                       it.width, /*v_first=*/false);
-      if (c0 + BT < sq.len) {  // the next chunk's rows, fetched while this one computes (see prefetch_rows)
-        const Index c1 = c0 + BT, L1 = std::min(BT, sq.len - c1);
-        prefetch_rows(head_rows(k, s, sq, hh, c1, K), L1, K);
-        prefetch_rows(head_rows(v, s, sq, hh, c1, V, it.v0), L1, it.width);
-        prefetch_rows(head_rows(g, s, sq, hh, c1, K), L1, K);
+      for (Index j = 0; j < gr.count; ++j) {
+        const Index hh = gr.h0 + j;
+        Acc* const S = state_of(j);
+        store_state_tile(S, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Wt,
+                         /*v_first=*/false);
+        {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
+          const bool last = j + 1 == gr.count;
+          const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
+          if (c1 < sq.len) {
+            const Index L1 = std::min(BT, sq.len - c1);
+            prefetch_rows(head_rows(k, s, sq, h1, c1, K), L1, K);
+            prefetch_rows(head_rows(v, s, sq, h1, c1, V, gr.v0), L1, Wt);
+            prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+          }
+        }
+        gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
+        state_update<kGateGk>(S, Wt, head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, gr.v0), cg, L, K,
+                              Wt, sc);
       }
-      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
-      state_update<kGateGk>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, it.v0), cg,
-                            L, K, it.width, sc);
     }
-    if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+    if (ht)
+      for (Index j = 0; j < gr.count; ++j)
+        store_state_tile(state_of(j), Wt, ht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
   });
 }
 
@@ -114,34 +125,50 @@ struct ChunkGlaPlan {
   std::vector<ChunkScratch<Acc, Op>> workers;
 };
 
+/// states: ΣNT (chunks of all sequences); items: the most work items of either phase; heads: the most heads in a
+/// group of the state sweep.
 template <class Acc, class Op>
-ChunkGlaPlan<Acc, Op> plan_chunk_gla(Arena& a, const OpShape& s, Index BT, Index states, Index items) {
+ChunkGlaPlan<Acc, Op> plan_chunk_gla(Arena& a, const OpShape& s, Index BT, Index states, Index items, Index heads) {
   ChunkGlaPlan<Acc, Op> p;
   p.h = a.take<Acc>(states * s.H * s.K * s.V);
-  p.workers = plan_workers<Acc, Op>(a, items, BT, s.K, s.V);
+  p.workers = plan_workers<Acc, Op>(a, items, BT, s.K, s.V, heads);
   return p;
 }
 
-/// The two phases of chunk_gla after validation; g may be null (no decay, plain linear attention).
+/// Whether chunk_gla runs the single sweep of fused_chunk_gla (true) or fla's two phases. Both compute the same
+/// function; on a CPU the two phases cost ≈ 1.4× the sweep, because phase 1 writes every chunk's state
+/// (ΣNT·H·K·V floats, 67 MB at B1 T4096 H16 K=V=128) and phase 2 reads it back with the inputs a second time
+/// (docs/PERFORMANCE.md). The two phases parallelise over chunks, though, which the sweep cannot: with fewer
+/// than 4 (sequence, head) pairs (e.g. B = 1, H = 1) they keep both threads busy. A rule on the shape alone, so
+/// results never depend on the thread count.
+inline bool chunk_gla_single_sweep(const OpShape& s) { return s.N * s.H >= 4; }
+
+/// chunk_gla after validation: the single sweep or the two phases (chunk_gla_single_sweep); g may be null (no
+/// decay, plain linear attention).
 template <class T>
 void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
                    const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
+  if (chunk_gla_single_sweep(s)) {
+    fused_chunk_run(s, q, k, v, g, opts, o, ht, /*token_fallback=*/false);
+    return;
+  }
   using Acc = acc_t<T>;
   using Op = operand_t<T>;
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = resolve_scale<Acc>(opts, K);
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::vector<HeadTile> sweep = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+  const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
   const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
   const Index work = static_cast<Index>(chunks.size()) * H;
   Scratch scratch;
   const ChunkGlaPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
-    return plan_chunk_gla<Acc, Op>(a, s, BT, off.back(), std::max<Index>(work, static_cast<Index>(sweep.size())));
+    return plan_chunk_gla<Acc, Op>(a, s, BT, off.back(), std::max<Index>(work, static_cast<Index>(sweep.size())),
+                                   max_group_heads(sweep));
   });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
 
-  // Phase 1: the state before every chunk, per (sequence, head, value tile).
+  // Phase 1: the state before every chunk, per head group.
   chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
 
   // Phase 2: every (chunk, head) independently.
@@ -171,11 +198,19 @@ std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V
   static_assert(is_supported_scalar_v<Scalar>, "chunk_gla_workspace_size: unsupported scalar type");
   const detail::OpShape s = detail::shape_of("chunk_gla_workspace_size", B, T, H, K, V, opts);
   const Index BT = opts.chunk_size;
+  if (detail::chunk_gla_single_sweep(s)) {
+    const std::vector<detail::HeadGroup> groups = detail::fused_chunk_groups<acc_t<Scalar>>(s);
+    return detail::planned_bytes([&](detail::Arena& a) {
+      return detail::plan_fused_chunk<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, groups);
+    });
+  }
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const Index items = std::max<Index>(static_cast<Index>(detail::chunk_list(s, off).size()) * H,
-                                      static_cast<Index>(detail::head_tiles(s, 4, 4).size()));
+  const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
+  const Index items =
+      std::max<Index>(static_cast<Index>(detail::chunk_list(s, off).size()) * H, static_cast<Index>(sweep.size()));
   return detail::planned_bytes([&](detail::Arena& a) {
-    return detail::plan_chunk_gla<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), items);
+    return detail::plan_chunk_gla<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), items,
+                                                                            detail::max_group_heads(sweep));
   });
 }
 
@@ -186,10 +221,14 @@ std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V
 /// [N,H,K,V] (or [N,H,V,K] with state_v_first), given if and only if opts.output_final_state. final_state may
 /// be the very buffer of opts.initial_state (in-place update); no other output may overlap an input.
 /// Options: scale, initial_state, output_final_state, state_v_first, cu_seqlens, chunk_size, workspace.
-/// Scratch (chunk_gla_workspace_size): the per-chunk states (ΣNT·H·K·V accumulators) and per-thread tiles,
-/// from opts.workspace or allocated for the call. bf16 inputs multiply as bf16 with fp32 accumulation; states
-/// are fp32. Threads: the parallel engine over (sequence, head, value tile) for the states, then over
-/// (chunk, head) for the outputs; results do not depend on the thread count.
+/// How: with at least 4 (sequence, head) pairs, the single sweep of fused_chunk_gla (each chunk's output from the
+/// carried state, no per-chunk states stored; never token by token); with fewer, fla's two phases (the state
+/// before every chunk, then all chunks' outputs in parallel). Same function either way.
+/// Scratch (chunk_gla_workspace_size): per-thread tiles and, on the two-phase path, the per-chunk states
+/// (ΣNT·H·K·V accumulators); from opts.workspace or allocated for the call. bf16 inputs multiply as bf16 with fp32
+/// accumulation where AMX tiles run the products (gla/detail/gemm_amx.hpp; else they are widened to float); states are
+/// fp32. Threads: the parallel engine over groups of consecutive heads of one sequence (and value tiles); on the
+/// two-phase path then over (chunk, head) for the outputs; results do not depend on the thread count.
 template <class Q>
 void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g, const GLAOptions& opts,
                     ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state = std::nullopt) {

@@ -55,46 +55,65 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
   return s;
 }
 
-/// The reverse sweep of the state gradient for the gk-gated recurrence, per (sequence, head, value tile): dS
-/// starts at dht (or 0); before each chunk is stepped back, dh[c] = dS (∂L/∂ the state after chunk c, K-first
+/// The reverse sweep of the state gradient for the gk-gated recurrence, per head group (sweep_groups): dS starts
+/// at dht (or 0); before each chunk is stepped back, dh[c] = dS (∂L/∂ the state after chunk c, K-first
 /// [ΣNT,H,K,V] in Acc); dS ← diag(e^{G_l}) dS + (scale · q ⊙ e^{G})ᵀ do_, with G the chunk-local cumsum of the raw
-/// gates; the gradient before the first chunk goes to dh0 (float, state layout; may be null).
+/// gates; the gradient before the first chunk goes to dh0 (float, state layout; may be null). The heads of a
+/// group step back chunk by chunk together, each with its own dS tile.
 template <class Acc, class Op, class In>
 void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, const In* g, Acc scale, const float* dht,
-                      bool v_first, Acc* dh, float* dh0, const std::vector<HeadTile>& items,
+                      bool v_first, Acc* dh, float* dh0, const std::vector<HeadGroup>& groups,
                       const std::vector<ChunkScratch<Acc, Op>>& workers) {
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
-  parallel_for(static_cast<Index>(items.size()), [&](Index i, int w) {
-    const HeadTile& it = items[static_cast<std::size_t>(i)];
+  parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
+    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
-    const Index n = it.pair / H, hh = it.pair % H, Vt = it.width;
+    const Index n = gr.n, Vt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    if (dht)
-      load_state_tile(sc.S, dht + it.pair * K * V, K, V, it.v0, Vt, v_first);
-    else
-      std::fill_n(sc.S, K * Vt, Acc(0));
+    const auto state_of = [&](Index j) { return sc.S + j * K * Vt; };  // head gr.h0 + j's dS tile
+    for (Index j = 0; j < gr.count; ++j) {
+      if (dht)
+        load_state_tile(state_of(j), dht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Vt, v_first);
+      else
+        std::fill_n(state_of(j), K * Vt, Acc(0));
+    }
     const Index nchunks = (sq.len + BT - 1) / BT;
     for (Index c = nchunks - 1; c >= 0; --c) {
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-      store_state_tile(sc.S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0, Vt,
-                       /*v_first=*/false);
-      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
-      RowArrMap<Acc> el(sc.el, K);
-      el = ConstRowArrMap<Acc>(sc.G + (L - 1) * K, K).exp();
-      for (Index a = 0; a < K; ++a) RowArrMap<Acc>(sc.S + a * Vt, Vt) *= sc.el[a];
-      Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.tmp, L * K) =
-          Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.G, L * K).exp();
-      const Rows<In> qr = head_rows(q, s, sq, hh, c0, K);
-      for (Index t = 0; t < L; ++t)
-        RowArrMap<Op>(sc.qg + t * K, K) =
-            (ConstRowArrMap<In>(qr.row(t), K).template cast<Acc>() * RowArrMap<Acc>(sc.tmp + t * K, K) * scale)
-                .template cast<Op>();
-      const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, it.v0), L, Vt, sc.vop);
-      gemm<Op>(Trans::T, Trans::N, K, Vt, L, sc.qg, K, dop.p, dop.ld, /*accumulate=*/true, sc.S, Vt);
+      for (Index j = 0; j < gr.count; ++j) {
+        const Index hh = gr.h0 + j;
+        Acc* const S = state_of(j);
+        store_state_tile(S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Vt,
+                         /*v_first=*/false);
+        {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
+          const bool last = j + 1 == gr.count;
+          const Index c1 = last ? c0 - BT : c0, h1 = last ? gr.h0 : hh + 1;
+          if (c1 >= 0) {
+            const Index L1 = std::min(BT, sq.len - c1);
+            prefetch_rows(head_rows(q, s, sq, h1, c1, K), L1, K);
+            prefetch_rows(head_rows(do_, s, sq, h1, c1, V, gr.v0), L1, Vt);
+            prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+          }
+        }
+        gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
+        RowArrMap<Acc> el(sc.el, K);
+        el = ConstRowArrMap<Acc>(sc.G + (L - 1) * K, K).exp();
+        for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * Vt, Vt) *= sc.el[a];
+        Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.tmp, L * K) =
+            Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.G, L * K).exp();
+        const Rows<In> qr = head_rows(q, s, sq, hh, c0, K);
+        for (Index t = 0; t < L; ++t)
+          store_operand_row(sc.qg + t * K, ConstRowArrMap<Acc>(widen_row(qr.row(t), sc.e, K), K) *
+                                               RowArrMap<Acc>(sc.tmp + t * K, K) * scale);
+        const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, gr.v0), L, Vt, sc.vop);
+        gemm<Op>(Trans::T, Trans::N, K, Vt, L, sc.qg, K, dop.p, dop.ld, /*accumulate=*/true, S, Vt);
+      }
     }
-    if (dh0) store_state_tile(sc.S, Vt, dh0 + it.pair * K * V, K, V, it.v0, Vt, v_first);
+    if (dh0)
+      for (Index j = 0; j < gr.count; ++j)
+        store_state_tile(state_of(j), Vt, dh0 + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Vt, v_first);
   });
 }
 
@@ -108,13 +127,16 @@ struct ChunkBwdPlan {
   std::vector<BwdScratch<Acc, Op>> block;
 };
 
+/// states: ΣNT (chunks of all sequences); sweep: the head groups of both sweeps; block_items: the (chunk, head)
+/// work items.
 template <class Acc, class Op>
-ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states, Index sweep_items,
-                                          Index sweep_width, Index block_items) {
+ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states,
+                                          const std::vector<HeadGroup>& sweep, Index block_items) {
   ChunkBwdPlan<Acc, Op> p;
   p.h = a.take<Acc>(states * s.H * s.K * s.V);
   p.dh = a.take<Acc>(states * s.H * s.K * s.V);
-  p.sweep = plan_workers<Acc, Op>(a, sweep_items, BT, s.K, sweep_width);
+  p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
+                                  max_group_heads(sweep));
   for (int i = 0; i < parallel_workers(block_items); ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
   return p;
 }
@@ -135,14 +157,12 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
   const Acc scale = resolve_scale<Acc>(opts, K);
   const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::vector<HeadTile> sweep = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+  const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
   const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
   const Index work = static_cast<Index>(chunks.size()) * H;
   Scratch scratch;
-  const ChunkBwdPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
-    return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), static_cast<Index>(sweep.size()), max_tile_width(sweep),
-                                        work);
-  });
+  const ChunkBwdPlan<Acc, Op> pl = scratch.carve(
+      opts.workspace, [&](Arena& a) { return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work); });
   // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
   chunk_state_sweep(s, BT, k.data(), v.data(), g, opts.initial_state ? opts.initial_state->data() : nullptr,
                     opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep, pl.sweep);
@@ -193,11 +213,10 @@ std::size_t chunk_gla_backward_workspace_size(Index B, Index T, Index H, Index K
   const detail::OpShape s = detail::shape_of("chunk_gla_backward_workspace_size", B, T, H, K, V, opts);
   const Index BT = opts.chunk_size;
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const std::vector<detail::HeadTile> sweep = detail::head_tiles(s, 4, 4);
+  const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
   const Index work = static_cast<Index>(detail::chunk_list(s, off).size()) * H;
   return detail::planned_bytes([&](detail::Arena& a) {
-    return detail::plan_chunk_backward<acc_t<Scalar>, detail::operand_t<Scalar>>(
-        a, s, BT, off.back(), static_cast<Index>(sweep.size()), detail::max_tile_width(sweep), work);
+    return detail::plan_chunk_backward<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), sweep, work);
   });
 }
 
@@ -257,8 +276,9 @@ ChunkBwdDhResult chunk_bwd_dh(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4>
 /// Options as chunk_gla (scale, initial_state, state_v_first, cu_seqlens, chunk_size); use the forward's.
 /// Recomputed, as fla does: the gate cumsum and the state before every chunk (A is recomputed too, since
 /// chunk_gla does not return it); nothing but the inputs is saved from the forward. Memory: 2·ΣNT·H·K·V + B·T·H·K
-/// accumulators. Computes in acc_t of the scalar. Threads: the parallel engine over (sequence, head) for the
-/// states and their gradient, then over (chunk, head); results do not depend on the thread count.
+/// accumulators. Computes in acc_t of the scalar (bf16 inputs: bf16 product operands where AMX runs them, as
+/// chunk_gla). Threads: the parallel engine over groups of consecutive heads of one sequence (and value tiles)
+/// for the states and their gradient, then over (chunk, head); results do not depend on the thread count.
 template <class Q>
 void chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                              ConstViewOf<Q, 4> do_, std::optional<ConstView<float, 4>> dht, const GLAOptions& opts,

@@ -106,7 +106,8 @@ GLAResult<scalar_type_t<Q>> gla_forward(const Q& q_in, ConstViewOf<Q, 4> k, Cons
     if (m == Mode::Chunk)
       detail::chunk_gla_run(ks, q_, k_, v_, gk_ ? gk_->data() : static_cast<const T*>(nullptr), o, out, ht);
     else
-      detail::fused_chunk_run(ks, q_, k_, v_, gk_ ? gk_->data() : static_cast<const T*>(nullptr), o, out, ht);
+      detail::fused_chunk_run(ks, q_, k_, v_, gk_ ? gk_->data() : static_cast<const T*>(nullptr), o, out, ht,
+                              o.heuristic_fallback);
     return r;
   };
 

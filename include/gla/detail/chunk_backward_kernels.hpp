@@ -192,8 +192,7 @@ struct BwdScratch {
       (void)V;
       return src;
     } else {
-      Eigen::Map<Eigen::Array<Op, Eigen::Dynamic, 1>>(dst, K * V) =
-          Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(src, K * V).template cast<Op>();
+      convert_n(src, dst, K * V);
       return dst;
     }
   }
@@ -206,8 +205,7 @@ struct BwdScratch {
       (void)BT;
       return src;
     } else {
-      for (Index r = 0; r < L; ++r)
-        RowArrMap<Op>(dst + r * BT, L) = RowArrMap<Acc>(src + r * BT, L).template cast<Op>();
+      for (Index r = 0; r < L; ++r) convert_n(src + r * BT, dst + r * BT, L);
       return dst;
     }
   }
@@ -295,8 +293,8 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
       eG.row(r).array() = eG.row(r).array().exp();
       eGinv.row(r) = (-G.row(r)).template cast<Acc>();
       eGinv.row(r).array() = eGinv.row(r).array().exp();
-      RowArrMap<Op>(ws.qg + r * K, K) = (q.row(r).array() * eG.row(r).array()).template cast<Op>();
-      RowArrMap<Op>(ws.kg + r * K, K) = (k.row(r).array() * eGinv.row(r).array()).template cast<Op>();
+      store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array());
+      store_operand_row(ws.kg + r * K, k.row(r).array() * eGinv.row(r).array());
     }
     gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kg, K, false, ws.A, BT);
     for (Index r = 0; r < L; ++r) {
@@ -325,7 +323,7 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
         MapA dec(ws.dec, i0, K, sK);
         for (Index s = 0; s < i0; ++s) {
           decay_into(dec.row(s), gn, G.row(s));
-          RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * dec.row(s).array()).template cast<Op>();
+          store_operand_row(ws.kg + s * K, k.row(s).array() * dec.row(s).array());
         }
         gemm<Op>(Trans::N, Trans::N, Li, K, i0, dAop + i0 * BT, BT, ws.kg, K, false, ws.tmp, K);
         MapA tmp(ws.tmp, Li, K, sK);
@@ -341,12 +339,12 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
         gn = G.row(j1 - 1);
         for (Index t = 0; t < Lr; ++t) {
           decay_into(f, G.row(j1 + t), gn);
-          RowArrMap<Op>(ws.qg + t * K, K) = (q.row(j1 + t).array() * f.array()).template cast<Op>();
+          store_operand_row(ws.qg + t * K, q.row(j1 + t).array() * f.array());
         }
         MapA dec(ws.dec, Li, K, sK);  // e^{gn−G_s}, shared by A and dk
         for (Index c = 0; c < Li; ++c) {
           decay_into(dec.row(c), gn, G.row(i0 + c));
-          RowArrMap<Op>(ws.kg + c * K, K) = (k.row(i0 + c).array() * dec.row(c).array()).template cast<Op>();
+          store_operand_row(ws.kg + c * K, k.row(i0 + c).array() * dec.row(c).array());
         }
         gemm<Op>(Trans::N, Trans::T, Lr, Li, K, ws.qg, K, ws.kg, K, false, ws.A + j1 * BT + i0, BT);
         A.block(j1, i0, Lr, Li) *= scale;
@@ -384,8 +382,7 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   }
   const Op* Aop = ws.A_operand(L, BT);
   gemm<Op>(Trans::T, Trans::N, L, V, L, Aop, BT, doop.p, doop.ld, false, ws.dv, V);  // dv = Aᵀ do_
-  for (Index s = 0; s < L; ++s)
-    RowArrMap<Op>(ws.kg + s * K, K) = (k.row(s).array() * decl.row(s).array()).template cast<Op>();
+  for (Index s = 0; s < L; ++s) store_operand_row(ws.kg + s * K, k.row(s).array() * decl.row(s).array());
   const Op* Sop = ws.state_operand(S, ws.Sop, K, V);
   const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH

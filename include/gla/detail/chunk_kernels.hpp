@@ -27,12 +27,23 @@ inline constexpr Index kSubChunk = 16;
 template <class Acc>
 inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
 
-/// The scalar of the products' operands: acc_t<In> for every input. bf16 and half rows are widened once per
-/// chunk as they are read (exact) and the products run on the float kernels: on the CPUs docs/PERFORMANCE.md
-/// reports, libxsmm 1.17's bf16 dot-product kernels retire half the FLOPs of its float kernels, so bf16 operands
-/// would be slower, not faster (bench_small_gemm measures both). The accumulation is fp32 as in fla's tl.dot.
+/// The scalar of the products' operands. bfloat16 inputs keep bfloat16 operands where gemm() runs them on AMX
+/// tiles (compiled for a target with AMX, gla/detail/gemm_amx.hpp): the products then take bfloat16 operands with
+/// fp32 accumulation, as fla's tl.dot does on a GPU, at several times the float rate. Everywhere else, and for
+/// half, the operands are acc_t<In>: rows are widened once per chunk as they are read (exact) and the products
+/// run on the float kernels, because without AMX (libxsmm 1.17's AVX-512 BF16 kernels) bfloat16 products are
+/// slower than float ones here (bench_small_gemm measures both). With bfloat16 operands the factors q ⊙ e^{G},
+/// k ⊙ e^{−G}, A and the state are rounded to bfloat16 before each product, as on the GPU; the state itself and
+/// every accumulator stay fp32.
 template <class In>
-using operand_t = acc_t<In>;
+using operand_t =
+    std::conditional_t<std::is_same_v<In, Eigen::bfloat16> && gemm_compiled_with_amx(), Eigen::bfloat16, acc_t<In>>;
+
+/// The scale of q: opts.scale, else 1/sqrt(K) (fla's default).
+template <class Acc>
+Acc resolve_scale(const GLAOptions& opts, Index K) {
+  return opts.scale ? static_cast<Acc>(*opts.scale) : Acc(1) / std::sqrt(static_cast<Acc>(K));
+}
 
 /// The bound on |G| (chunk-local gate cumsum, natural log) under which a chunk takes the factored path:
 /// A = tril((q ⊙ e^{G})(k ⊙ e^{−G})ᵀ) as one product, with every factor within [e^{−8}, e^{8}] — no overflow,
@@ -259,9 +270,8 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
     Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(ws.tmp, L * K);
     all = all.exp();
     for (Index s = 0; s < L; ++s)
-      RowArrMap<Op>(ws.kd + s * K, K) =
-          (ConstRowArrMap<In>(k.row(s), K).template cast<Acc>() * RowArrMap<Acc>(ws.tmp + s * K, K))
-              .template cast<Op>();
+      store_operand_row(ws.kd + s * K,
+                        ConstRowArrMap<Acc>(widen_row(k.row(s), ws.e, K), K) * RowArrMap<Acc>(ws.tmp + s * K, K));
   } else {
     convert_rows(k, L, K, ws.kd);
   }
@@ -284,8 +294,7 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
     for (Index s = 0; s < L; ++s) {
       RowArrMap<Acc> x(ws.O + s * Vt, Vt);
       x = (gvl - ConstRowArrMap<Acc>(gt.gv + s * gt.ldgv, Vt)).exp();
-      RowArrMap<Op>(ws.vop + s * Vt, Vt) =
-          (ConstRowArrMap<In>(v.row(s), Vt).template cast<Acc>() * x).template cast<Op>();
+      store_operand_row(ws.vop + s * Vt, ConstRowArrMap<In>(v.row(s), Vt).template cast<Acc>() * x);
     }
     vop = {ws.vop, Vt};
   } else {
@@ -340,7 +349,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
   for (Index r = 0; r < L; ++r) {
     RowArrMap<Acc> e(ws.tmp + r * K, K);
     e = ConstRowArrMap<Acc>(G + r * K, K).exp();
-    RowArrMap<Op>(ws.qg + r * K, K) = (ConstRowArrMap<Acc>(qa.row(r), K) * e * scale).template cast<Op>();
+    store_operand_row(ws.qg + r * K, ConstRowArrMap<Acc>(qa.row(r), K) * e * scale);
   }
   gemm<Op>(Trans::N, Trans::N, L, Vt, K, ws.qg, K, Sop, ldSop, /*accumulate=*/false, ws.O, Vt);
 
@@ -350,7 +359,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
       RowArrMap<Acc> e(ws.eg + r * K, K);
       e = -ConstRowArrMap<Acc>(G + r * K, K);
       e = e.exp();
-      RowArrMap<Op>(ws.kd + r * K, K) = (ConstRowArrMap<Acc>(ka.row(r), K) * e).template cast<Op>();
+      store_operand_row(ws.kd + r * K, ConstRowArrMap<Acc>(ka.row(r), K) * e);
     }
     gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kd, K, /*accumulate=*/false, A, BT);
     zero_upper(0, L);
@@ -365,12 +374,12 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
         for (Index r = 0; r < Li; ++r) {
           RowArrMap<Acc> xr(x + r * K, K);
           xr = (ConstRowArrMap<Acc>(G + (i0 + r) * K, K) - gn).exp();
-          RowArrMap<Op>(ws.qs + r * K, K) = (ConstRowArrMap<Acc>(qa.row(i0 + r), K) * xr * scale).template cast<Op>();
+          store_operand_row(ws.qs + r * K, ConstRowArrMap<Acc>(qa.row(i0 + r), K) * xr * scale);
         }
         for (Index s = 0; s < i0; ++s) {
           RowArrMap<Acc> xs(x + s * K, K);
           xs = (gn - ConstRowArrMap<Acc>(G + s * K, K)).exp();
-          RowArrMap<Op>(ws.kd + s * K, K) = (ConstRowArrMap<Acc>(ka.row(s), K) * xs).template cast<Op>();
+          store_operand_row(ws.kd + s * K, ConstRowArrMap<Acc>(ka.row(s), K) * xs);
         }
         gemm<Op>(Trans::N, Trans::T, Li, i0, K, ws.qs, K, ws.kd, K, /*accumulate=*/false, A + i0 * BT, BT);
       }
@@ -392,7 +401,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
   if constexpr (std::is_same_v<Op, Acc>) {
     Aop = A;
   } else {
-    for (Index r = 0; r < L; ++r) RowArrMap<Op>(ws.Aop + r * BT, L) = RowArrMap<Acc>(A + r * BT, L).template cast<Op>();
+    for (Index r = 0; r < L; ++r) convert_n(A + r * BT, ws.Aop + r * BT, L);
     Aop = ws.Aop;
   }
   gemm<Op>(Trans::N, Trans::N, L, Vt, L, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
@@ -408,8 +417,13 @@ void state_update_factored(Acc* S, Index ldS, Rows<Op> vop, Index L, Index K, In
   if (L == 0) return;
   const ConstRowArrMap<Acc> el(ws.tmp + (L - 1) * K, K);  // e^{Gl}
   for (Index s = 0; s < L; ++s) {
-    RowArrMap<Op> kd(ws.kd + s * K, K);
-    kd = (kd.template cast<Acc>() * el).template cast<Op>();
+    if constexpr (std::is_same_v<Op, Acc>) {
+      RowArrMap<Acc>(ws.kd + s * K, K) *= el;
+    } else {  // k ⊙ e^{−G} was rounded to Op: widen it (exact), decay, round again
+      RowArrMap<Acc> x(ws.e, K);
+      convert_n(ws.kd + s * K, ws.e, K);
+      store_operand_row(ws.kd + s * K, x * el);
+    }
   }
   for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= el(a);
   gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
@@ -525,6 +539,15 @@ inline Index max_group_width(const std::vector<HeadGroup>& groups) {
   Index w = 0;
   for (const HeadGroup& g : groups) w = std::max(w, g.width);
   return w;
+}
+
+/// The head groups of the chunked state sweeps (chunk_state_sweep, chunk_grad_sweep): up to 4 value tiles per
+/// (sequence, head) pair when few pairs carry the work (a tile of a state sweep costs no extra work), the states
+/// of a group within 1 MiB, half the L2 of the machines docs/PERFORMANCE.md reports.
+template <class Acc>
+std::vector<HeadGroup> sweep_groups(const OpShape& s) {
+  const Index state_bytes = std::max<Index>(1, s.K * s.V * static_cast<Index>(sizeof(Acc)));
+  return head_groups(s, /*target=*/4, /*max_tiles=*/4, std::max<Index>(1, (Index(1) << 20) / state_bytes));
 }
 
 /// The widest tile of a list (the scratch size per worker).

@@ -4,13 +4,21 @@
 /// Eigen converts bfloat16 one element at a time through a function call (no packet path), which made reading
 /// bfloat16 rows the largest cost of the bfloat16 chunk kernels. A bfloat16 is the upper half of a float, so
 /// widening is a 16-bit shift and narrowing is round-to-nearest-even on the bits: plain integer loops the compiler
-/// vectorises. Both give exactly Eigen's results (NaN narrows to Eigen's quiet NaN of the same sign).
+/// vectorises (narrowing with AVX-512 intrinsics where the including code targets AVX-512: GCC left that loop
+/// scalar). Both give exactly Eigen's results (NaN narrows to Eigen's quiet NaN of the same sign).
 
 #include <gla/core.hpp>
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+#if defined(__AVX512F__) && !defined(GLA_GEMM_NO_INTRINSICS)
+#include <immintrin.h>
+#define GLA_CONVERT_AVX512 1
+#else
+#define GLA_CONVERT_AVX512 0
+#endif
 
 namespace gla {
 namespace detail {
@@ -28,7 +36,23 @@ inline void convert_n(const From* src, To* dst, Index n) {
   } else if constexpr (std::is_same_v<From, float> && std::is_same_v<To, Eigen::bfloat16>) {
     const auto* s = reinterpret_cast<const std::uint32_t*>(src);
     auto* d = reinterpret_cast<std::uint16_t*>(dst);
-    for (Index i = 0; i < n; ++i) {
+    Index i = 0;
+#if GLA_CONVERT_AVX512
+    // the scalar loop below, 16 lanes at a time: round to nearest even on the bits, NaN to a quiet NaN
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+    const __m512i sign16 = _mm512_set1_epi32(0x8000), qnan = _mm512_set1_epi32(0x7FC0);
+    for (; i + 16 <= n; i += 16) {
+      const __m512i b = _mm512_loadu_si512(s + i);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+      const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb), 16);
+      const __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(b, 16), sign16), qnan);
+      const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, abs_mask), inf);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i),
+                          _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan)));
+    }
+#endif
+    for (; i < n; ++i) {
       const std::uint32_t b = s[i];
       const std::uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
       const std::uint32_t nan = (b & 0x80000000u) ? 0xFFC0u : 0x7FC0u;
@@ -36,6 +60,46 @@ inline void convert_n(const From* src, To* dst, Index n) {
     }
   } else {
     for (Index i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
+  }
+}
+
+/// A row of n values of In as Acc: the row itself when In is Acc, else widened into buf (exact). Eigen's
+/// cast<float>() of a bfloat16 row inside an expression keeps the whole expression scalar.
+template <class Acc, class In>
+inline const Acc* widen_row(const In* row, Acc* buf, Index n) {
+  if constexpr (std::is_same_v<In, Acc>) {
+    (void)buf;
+    (void)n;
+    return row;
+  } else {
+    convert_n(row, buf, n);
+    return buf;
+  }
+}
+
+/// dst[0, e.size()) = Op(e) for a one-dimensional Eigen array expression e: Eigen's assignment when Op is e's
+/// scalar; otherwise e is evaluated 16 elements at a time (vectorised) and narrowed by convert_n, because Eigen's
+/// cast<bfloat16>() narrows one element at a time through a function call and keeps the whole expression scalar.
+/// dst may be one of e's operands (each block is read before it is written).
+template <class Op, class Expr>
+inline void store_operand_row(Op* dst, const Expr& e) {
+  using Acc = typename Expr::Scalar;
+  const Index n = e.size();
+  if constexpr (std::is_same_v<Op, Acc>) {
+    Eigen::Map<Eigen::Array<Op, 1, Eigen::Dynamic>>(dst, n) = e;
+  } else {
+    constexpr int kBlock = 16;
+    Eigen::Array<Acc, 1, kBlock> t;
+    Index j = 0;
+    for (; j + kBlock <= n; j += kBlock) {
+      t = e.template segment<kBlock>(j);
+      convert_n(t.data(), dst + j, kBlock);
+    }
+    if (j < n) {
+      const Index r = n - j;
+      t.head(r) = e.segment(j, r);
+      convert_n(t.data(), dst + j, r);
+    }
   }
 }
 

@@ -10,6 +10,9 @@
 ///   Accumulation is in float for float, bfloat16 and half inputs (C is float) and in double for double.
 ///
 /// Backends, chosen per call by gemm():
+///   AMX (bfloat16 inputs only; gla/detail/gemm_amx.hpp): when compiled for a target with AMX-TILE/AMX-BF16 and
+///     the CPU and Linux allow it at run time, bfloat16 products with every dimension up to kAmxMaxDim run on the
+///     tile unit (TDPBF16PS, float accumulation). Otherwise the backends below, in order.
 ///   libxsmm (when the build defines GLA_HAVE_LIBXSMM, as gla::gla does with GLA_WITH_LIBXSMM=ON): float,
 ///     bfloat16 and half products run JIT-generated kernels. libxsmm is column-major, and a row-major matrix read
 ///     column-major is its transpose, so the row-major C = op(A)·op(B) is computed as the column-major
@@ -50,6 +53,8 @@
 /// function here is safe to call concurrently from several threads.
 
 #include <gla/core.hpp>
+#include <gla/detail/gemm_amx.hpp>
+#include <gla/detail/gemm_common.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -60,13 +65,6 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__AVX512F__) && !defined(GLA_GEMM_NO_INTRINSICS)
-#define GLA_GEMM_AVX512 1
-#include <immintrin.h>
-#else
-#define GLA_GEMM_AVX512 0
-#endif
-
 #if defined(GLA_HAVE_LIBXSMM) && !defined(GLA_GEMM_FORCE_EIGEN)
 #define GLA_GEMM_WITH_LIBXSMM 1
 #include <libxsmm.h>
@@ -76,9 +74,6 @@
 
 namespace gla {
 namespace detail {
-
-/// Whether a gemm operand is used as stored (N) or transposed (T).
-enum class Trans { N, T };
 
 /// True when gemm() was compiled with its libxsmm backend (a shape libxsmm declines still falls back to Eigen).
 constexpr bool gemm_uses_libxsmm() noexcept { return GLA_GEMM_WITH_LIBXSMM != 0; }
@@ -144,27 +139,6 @@ inline void check(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k,
   if (bad_size || bad_ptr) check_failed(fn, ta, tb, m, n, k, A, lda, B, ldb, C, ldc);
 }
 
-/// A 64-byte aligned buffer grown on demand and never shrunk (contents are not kept across growth).
-template <class T>
-class Scratch {
- public:
-  T* get(std::size_t n) {
-    if (n > cap_) {
-      const std::size_t cap = (n + 1023) & ~std::size_t{1023};
-      buf_.reset(static_cast<T*>(::operator new (cap * sizeof(T), std::align_val_t{64})));
-      cap_ = cap;
-    }
-    return buf_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(T* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
-  };
-  std::unique_ptr<T, Free> buf_;
-  std::size_t cap_ = 0;
-};
-
 /// The per-thread scratch of gemm(): converted float tiles (Eigen fallback, half) and libxsmm packs.
 struct Scratchpad {
   Scratch<float> conv_a, conv_b;  // A and B converted to float and/or repacked, contiguous
@@ -204,43 +178,6 @@ void eigen_same(Trans ta, Trans tb, Index m, Index n, Index k, const S* A, Index
       run(a.transpose(), In(B, n, k, Stride(ldb)).transpose());
   }
 }
-
-#if GLA_GEMM_AVX512
-inline __m512 load16_as_float(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_as_float(const Eigen::bfloat16* p) {  // bfloat16 is the upper half of a float
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-inline __m512 load16_as_float(const Eigen::half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
-template <class In>
-inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
-  for (int i = 0; i < 8; ++i) {  // interleave row pairs: 2×2 blocks
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // 4×4 blocks within each 128-bit lane
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 2; ++i)  // then the 128-bit lanes: 8×8 blocks
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
-    }
-  for (int j = 0; j < 8; ++j) {  // and 16×16
-    _mm512_storeu_ps(d + j * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
-    _mm512_storeu_ps(d + (8 + j) * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
-  }
-}
-#endif
 
 /// dst (rows × cols, contiguous) = src (rows × cols, row stride lds) converted to float.
 template <class In>
@@ -492,6 +429,20 @@ bool libxsmm_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Ind
 #endif
 }
 
+/// AMX for one call (bfloat16 inputs only): true when done, false when not compiled in, not usable on this CPU
+/// or the shape is too large (C untouched); arguments already checked, m, n, k > 0.
+template <class In>
+bool amx_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+             bool accumulate, acc_t<In>* C, Index ldc) {
+#if GLA_GEMM_WITH_AMX
+  if constexpr (std::is_same_v<In, Eigen::bfloat16>)
+    return amx_bf16(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+#endif
+  (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)A, (void)lda, (void)B, (void)ldb, (void)accumulate, (void)C,
+      (void)ldc;
+  return false;
+}
+
 /// The Eigen backend for any input type; arguments already checked, m, n, k > 0. bfloat16 and half operands
 /// are converted to float as stored (Eigen's products take the transposes).
 template <class In>
@@ -535,6 +486,7 @@ template <class In>
 void gemm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
           bool accumulate, acc_t<In>* C, Index ldc) {
   if (gemm_impl::trivial("gla::detail::gemm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
+  if (gemm_impl::amx_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
   if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, kBf16KernelDefault)) return;
   gemm_impl::eigen_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
 }
@@ -557,14 +509,35 @@ bool gemm_libxsmm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, In
   return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, bf16_kernel);
 }
 
-/// A one-line description of the backend, e.g. "libxsmm 1.17 (JIT target cpx)" or "Eigen 3.4.0".
+/// gemm() on the AMX backend only (for tests and benchmarks): returns false, leaving C untouched, unless In is
+/// bfloat16, the AMX backend is compiled in (gemm_compiled_with_amx()), the CPU and OS allow it (amx_available())
+/// and no dimension exceeds its limit. Empty products are done here (true).
+template <class In>
+bool gemm_amx(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
+              bool accumulate, acc_t<In>* C, Index ldc) {
+  if (gemm_impl::trivial("gla::detail::gemm_amx", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
+  return gemm_impl::amx_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+/// True when bfloat16 products run on AMX tiles here: compiled in, and this CPU and OS allow it.
+inline bool amx_available() {
+#if GLA_GEMM_WITH_AMX
+  return gemm_impl::amx_usable();
+#else
+  return false;
+#endif
+}
+
+/// A one-line description of the backend, e.g. "libxsmm 1.17 (JIT target cpx)" or "Eigen 3.4.0", followed by
+/// "; bfloat16 on AMX tiles" when amx_available().
 inline std::string gemm_backend_name() {
+  const std::string amx = amx_available() ? "; bfloat16 on AMX tiles" : "";
 #if GLA_GEMM_WITH_LIBXSMM
   gemm_impl::xsmm_init_once();
-  return std::string("libxsmm ") + LIBXSMM_CONFIG_VERSION + " (JIT target " + libxsmm_get_target_arch() + ")";
+  return std::string("libxsmm ") + LIBXSMM_CONFIG_VERSION + " (JIT target " + libxsmm_get_target_arch() + ")" + amx;
 #else
   return "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
-         std::to_string(EIGEN_MINOR_VERSION);
+         std::to_string(EIGEN_MINOR_VERSION) + amx;
 #endif
 }
 

@@ -1,0 +1,136 @@
+#pragma once
+/// gla/detail/fused_chunk_sweep.hpp: the single chunked sweep that fused_chunk_gla runs, and chunk_gla for most
+/// shapes: per group of consecutive heads of one sequence, each chunk's output from the carried state, then the
+/// state advanced; no per-chunk states are stored.
+
+#include <gla/detail/chunk_kernels.hpp>
+
+namespace gla {
+namespace detail {
+
+/// The token-by-token recurrence of one (sequence, head) and value tile on rows [0, L) — the short-sequence path
+/// of fused_chunk_gla (heuristic_fallback). S [K×Vt] is the state tile in and out; o rows go to ws.O [L×Vt].
+template <class Acc, class Op, class In>
+void recurrent_rows(Rows<In> q, Rows<In> k, Rows<In> v, Rows<In> g, Acc scale, Index L, Index K, Index Vt,
+                    const ChunkScratch<Acc, Op>& ws) {
+  RowArrMap<Acc> e(ws.e, K), vr(ws.ev, Vt);
+  for (Index t = 0; t < L; ++t) {
+    if (g.p) {
+      convert_n(g.row(t), ws.e, K);
+      e = e.exp();
+    } else {
+      e.setOnes();
+    }
+    convert_n(v.row(t), ws.ev, Vt);
+    for (Index a = 0; a < K; ++a) {
+      RowArrMap<Acc> row(ws.S + a * Vt, Vt);
+      row = row * e(a) + static_cast<Acc>(k.row(t)[a]) * vr;
+    }
+    RowArrMap<Acc> out(ws.O + t * Vt, Vt);
+    out.setZero();
+    for (Index a = 0; a < K; ++a) out += (scale * static_cast<Acc>(q.row(t)[a])) * RowArrMap<Acc>(ws.S + a * Vt, Vt);
+  }
+}
+
+/// The work items of fused_chunk_gla: groups of (sequence, head) pairs that sweep together (head_groups), each pair
+/// split into at most 2 value tiles when few pairs carry most of the work (each tile recomputes the chunk's
+/// intra-chunk attention, so tiles cost extra work). A group's states stay within 1 MiB, half the L2 of the
+/// machines docs/PERFORMANCE.md reports.
+template <class Acc>
+std::vector<HeadGroup> fused_chunk_groups(const OpShape& s) {
+  const Index state_bytes = std::max<Index>(1, s.K * s.V * static_cast<Index>(sizeof(Acc)));
+  return head_groups(s, /*target=*/2, /*max_tiles=*/2, std::max<Index>(1, (Index(1) << 20) / state_bytes));
+}
+
+/// The per-worker scratch of the single sweep over `groups` (fused_chunk_groups).
+template <class Acc, class Op>
+std::vector<ChunkScratch<Acc, Op>> plan_fused_chunk(Arena& a, const OpShape& s, Index BT,
+                                                    const std::vector<HeadGroup>& groups) {
+  return plan_workers<Acc, Op>(a, static_cast<Index>(groups.size()), BT, s.K, max_group_width(groups),
+                               max_group_heads(groups));
+}
+
+/// fused_chunk_gla after validation; g may be null (no decay, plain linear attention). token_fallback: a sequence
+/// no longer than one chunk runs token by token (opts.heuristic_fallback for fused_chunk_gla; chunk_gla, which
+/// runs this sweep for most shapes, never does).
+template <class T>
+void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
+                     const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht, bool token_fallback) {
+  using Acc = acc_t<T>;
+  using Op = operand_t<T>;
+  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+  const Acc scale = resolve_scale<Acc>(opts, K);
+  const Acc floor = kChunkGateFloor<Acc>;
+  const std::vector<HeadGroup> groups = fused_chunk_groups<Acc>(s);
+  const Index n_groups = static_cast<Index>(groups.size());
+  Scratch scratch;
+  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
+  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+  parallel_for(n_groups, [&](Index i, int w) {
+    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
+    const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+    const Index n = gr.n, Wt = gr.width;
+    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+    const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
+    for (Index j = 0; j < gr.count; ++j) {
+      const Index pair = n * H + gr.h0 + j;
+      if (h0)
+        load_state_tile(state_of(j), h0 + pair * K * V, K, V, gr.v0, Wt, opts.state_v_first);
+      else
+        std::fill_n(state_of(j), K * Wt, Acc(0));
+    }
+    T* out = o.data() + gr.v0;
+    if (token_fallback && sq.len <= BT) {
+      for (Index j = 0; j < gr.count && sq.len > 0; ++j) {
+        const Index hh = gr.h0 + j;
+        ChunkScratch<Acc, Op> hs = sc;  // recurrent_rows works on hs.S
+        hs.S = state_of(j);
+        recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
+                       head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
+                       hs);
+        store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
+      }
+    } else {
+      ChunkGates<Acc> cg;
+      cg.gk = sc.G;
+      cg.ldgk = K;
+      for (Index c0 = 0; c0 < sq.len; c0 += BT) {
+        const Index L = std::min(BT, sq.len - c0);
+        for (Index j = 0; j < gr.count; ++j) {
+          const Index hh = gr.h0 + j;
+          Acc* const S = state_of(j);
+          const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
+          const auto vr = head_rows(v.data(), s, sq, hh, c0, V, gr.v0);
+          const auto gt = head_rows(g, s, sq, hh, c0, K);
+          {  // the rows of the group's next (chunk, head), fetched while this one computes
+            const bool last = j + 1 == gr.count;
+            const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
+            if (c1 < sq.len) {
+              const Index L1 = std::min(BT, sq.len - c1);
+              prefetch_rows(head_rows(qv.data(), s, sq, h1, c1, K), L1, K);
+              prefetch_rows(head_rows(k.data(), s, sq, h1, c1, K), L1, K);
+              prefetch_rows(head_rows(v.data(), s, sq, h1, c1, V, gr.v0), L1, Wt);
+              prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+              prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt, /*for_write=*/true);
+            }
+          }
+          gate_cumsum(gt, L, K, floor, sc.G);
+          const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
+          const bool factored =
+              chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale, L, K, Wt, sc, BT);
+          store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+          if (factored)
+            state_update_factored(S, Wt, vop, L, K, Wt, sc);
+          else
+            state_update<kGateGk>(S, Wt, kr, vr, cg, L, K, Wt, sc);
+        }
+      }
+    }
+    if (ht)
+      for (Index j = 0; j < gr.count; ++j)
+        store_state_tile(state_of(j), Wt, ht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, opts.state_v_first);
+  });
+}
+
+}  // namespace detail
+}  // namespace gla
