@@ -59,11 +59,14 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
 /// at dht (or 0); before each chunk is stepped back, dh[c] = dS (∂L/∂ the state after chunk c, K-first
 /// [ΣNT,H,K,V] in Acc); dS ← diag(e^{G_l}) dS + (scale · q ⊙ e^{G})ᵀ do_, with G the chunk-local cumsum of the raw
 /// gates; the gradient before the first chunk goes to dh0 (float, state layout; may be null). The heads of a
-/// group step back chunk by chunk together, each with its own dS tile.
-template <class Acc, class Op, class In>
+/// group step back chunk by chunk together, each with its own dS tile. dh may be null (not stored); at every
+/// (chunk, head), before stepping back, block(worker, n, c, h, dS) runs with the K×Vt tile dS = dh[c]: the
+/// backward computes that chunk's gradients there when the tiles span all of V, while q, do_ and g of the chunk
+/// are still in cache and without storing dh.
+template <class Acc, class Op, class In, class Block>
 void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, const In* g, Acc scale, const float* dht,
                       bool v_first, Acc* dh, float* dh0, const std::vector<HeadGroup>& groups,
-                      const std::vector<ChunkScratch<Acc, Op>>& workers) {
+                      const std::vector<ChunkScratch<Acc, Op>>& workers, const Block& block) {
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
@@ -85,8 +88,10 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
       for (Index j = 0; j < gr.count; ++j) {
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
-        store_state_tile(S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Vt,
-                         /*v_first=*/false);
+        if (dh)
+          store_state_tile(S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Vt,
+                           /*v_first=*/false);
+        block(w, n, c, hh, static_cast<const Acc*>(S));
         {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
           const bool last = j + 1 == gr.count;
           const Index c1 = last ? c0 - BT : c0, h1 = last ? gr.h0 : hh + 1;
@@ -127,26 +132,38 @@ struct ChunkBwdPlan {
   std::vector<BwdScratch<Acc, Op>> block;
 };
 
+/// Whether the backward computes each chunk's gradients inside the reverse sweep (every sweep tile spans all of
+/// V, as when there are enough (sequence, head) pairs) instead of storing dh for a separate pass over
+/// (chunk, head). A rule on the shape alone (sweep_groups splits V by the shape); the arithmetic of a chunk is
+/// the same either way.
+inline bool backward_blocks_in_sweep(const OpShape& s, const std::vector<HeadGroup>& sweep) {
+  return std::all_of(sweep.begin(), sweep.end(), [&](const HeadGroup& gr) { return gr.width == s.V; });
+}
+
 /// states: ΣNT (chunks of all sequences); sweep: the head groups of both sweeps; block_items: the (chunk, head)
-/// work items.
+/// work items. dh is planned only when the chunks' gradients are a separate pass (backward_blocks_in_sweep).
 template <class Acc, class Op>
 ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states,
                                           const std::vector<HeadGroup>& sweep, Index block_items) {
   ChunkBwdPlan<Acc, Op> p;
+  const bool in_sweep = backward_blocks_in_sweep(s, sweep);
   p.h = a.take<Acc>(states * s.H * s.K * s.V);
-  p.dh = a.take<Acc>(states * s.H * s.K * s.V);
+  p.dh = a.take<Acc>(in_sweep ? 0 : states * s.H * s.K * s.V);
   p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
                                   max_group_heads(sweep));
-  for (int i = 0; i < parallel_workers(block_items); ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
+  const int blocks = in_sweep ? parallel_workers(static_cast<Index>(sweep.size())) : parallel_workers(block_items);
+  for (int i = 0; i < blocks; ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
   return p;
 }
 
 /// The chunked backward after validation (shared by chunk_gla_backward_into and fused_chunk_gla_backward_into).
 /// Recomputes what the forward does not keep, as fla does: the state before every chunk h (fp32, from the raw
-/// gates chunk by chunk); then the state gradients dh by a reverse sweep; then every (chunk, head)
-/// independently. Scratch (chunk_gla_backward_workspace_size): h and dh (2·ΣNT·H·K·V accumulators) and
-/// per-thread tiles, from opts.workspace or allocated for the call; inputs are read in their own scalar.
-/// g may be null (no decay; then dg must be null too): fused_recurrent_gla_backward runs its gk-only cases here.
+/// gates chunk by chunk); then the state gradients dh by a reverse sweep; then every (chunk, head)'s gradients,
+/// inside that reverse sweep when its tiles span all of V (backward_blocks_in_sweep: dh is then never stored),
+/// else as a separate pass over (chunk, head) that reads dh back. Scratch (chunk_gla_backward_workspace_size): h and dh
+/// (2·ΣNT·H·K·V accumulators) and per-thread tiles, from opts.workspace or allocated for the call; inputs are read in
+/// their own scalar. g may be null (no decay; then dg must be null too): fused_recurrent_gla_backward runs its gk-only
+/// cases here.
 template <class T>
 void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
                              const ConstView<T, 4>& v, const T* g, const ConstView<T, 4>& do_,
@@ -166,25 +183,36 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
   chunk_state_sweep(s, BT, k.data(), v.data(), g, opts.initial_state ? opts.initial_state->data() : nullptr,
                     opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep, pl.sweep);
-  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht ? dht->data() : nullptr, opts.state_v_first, pl.dh,
-                   dh0 ? dh0->data() : nullptr, sweep, pl.sweep);
 
+  // One chunk's gradients, from the state before it (h) and the gradient of the state after it (dH, K×V).
   const Acc floor = kChunkGateFloor<Acc>;
-  parallel_for(work, [&](Index w, int worker) {
-    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
-    const Index hh = w % H;
+  const auto chunk_grads = [&](int worker, Index n, Index c, Index hh, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
     const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
     const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(worker)];
     chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
                    head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
-                   head_rows(do_.data(), s, sq, hh, c0, V), pl.h + state, pl.dh + state, scale, L, K, V, BT, floor, ws);
+                   head_rows(do_.data(), s, sq, hh, c0, V), pl.h + state, dH, scale, L, K, V, BT, floor, ws);
     const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
     store_tile_rows(ws.dq, L, K, dq + row * K, H * K);
     store_tile_rows(ws.dk, L, K, dk + row * K, H * K);
     store_tile_rows(ws.dv, L, V, dv + row * V, H * V);
     if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K);
+  };
+  const float* dht_p = dht ? dht->data() : nullptr;
+  float* dh0_p = dh0 ? dh0->data() : nullptr;
+  if (backward_blocks_in_sweep(s, sweep)) {
+    chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, static_cast<Acc*>(nullptr),
+                     dh0_p, sweep, pl.sweep, chunk_grads);
+    return;
+  }
+  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep,
+                   [](int, Index, Index, Index, const Acc*) {});
+  parallel_for(work, [&](Index w, int worker) {
+    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
+    const Index hh = w % H;
+    chunk_grads(worker, n, c, hh, pl.dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V);
   });
 }
 
