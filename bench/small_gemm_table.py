@@ -9,7 +9,7 @@ Usage: python3 bench/small_gemm_table.py bench/results/bench_small_gemm.json
 import json
 import sys
 
-BACKENDS = ["eigen_f32", "xsmm_f32", "xsmm_bf16", "xsmm_bf16_vnni", "eigen_bf16"]
+BACKENDS = ["eigen_f32", "xsmm_f32", "xsmm_bf16", "xsmm_bf16_vnni", "eigen_bf16", "amx_bf16"]
 
 
 def load(path):
@@ -46,15 +46,15 @@ def main(path):
             _, prod, layout, _ = name.split("/")
             if (prod, layout) not in products:
                 products.append((prod, layout))
-    head = "| product m×n×k | layout | " + " | ".join(BACKENDS) + " | xsmm_f32 ÷ eigen_f32 | xsmm_bf16 ÷ eigen_bf16 | xsmm_f32 ÷ oneDNN 1T |"
+    head = "| product m×n×k | layout | " + " | ".join(BACKENDS) + " | xsmm_f32 ÷ eigen_f32 | xsmm_bf16 ÷ eigen_bf16 | xsmm_f32 ÷ oneDNN 1T | amx_bf16 ÷ xsmm_f32 |"
     print(head)
-    print("| --- | --- |" + " ---: |" * (len(BACKENDS) + 3))
+    print("| --- | --- |" + " ---: |" * (len(BACKENDS) + 4))
     for prod, layout in products:
         g = {b: gflops(runs.get(f"small/{prod}/{layout}/{b}")) for b in BACKENDS}
         ratio = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
         cells = [fmt(g[b]) for b in BACKENDS]
         cells += [fmt(ratio(g["xsmm_f32"], g["eigen_f32"]), ".2f"), fmt(ratio(g["xsmm_bf16"], g["eigen_bf16"]), ".2f"),
-                  fmt(ratio(g["xsmm_f32"], y1), ".2f")]
+                  fmt(ratio(g["xsmm_f32"], y1), ".2f"), fmt(ratio(g["amx_bf16"], g["xsmm_f32"]), ".2f")]
         print(f"| {prod.replace('_', ' ')} | {layout} | " + " | ".join(cells) + " |")
     print("\nlibxsmm kernels alone, instruction peaks, N³ products (one thread):\n")
     print("| benchmark | GFLOP/s | G instr/s |")
