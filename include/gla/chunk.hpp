@@ -80,12 +80,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
     const Index n = gr.n, Wt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head gr.h0 + j's state tile
-    for (Index j = 0; j < gr.count; ++j) {
-      if (h0)
-        load_state_tile(state_of(j), h0 + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
-      else
-        std::fill_n(state_of(j), K * Wt, Acc(0));
-    }
+    load_group_states(sc.S, gr, h0, H, K, V, v_first);
     ChunkGates<Acc> cg;
     cg.gk = sc.G;
     cg.ldgk = K;
@@ -112,9 +107,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
                               Wt, sc);
       }
     }
-    if (ht)
-      for (Index j = 0; j < gr.count; ++j)
-        store_state_tile(state_of(j), Wt, ht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
+    if (ht) store_group_states(sc.S, gr, ht, H, K, V, v_first);
   });
 }
 

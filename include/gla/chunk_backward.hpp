@@ -76,12 +76,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
     const Index n = gr.n, Vt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const auto state_of = [&](Index j) { return sc.S + j * K * Vt; };  // head gr.h0 + j's dS tile
-    for (Index j = 0; j < gr.count; ++j) {
-      if (dht)
-        load_state_tile(state_of(j), dht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Vt, v_first);
-      else
-        std::fill_n(state_of(j), K * Vt, Acc(0));
-    }
+    load_group_states(sc.S, gr, dht, H, K, V, v_first);
     const Index nchunks = (sq.len + BT - 1) / BT;
     for (Index c = nchunks - 1; c >= 0; --c) {
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
@@ -116,9 +111,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
         gemm<Op>(Trans::T, Trans::N, K, Vt, L, sc.qg, K, dop.p, dop.ld, /*accumulate=*/true, S, Vt);
       }
     }
-    if (dh0)
-      for (Index j = 0; j < gr.count; ++j)
-        store_state_tile(state_of(j), Vt, dh0 + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Vt, v_first);
+    if (dh0) store_group_states(sc.S, gr, dh0, H, K, V, v_first);
   });
 }
 

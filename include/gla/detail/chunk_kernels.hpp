@@ -541,6 +541,26 @@ inline Index max_group_width(const std::vector<HeadGroup>& groups) {
   return w;
 }
 
+/// The state tiles of a head group, K×width each, head gr.h0 + j's at S + j·K·width (a worker's ChunkScratch::S):
+/// loaded from a float state tensor [N,H,K,V] (or [N,H,V,K] with v_first) over the group's columns, or zeros when
+/// src is null (no initial state); and stored back to one.
+template <class Acc>
+void load_group_states(Acc* S, const HeadGroup& gr, const float* src, Index H, Index K, Index V, bool v_first) {
+  for (Index j = 0; j < gr.count; ++j) {
+    Acc* tile = S + j * K * gr.width;
+    if (src)
+      load_state_tile(tile, src + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, gr.width, v_first);
+    else
+      std::fill_n(tile, K * gr.width, Acc(0));
+  }
+}
+template <class Acc>
+void store_group_states(const Acc* S, const HeadGroup& gr, float* dst, Index H, Index K, Index V, bool v_first) {
+  for (Index j = 0; j < gr.count; ++j)
+    store_state_tile(S + j * K * gr.width, gr.width, dst + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, gr.width,
+                     v_first);
+}
+
 /// The head groups of the chunked state sweeps (chunk_state_sweep, chunk_grad_sweep): up to 4 value tiles per
 /// (sequence, head) pair when few pairs carry the work (a tile of a state sweep costs no extra work), the states
 /// of a group within 1 MiB, half the L2 of the machines docs/PERFORMANCE.md reports.

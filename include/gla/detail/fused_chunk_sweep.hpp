@@ -72,13 +72,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
     const Index n = gr.n, Wt = gr.width;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
-    for (Index j = 0; j < gr.count; ++j) {
-      const Index pair = n * H + gr.h0 + j;
-      if (h0)
-        load_state_tile(state_of(j), h0 + pair * K * V, K, V, gr.v0, Wt, opts.state_v_first);
-      else
-        std::fill_n(state_of(j), K * Wt, Acc(0));
-    }
+    load_group_states(sc.S, gr, h0, H, K, V, opts.state_v_first);
     T* out = o.data() + gr.v0;
     if (token_fallback && sq.len <= BT) {
       for (Index j = 0; j < gr.count && sq.len > 0; ++j) {
@@ -126,9 +120,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
         }
       }
     }
-    if (ht)
-      for (Index j = 0; j < gr.count; ++j)
-        store_state_tile(state_of(j), Wt, ht + (n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, opts.state_v_first);
+    if (ht) store_group_states(sc.S, gr, ht, H, K, V, opts.state_v_first);
   });
 }
 

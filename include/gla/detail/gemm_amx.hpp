@@ -184,7 +184,8 @@ inline void amx_pack_a(Trans ta, Index m, Index k, const std::uint16_t* a16, Ind
 inline void amx_memory_barrier() { __asm__ __volatile__("" ::: "memory"); }
 
 /// One block of MT×NT C tiles (16·MT rows from i0, 16·NT columns from j0): load or zero C, run k, store C.
-/// C tile (r, c) is tile 4 + 2r + c... written out, since tile numbers are immediates.
+/// C tile (r, c) is tile 4 + 2r + c; A tiles are 0 and 1, B tiles 2 and 3. Tile numbers are immediates (GCC's
+/// intrinsics paste them into the instruction), hence the macros.
 template <int MT, int NT>
 inline void amx_block(Index i0, Index j0, Index m, Index n, Index kp, const std::uint16_t* a, Index lda_bytes,
                       const std::uint32_t* v, Index np, bool accumulate, float* C, Index ldc, float* edge) {
@@ -221,16 +222,19 @@ inline void amx_block(Index i0, Index j0, Index m, Index n, Index kp, const std:
     amx_memory_barrier();                   \
     edge_out(r, c);                         \
   }
-  GLA_AMX_C_IN(4, 0, 0)
-  if constexpr (NT == 2) {
-    GLA_AMX_C_IN(5, 0, 1)
+// OP(tile, r, c) for each accumulator tile of the block: tile 4 + 2r + c holds C's 16×16 tile (r, c).
+#define GLA_AMX_EACH_C_TILE(OP)       \
+  OP(4, 0, 0)                         \
+  if constexpr (NT == 2) {            \
+    OP(5, 0, 1)                       \
+  }                                   \
+  if constexpr (MT == 2) {            \
+    OP(6, 1, 0)                       \
+  }                                   \
+  if constexpr (MT == 2 && NT == 2) { \
+    OP(7, 1, 1)                       \
   }
-  if constexpr (MT == 2) {
-    GLA_AMX_C_IN(6, 1, 0)
-  }
-  if constexpr (MT == 2 && NT == 2) {
-    GLA_AMX_C_IN(7, 1, 1)
-  }
+  GLA_AMX_EACH_C_TILE(GLA_AMX_C_IN)
   const Index vrow_bytes = np * 4;
   for (Index kk = 0; kk < kp; kk += 32) {
     const std::uint16_t* ak = a + i0 * (lda_bytes / 2) + kk;
@@ -244,16 +248,8 @@ inline void amx_block(Index i0, Index j0, Index m, Index n, Index kp, const std:
     if constexpr (MT == 2) _tile_dpbf16ps(6, 1, 2);
     if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(7, 1, 3);
   }
-  GLA_AMX_C_OUT(4, 0, 0)
-  if constexpr (NT == 2) {
-    GLA_AMX_C_OUT(5, 0, 1)
-  }
-  if constexpr (MT == 2) {
-    GLA_AMX_C_OUT(6, 1, 0)
-  }
-  if constexpr (MT == 2 && NT == 2) {
-    GLA_AMX_C_OUT(7, 1, 1)
-  }
+  GLA_AMX_EACH_C_TILE(GLA_AMX_C_OUT)
+#undef GLA_AMX_EACH_C_TILE
 #undef GLA_AMX_C_IN
 #undef GLA_AMX_C_OUT
 }
