@@ -1,7 +1,8 @@
 // Regression tests of the public contract every operator shares: views with value semantics (the decode loop),
 // the aliasing rule of the `*_into` forms, the output contract (an optional output is given iff its flag is),
 // bounded chunk sizes, exceptions carried out of the parallel engine, bit-identical results for any thread count,
-// non-finite gates on the chunk paths, and overflow-safe varlen helpers. Each case failed before the fix.
+// non-finite gates on the chunk paths, and overflow-safe varlen helpers. Each case failed before the fix, except
+// the workspace sizes, which hold the *_workspace_size functions to what the calls carve on every path.
 
 #include <gla/gla.hpp>
 
@@ -136,6 +137,46 @@ TEST_CASE("views: the README decode loop updates one state in place with a reuse
   CHECK(gla::test::ok(compare(state, *full.final_state), 1e-6));
 }
 
+// The *_workspace_size functions must name exactly what a call carves, on each of its paths: chunk_gla's single
+// sweep (4 or more (sequence, head) pairs) and two phases, the backward with its chunks' gradients inside the
+// reverse sweep and as a separate pass (a long single head is split into value tiles), bf16 operands too.
+TEST_CASE("workspace sizes: each *_workspace_size is what the call takes, on every path", "[api][workspace]") {
+  const auto round64 = [](std::size_t b) { return (std::max<std::size_t>(b, 1) + 63) / 64 * 64; };
+  struct Shape {
+    Index B, T, H, K, V;
+  };
+  for (const Shape sh : {Shape{1, 130, 4, 32, 48}, Shape{1, 300, 1, 32, 128}, Shape{2, 70, 1, 16, 64}}) {
+    INFO("B=" << sh.B << " T=" << sh.T << " H=" << sh.H << " K=" << sh.K << " V=" << sh.V);
+    const Inputs in(sh.B, sh.T, sh.H, sh.K, sh.V);
+    const Tensor<Eigen::bfloat16, 4> qb = in.q.cast<Eigen::bfloat16>(), kb = in.k.cast<Eigen::bfloat16>(),
+                                     vb = in.v.cast<Eigen::bfloat16>(), gb = in.g.cast<Eigen::bfloat16>();
+    // an empty workspace grows to exactly what the call takes; one sized up front is never grown
+    const auto check = [&](const char* what, std::size_t size, const auto& call) {
+      INFO(what << ": workspace_size " << size);
+      Workspace grown;
+      GLAOptions o;
+      o.workspace = &grown;
+      call(o);
+      CHECK(grown.capacity() == round64(size));
+      Workspace sized(size);
+      const std::byte* before = sized.data();
+      o.workspace = &sized;
+      call(o);
+      CHECK(sized.data() == before);
+      CHECK(sized.capacity() == round64(size));
+    };
+    const Index B = sh.B, T = sh.T, H = sh.H, K = sh.K, V = sh.V;
+    check("chunk_gla", chunk_gla_workspace_size<float>(B, T, H, K, V),
+          [&](const GLAOptions& o) { (void)chunk_gla(in.q, in.k, in.v, in.g, o); });
+    check("chunk_gla bf16", chunk_gla_workspace_size<Eigen::bfloat16>(B, T, H, K, V),
+          [&](const GLAOptions& o) { (void)chunk_gla(qb, kb, vb, gb, o); });
+    check("fused_chunk_gla", fused_chunk_gla_workspace_size<float>(B, T, H, K, V),
+          [&](const GLAOptions& o) { (void)fused_chunk_gla(in.q, in.k, in.v, in.g, o); });
+    check("chunk_gla_backward", chunk_gla_backward_workspace_size<float>(B, T, H, K, V),
+          [&](const GLAOptions& o) { (void)chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, o); });
+  }
+}
+
 TEST_CASE("operators deduce the scalar type from their arguments, any mix of tensors, maps and views", "[api]") {
   const Inputs in(1, 20, 2, 8, 4);
   const ConstTensorMap<float, 4> kmap(in.k.data(), in.k.dimensions());
@@ -184,8 +225,8 @@ TEST_CASE("aliasing: outputs that overlap inputs raise gla::Error and write noth
   SECTION("fused_recurrent_gla_backward_into with dv = do_") {
     Tensor<float, 4> dq(B, T, H, D), dk(B, T, H, D), dgk(B, T, H, D);
     CHECK_GLA_ERROR("fused_recurrent_gla_backward: output dv overlaps input do_",
-                    fused_recurrent_gla_backward_into(in.q, in.k, in.v, in.g, std::nullopt, in.do_, std::nullopt,
-                                                      opts, dq, dk, in.do_, dgk));
+                    fused_recurrent_gla_backward_into(in.q, in.k, in.v, in.g, std::nullopt, in.do_, std::nullopt, opts,
+                                                      dq, dk, in.do_, dgk));
   }
   SECTION("ShortConvolution: step_into and forward_into with y = x") {
     ShortConvolution<float> conv(D, 4);
@@ -224,8 +265,9 @@ TEST_CASE("aliasing: outputs that overlap inputs raise gla::Error and write noth
   SECTION("activate_into: a shifted output is rejected, the same buffer is in place") {
     Tensor<float, 1> buf(11);
     buf.setConstant(-1.0f);
-    CHECK_GLA_ERROR("activate_into: output y overlaps input x",
-                    activate_into(Activation::ReLU, ConstView<float, 1>(buf.data(), 10), View<float, 1>(buf.data() + 1, 10)));
+    CHECK_GLA_ERROR(
+        "activate_into: output y overlaps input x",
+        activate_into(Activation::ReLU, ConstView<float, 1>(buf.data(), 10), View<float, 1>(buf.data() + 1, 10)));
     activate_into(Activation::ReLU, ConstView<float, 1>(buf.data(), 10), View<float, 1>(buf.data(), 10));
     CHECK(buf(0) == 0.0f);
   }
@@ -262,7 +304,8 @@ TEST_CASE("aliasing: the documented in-place updates equal the out-of-place resu
   GLAOptions bo;
   bo.initial_state = h0;
   const auto ref_b = chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, ConstView<float, 4>(dht), bo);
-  const auto ref_rb = fused_recurrent_gla_backward(in.q, in.k, in.v, in.g, std::nullopt, in.do_, ConstView<float, 4>(dht), bo);
+  const auto ref_rb =
+      fused_recurrent_gla_backward(in.q, in.k, in.v, in.g, std::nullopt, in.do_, ConstView<float, 4>(dht), bo);
   Tensor<float, 4> dq(B, T, H, K), dk(B, T, H, K), dv(B, T, H, V), dg(B, T, H, K);
   Tensor<float, 4> buf = dht;
   chunk_gla_backward_into(in.q, in.k, in.v, in.g, in.do_, ConstView<float, 4>(buf), bo, dq, dk, dv, dg, buf);
@@ -284,7 +327,8 @@ TEST_CASE("output contract: an optional output is given if and only if its flag 
     const auto call = [&](const GLAOptions& opts, std::optional<View<float, 4>> final_state) {
       if (fn == "chunk_gla") chunk_gla_into(in.q, in.k, in.v, in.g, opts, o, final_state);
       if (fn == "fused_chunk_gla") fused_chunk_gla_into(in.q, in.k, in.v, in.g, opts, o, final_state);
-      if (fn == "fused_recurrent_gla") fused_recurrent_gla_into(in.q, in.k, in.v, in.g, std::nullopt, opts, o, final_state);
+      if (fn == "fused_recurrent_gla")
+        fused_recurrent_gla_into(in.q, in.k, in.v, in.g, std::nullopt, opts, o, final_state);
     };
     CHECK_GLA_ERROR(fn + ": final_state is given, expected none since output_final_state is false", call(no_state, fs));
     CHECK_GLA_ERROR(fn + ": final_state is not given, expected a view since output_final_state is true",
@@ -306,7 +350,8 @@ TEST_CASE("output contract: an optional output is given if and only if its flag 
                                           dg, std::nullopt, d0);
     };
     CHECK_GLA_ERROR(fn + ": dh0 is given, expected none since initial_state is not given", call(no_state, dh0));
-    CHECK_GLA_ERROR(fn + ": dh0 is not given, expected a view since initial_state is given", call(with_h0, std::nullopt));
+    CHECK_GLA_ERROR(fn + ": dh0 is not given, expected a view since initial_state is given",
+                    call(with_h0, std::nullopt));
     call(with_h0, dh0);
   }
 }
@@ -319,7 +364,8 @@ TEST_CASE("chunk_size is bounded: a huge valid power of two is a gla::Error, not
     const std::string what = "chunk_size is " + std::to_string(cs) + ", expected a power of two in [16, 256]";
     CHECK_GLA_ERROR("chunk_gla: " + what, chunk_gla(in.q, in.k, in.v, in.g, opts));
     CHECK_GLA_ERROR("fused_chunk_gla: " + what, fused_chunk_gla(in.q, in.k, in.v, in.g, opts));
-    CHECK_GLA_ERROR("chunk_gla_backward: " + what, chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts));
+    CHECK_GLA_ERROR("chunk_gla_backward: " + what,
+                    chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, opts));
   }
   GLAOptions largest;
   largest.chunk_size = 256;
@@ -340,9 +386,10 @@ TEST_CASE("parallel engine: an exception in a work item reaches the caller, on e
                                          }),
                     std::bad_alloc);
     CHECK(ran.load() >= 1);
-    CHECK_THROWS_WITH(detail::parallel_for(8, [&](Index i, int) {
-                        if (i % 2) throw gla::Error("item " + std::to_string(i));
-                      }),
+    CHECK_THROWS_WITH(detail::parallel_for(8,
+                                           [&](Index i, int) {
+                                             if (i % 2) throw gla::Error("item " + std::to_string(i));
+                                           }),
                       Catch::Matchers::Contains("item"));
     // The pool is still usable afterwards, and nested calls run (serially) inside an item.
     std::vector<int> hits(100, 0);
@@ -398,7 +445,7 @@ TEST_CASE("non-finite and extreme gates on the chunk paths: a hard reset (g = -i
     Inputs in(B, T, H, K, V, 5);
     for (Index h = 0; h < H; ++h)
       for (Index c = 0; c < K; ++c) in.g(0, 70, h, c) = X;  // mid-chunk
-    in.g(0, 128, 1, 3) = X;                                  // first row of a chunk
+    in.g(0, 128, 1, 3) = X;                                 // first row of a chunk
     const auto ref = naive_recurrent_gla<double>(in.q, in.k, in.v, in.g);
     const auto a = chunk_gla(in.q, in.k, in.v, in.g);
     const auto b = fused_chunk_gla(in.q, in.k, in.v, in.g);
@@ -424,7 +471,8 @@ TEST_CASE("non-finite and extreme gates on the chunk paths: a hard reset (g = -i
 TEST_CASE("chunk_fwd_h: g_gamma must be a finite per-step log decay <= 0", "[api][gates]") {
   const Inputs in(1, 20, 2, 8, 4);
   Tensor<float, 1> gamma(2);
-  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), 0.5f, 1e30f, -std::numeric_limits<float>::infinity()}) {
+  for (const float bad :
+       {std::numeric_limits<float>::quiet_NaN(), 0.5f, 1e30f, -std::numeric_limits<float>::infinity()}) {
     gamma.setValues({-0.1f, bad});
     ChunkHGates gates;
     gates.g_gamma = gamma;

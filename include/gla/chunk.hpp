@@ -191,12 +191,7 @@ std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V
   static_assert(is_supported_scalar_v<Scalar>, "chunk_gla_workspace_size: unsupported scalar type");
   const detail::OpShape s = detail::shape_of("chunk_gla_workspace_size", B, T, H, K, V, opts);
   const Index BT = opts.chunk_size;
-  if (detail::chunk_gla_single_sweep(s)) {
-    const std::vector<detail::HeadGroup> groups = detail::fused_chunk_groups<acc_t<Scalar>>(s);
-    return detail::planned_bytes([&](detail::Arena& a) {
-      return detail::plan_fused_chunk<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, groups);
-    });
-  }
+  if (detail::chunk_gla_single_sweep(s)) return detail::fused_chunk_workspace_bytes<Scalar>(s, BT);
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
   const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
   const Index items =

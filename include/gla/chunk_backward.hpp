@@ -153,10 +153,10 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
 /// Recomputes what the forward does not keep, as fla does: the state before every chunk h (fp32, from the raw
 /// gates chunk by chunk); then the state gradients dh by a reverse sweep; then every (chunk, head)'s gradients,
 /// inside that reverse sweep when its tiles span all of V (backward_blocks_in_sweep: dh is then never stored),
-/// else as a separate pass over (chunk, head) that reads dh back. Scratch (chunk_gla_backward_workspace_size): h and dh
-/// (2·ΣNT·H·K·V accumulators) and per-thread tiles, from opts.workspace or allocated for the call; inputs are read in
-/// their own scalar. g may be null (no decay; then dg must be null too): fused_recurrent_gla_backward runs its gk-only
-/// cases here.
+/// else as a separate pass over (chunk, head) that reads dh back. Scratch (chunk_gla_backward_workspace_size): h, and
+/// dh on the separate-pass path (ΣNT·H·K·V accumulators each), and per-thread tiles, from opts.workspace or allocated
+/// for the call; inputs are read in their own scalar. g may be null (no decay; then dg must be null too):
+/// fused_recurrent_gla_backward runs its gk-only cases here.
 template <class T>
 void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
                              const ConstView<T, 4>& v, const T* g, const ConstView<T, 4>& do_,
@@ -296,10 +296,12 @@ ChunkBwdDhResult chunk_bwd_dh(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4>
 ///   dh0 may be the very buffer of dht; no other output may overlap an input or another output.
 /// Options as chunk_gla (scale, initial_state, state_v_first, cu_seqlens, chunk_size); use the forward's.
 /// Recomputed, as fla does: the gate cumsum and the state before every chunk (A is recomputed too, since
-/// chunk_gla does not return it); nothing but the inputs is saved from the forward. Memory: 2·ΣNT·H·K·V + B·T·H·K
-/// accumulators. Computes in acc_t of the scalar (bf16 inputs: bf16 product operands where AMX runs them, as
-/// chunk_gla). Threads: the parallel engine over groups of consecutive heads of one sequence (and value tiles)
-/// for the states and their gradient, then over (chunk, head); results do not depend on the thread count.
+/// chunk_gla does not return it); nothing but the inputs is saved from the forward. Memory: the states h (ΣNT·H·K·V
+/// accumulators), their gradients dh as many again when a (sequence, head) pair is split into value tiles (the
+/// separate pass; backward_blocks_in_sweep), and per-thread tiles (chunk_gla_backward_workspace_size). Computes in
+/// acc_t of the scalar (bf16 inputs: bf16 product operands where AMX runs them, as chunk_gla). Threads: the parallel
+/// engine over groups of consecutive heads of one sequence (and value tiles) for the states and their gradient, then
+/// over (chunk, head); results do not depend on the thread count.
 template <class Q>
 void chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                              ConstViewOf<Q, 4> do_, std::optional<ConstView<float, 4>> dht, const GLAOptions& opts,
@@ -331,9 +333,9 @@ ChunkGLAGrads<scalar_type_t<Q>> chunk_gla_backward(const Q& q, ConstViewOf<Q, 4>
 
 /// Backward of fused_chunk_gla into caller views. It shares the chunked path of chunk_gla_backward_into (the
 /// forwards compute the same function, so their gradients are the same), hence it stores the per-chunk states
-/// and their gradients (2·ΣNT·H·K·V accumulators) unlike the fused forward. It validates like
-/// fused_chunk_gla_into, including opts.max_seqlen (a longer sequence → gla::Error); heuristic_fallback only
-/// chooses a forward path and is ignored here. Shapes, options, output contract, aliasing and threading as
+/// (and, on the separate-pass path, their gradients: ΣNT·H·K·V accumulators each) unlike the fused forward. It
+/// validates like fused_chunk_gla_into, including opts.max_seqlen (a longer sequence → gla::Error); heuristic_fallback
+/// only chooses a forward path and is ignored here. Shapes, options, output contract, aliasing and threading as
 /// chunk_gla_backward_into.
 template <class Q>
 void fused_chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,

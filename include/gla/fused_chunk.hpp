@@ -25,10 +25,7 @@ template <class Scalar = float>
 std::size_t fused_chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V, const GLAOptions& opts = {}) {
   static_assert(is_supported_scalar_v<Scalar>, "fused_chunk_gla_workspace_size: unsupported scalar type");
   const detail::OpShape s = detail::shape_of("fused_chunk_gla_workspace_size", B, T, H, K, V, opts);
-  const std::vector<detail::HeadGroup> groups = detail::fused_chunk_groups<acc_t<Scalar>>(s);
-  return detail::planned_bytes([&](detail::Arena& a) {
-    return detail::plan_fused_chunk<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, opts.chunk_size, groups);
-  });
+  return detail::fused_chunk_workspace_bytes<Scalar>(s, opts.chunk_size);
 }
 
 /// Fused-chunk GLA forward into caller views: per (sequence, head) one sweep over its chunks computing each

@@ -416,15 +416,8 @@ void state_update_factored(Acc* S, Index ldS, Rows<Op> vop, Index L, Index K, In
                            const ChunkScratch<Acc, Op>& ws) {
   if (L == 0) return;
   const ConstRowArrMap<Acc> el(ws.tmp + (L - 1) * K, K);  // e^{Gl}
-  for (Index s = 0; s < L; ++s) {
-    if constexpr (std::is_same_v<Op, Acc>) {
-      RowArrMap<Acc>(ws.kd + s * K, K) *= el;
-    } else {  // k ⊙ e^{−G} was rounded to Op: widen it (exact), decay, round again
-      RowArrMap<Acc> x(ws.e, K);
-      convert_n(ws.kd + s * K, ws.e, K);
-      store_operand_row(ws.kd + s * K, x * el);
-    }
-  }
+  for (Index s = 0; s < L; ++s)  // kd (rounded to Op already) widened (exact), decayed, stored again
+    store_operand_row(ws.kd + s * K, ConstRowArrMap<Acc>(widen_row(ws.kd + s * K, ws.e, K), K) * el);
   for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * ldS, Vt) *= el(a);
   gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
 }

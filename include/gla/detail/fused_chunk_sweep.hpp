@@ -50,6 +50,14 @@ std::vector<ChunkScratch<Acc, Op>> plan_fused_chunk(Arena& a, const OpShape& s, 
                                max_group_heads(groups));
 }
 
+/// Bytes of scratch of the single sweep for inputs of scalar Scalar (fused_chunk_gla, and chunk_gla when it runs
+/// the sweep).
+template <class Scalar>
+std::size_t fused_chunk_workspace_bytes(const OpShape& s, Index BT) {
+  const std::vector<HeadGroup> groups = fused_chunk_groups<acc_t<Scalar>>(s);
+  return planned_bytes([&](Arena& a) { return plan_fused_chunk<acc_t<Scalar>, operand_t<Scalar>>(a, s, BT, groups); });
+}
+
 /// fused_chunk_gla after validation; g may be null (no decay, plain linear attention). token_fallback: a sequence
 /// no longer than one chunk runs token by token (opts.heuristic_fallback for fused_chunk_gla; chunk_gla, which
 /// runs this sweep for most shapes, never does).

@@ -103,14 +103,14 @@ inline void amx_pack_b(Trans tb, Index k, Index n, const std::uint16_t* b16, Ind
                        std::uint32_t* v) {
   const Index kh = k / 2;
   if (tb == Trans::N) {  // B is k×n: interleave rows 2q and 2q+1
-    // word j of the output = (r0[j], r1[j]): 16-bit lane 2j takes r0[j], lane 2j+1 takes r1[j]
-    alignas(64) std::uint16_t idx_lo[32], idx_hi[32];
-    for (int j = 0; j < 16; ++j) {
-      idx_lo[2 * j] = static_cast<std::uint16_t>(j);
-      idx_lo[2 * j + 1] = static_cast<std::uint16_t>(32 + j);
-      idx_hi[2 * j] = static_cast<std::uint16_t>(16 + j);
-      idx_hi[2 * j + 1] = static_cast<std::uint16_t>(48 + j);
-    }
+    // word j of the output = (r0[j], r1[j]): 16-bit lane 2j takes r0[j] (index j), lane 2j+1 takes r1[j]
+    // (index 32 + j); lo covers columns 0..15 of the 32 loaded, hi columns 16..31.
+    alignas(64) static constexpr std::uint16_t idx_lo[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                             37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                             11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    alignas(64) static constexpr std::uint16_t idx_hi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                             53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                             27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
     const __m512i lo = _mm512_load_si512(idx_lo), hi = _mm512_load_si512(idx_hi);
     for (Index q = 0; q < kh; ++q) {
       const std::uint16_t* r0 = b16 + 2 * q * ldb;
