@@ -229,6 +229,36 @@ TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
+// Gradients (and the recomputed states and their gradients) of 4 MiB and more are written with non-temporal
+// stores (kStreamingOutputBytes); the float64 reference here is the double backward, exact to 1e-10 elsewhere, as
+// the naive recurrence would keep T states per head. H=4: gradients streamed from inside the reverse sweep; H=1:
+// value tiles, the state gradients dh stored (streamed) for a separate pass; V=100: rows that start mid-line.
+TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) against the double backward",
+          "[chunk][backward]") {
+  struct Shape {
+    Index H, T, K, V;
+  };
+  const Shape sh = GENERATE(Shape{4, 2048, 128, 128}, Shape{1, 4096, 128, 128}, Shape{4, 2700, 100, 100});
+  Case c;
+  c.H = sh.H;
+  c.T = sh.T;
+  c.K = sh.K;
+  c.V = sh.V;
+  c.gate_norm = 16.0;
+  const Inputs in = make_inputs(c);
+  const GLAOptions o = options(c, in);
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
+                         do_ = in.do_.cast<float>();
+  const Tensor<double, 4> qd = q.cast<double>(), kd = k.cast<double>(), vd = v.cast<double>(), gd = g.cast<double>(),
+                          dod = do_.cast<double>();
+  const Grads<float> got = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
+  const Grads<double> ref = run_op<double>(Op::Chunk, qd, kd, vd, gd, dod, view(in.dht), o, in.h0.dimensions());
+  const GradDiffs d{compare(got.dq, ref.dq), compare(got.dk, ref.dk), compare(got.dv, ref.dv),
+                    compare(got.dg, ref.dg), compare(got.dh0, ref.dh0)};
+  INFO("H=" << sh.H << " T=" << sh.T << " K=" << sh.K << " V=" << sh.V << d.str());
+  CHECK(d.ok(kFloatTol, kFloatTol));
+}
+
 TEST_CASE("chunk backward: strong decay (per-step log gate near -5) stays finite and accurate", "[chunk][backward]") {
   const Index T = GENERATE(16, 64, 65, 300);
   const int chunk = GENERATE(16, 64, 128);

@@ -7,7 +7,9 @@
 #include "support/catch.hpp"
 #include "support/test_utils.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <vector>
 
@@ -109,5 +111,35 @@ TEST_CASE("store_operand_row narrows an expression as Eigen's cast, in place too
     Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>> cm(c.data(), n);
     gla::detail::store_operand_row(c.data(), cm * 2.f);
     for (Index i = 0; i < n; ++i) CHECK(c[static_cast<std::size_t>(i)] == 2.f * b[static_cast<std::size_t>(i)]);
+  }
+}
+
+TEST_CASE("convert_n_streaming writes exactly what convert_n writes, at every alignment", "[convert]") {
+  // from 16 elements before a 64-byte line to 16 after, lengths around whole lines; sentinels on both sides
+  for (const Index offset : {0, 1, 2, 7, 15, 16, 17, 31}) {
+    for (const Index n : {0, 1, 15, 16, 17, 31, 32, 33, 64, 100, 257}) {
+      const std::vector<float> src = awkward_floats(static_cast<std::size_t>(n + 1), 300 + n + offset);
+      alignas(64) float f_got[512];
+      alignas(64) bf16 b_got[512];
+      std::fill(std::begin(f_got), std::end(f_got), 7.f);
+      std::fill(std::begin(b_got), std::end(b_got), bf16(7.f));
+      gla::detail::convert_n_streaming(src.data(), f_got + offset, n);
+      gla::detail::convert_n_streaming(src.data(), b_got + offset, n);
+      gla::detail::stream_fence();
+      std::vector<float> f_want(static_cast<std::size_t>(n + 1));
+      std::vector<bf16> b_want(static_cast<std::size_t>(n + 1));
+      gla::detail::convert_n(src.data(), f_want.data(), n);
+      gla::detail::convert_n(src.data(), b_want.data(), n);
+      Index wrong = 0;
+      for (Index i = 0; i < 512; ++i) {
+        const bool inside = i >= offset && i < offset + n;
+        const float fw = inside ? f_want[static_cast<std::size_t>(i - offset)] : 7.f;
+        const bf16 bw = inside ? b_want[static_cast<std::size_t>(i - offset)] : bf16(7.f);
+        wrong += std::memcmp(&fw, &f_got[i], sizeof fw) != 0;
+        wrong += bits(bw) != bits(b_got[i]);
+      }
+      INFO("offset=" << offset << " n=" << n);
+      CHECK(wrong == 0);
+    }
   }
 }

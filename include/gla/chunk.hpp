@@ -74,6 +74,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
+  const OutputWrites h_writes = OutputWrites::for_tensor<Acc>(off.back() * H * K * V);
   parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
@@ -90,8 +91,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       for (Index j = 0; j < gr.count; ++j) {
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
-        store_state_tile(S, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Wt,
-                         /*v_first=*/false);
+        store_tile_rows(S, K, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V, h_writes);
         {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
           const bool last = j + 1 == gr.count;
           const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
@@ -165,6 +165,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
   chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
 
   // Phase 2: every (chunk, head) independently.
+  const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
   parallel_for(work, [&](Index w, int worker) {
     const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
     const Index hh = w % H;
@@ -177,7 +178,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
     chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
                  scale, L, K, V, sc, BT);
-    store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+    store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
   });
 }
 

@@ -70,6 +70,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
   const std::vector<Index> off = chunk_offsets(s, BT);
+  const OutputWrites dh_writes = OutputWrites::for_tensor<Acc>(dh ? off.back() * H * K * V : 0);
   parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
@@ -84,8 +85,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
         if (dh)
-          store_state_tile(S, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Vt,
-                           /*v_first=*/false);
+          store_tile_rows(S, K, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V, dh_writes);
         block(w, n, c, hh, static_cast<const Acc*>(S));
         {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
           const bool last = j + 1 == gr.count;
@@ -179,6 +179,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
 
   // One chunk's gradients, from the state before it (h) and the gradient of the state after it (dH, K×V).
   const Acc floor = kChunkGateFloor<Acc>;
+  const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()), v_writes = OutputWrites::for_tensor<T>(v.size());
   const auto chunk_grads = [&](int worker, Index n, Index c, Index hh, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
@@ -188,10 +189,10 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
                    head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
                    head_rows(do_.data(), s, sq, hh, c0, V), pl.h + state, dH, scale, L, K, V, BT, floor, ws);
     const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
-    store_tile_rows(ws.dq, L, K, dq + row * K, H * K);
-    store_tile_rows(ws.dk, L, K, dk + row * K, H * K);
-    store_tile_rows(ws.dv, L, V, dv + row * V, H * V);
-    if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K);
+    store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
+    store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
+    store_tile_rows(ws.dv, L, V, dv + row * V, H * V, v_writes);
+    if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K, qk_writes);
   };
   const float* dht_p = dht ? dht->data() : nullptr;
   float* dh0_p = dh0 ? dh0->data() : nullptr;

@@ -442,10 +442,31 @@ void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v
     Eigen::Map<RowMat<Out>>(p, K, V).middleCols(v0, Vt) = src.template cast<Out>();
 }
 
-/// Writes L rows of a contiguous [L×W] tile into strided output rows (converting to the output scalar).
+/// Outputs of at least this many bytes are written with non-temporal stores (OutputWrites::streaming): twice a
+/// core's L2 on the machines docs/PERFORMANCE.md reports, so most of such an output has left the cache by the
+/// time anything reads it, and fetching each line before overwriting it (what a plain store does) is wasted
+/// memory traffic — 5 to 14% of chunk_gla's time at the benchmark shapes.
+inline constexpr std::size_t kStreamingOutputBytes = std::size_t(4) << 20;
+
+/// How a kernel writes one output tensor of `elements` values of T: streaming for large ones.
+struct OutputWrites {
+  bool streaming = false;
+  template <class T>
+  static OutputWrites for_tensor(Index elements) {
+    return {static_cast<std::size_t>(elements) * sizeof(T) >= kStreamingOutputBytes};
+  }
+};
+
+/// Writes L rows of a contiguous [L×W] tile into strided output rows (converting to the output scalar), with
+/// non-temporal stores when `how.streaming` (fenced before returning, so the caller needs no ordering of its own).
 template <class T, class Acc>
-void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld) {
-  for (Index r = 0; r < L; ++r) convert_n(tile + r * W, out + r * ld, W);
+void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld, OutputWrites how = {}) {
+  if (how.streaming) {
+    for (Index r = 0; r < L; ++r) convert_n_streaming(tile + r * W, out + r * ld, W);
+    stream_fence();
+  } else {
+    for (Index r = 0; r < L; ++r) convert_n(tile + r * W, out + r * ld, W);
+  }
 }
 
 /// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.

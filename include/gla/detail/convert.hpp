@@ -9,6 +9,7 @@
 
 #include <gla/core.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -61,6 +62,49 @@ inline void convert_n(const From* src, To* dst, Index n) {
   } else {
     for (Index i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
   }
+}
+
+/// dst[0, n) = To(src[0, n)) as convert_n, with the whole 64-byte lines of dst written by non-temporal stores
+/// (float and bfloat16 outputs on AVX-512; otherwise plain convert_n). Such stores skip the read-for-ownership of
+/// each output line and do not displace the cache, which pays off when the output is much larger than the cache
+/// and is not read back soon. They are weakly ordered: the caller ends the run of them with stream_fence().
+template <class To, class From>
+inline void convert_n_streaming(const From* src, To* dst, Index n) {
+#if GLA_CONVERT_AVX512
+  constexpr bool kFloatOut = std::is_same_v<From, float> && std::is_same_v<To, float>;
+  constexpr bool kBf16Out = std::is_same_v<From, float> && std::is_same_v<To, Eigen::bfloat16>;
+  if constexpr (kFloatOut || kBf16Out) {
+    constexpr Index kLine = 64 / static_cast<Index>(sizeof(To));  // elements per cache line
+    const auto misalign = reinterpret_cast<std::uintptr_t>(dst) % 64;
+    if (misalign % sizeof(To) != 0) {  // no element boundary on a line boundary: plain stores
+      convert_n(src, dst, n);
+      return;
+    }
+    const Index head = std::min<Index>(n, misalign == 0 ? 0 : static_cast<Index>((64 - misalign) / sizeof(To)));
+    convert_n(src, dst, head);
+    Index i = head;
+    for (; i + kLine <= n; i += kLine) {
+      if constexpr (kFloatOut) {
+        _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+      } else {
+        alignas(64) To line[kLine];
+        convert_n(src + i, line, kLine);
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_load_si512(line));
+      }
+    }
+    convert_n(src + i, dst + i, n - i);
+    return;
+  }
+#endif
+  convert_n(src, dst, n);
+}
+
+/// Orders the non-temporal stores of convert_n_streaming before whatever this thread stores next (and so before
+/// the parallel region's end publishes them).
+inline void stream_fence() {
+#if GLA_CONVERT_AVX512
+  _mm_sfence();
+#endif
 }
 
 /// A row of n values of In as Acc: the row itself when In is Acc, else widened into buf (exact). Eigen's

@@ -74,6 +74,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
   Scratch scratch;
   const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+  const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
   parallel_for(n_groups, [&](Index i, int w) {
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
@@ -90,7 +91,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
         recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
                        head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
                        hs);
-        store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V);
+        store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V, o_writes);
       }
     } else {
       ChunkGates<Acc> cg;
@@ -113,14 +114,16 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
               prefetch_rows(head_rows(k.data(), s, sq, h1, c1, K), L1, K);
               prefetch_rows(head_rows(v.data(), s, sq, h1, c1, V, gr.v0), L1, Wt);
               prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
-              prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt, /*for_write=*/true);
+              if (!o_writes.streaming)  // streamed rows are never read: nothing to fetch
+                prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt,
+                              /*for_write=*/true);
             }
           }
           gate_cumsum(gt, L, K, floor, sc.G);
           const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
           const bool factored =
               chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale, L, K, Wt, sc, BT);
-          store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V);
+          store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
           if (factored)
             state_update_factored(S, Wt, vop, L, K, Wt, sc);
           else
