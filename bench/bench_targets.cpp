@@ -2,7 +2,8 @@
 // 2 threads: prefill and long-context chunked forwards (fp32 and bf16 inputs) against a large f32 GEMM, the
 // one-token decode step against one read-and-write pass over the state, the cases that used to fall off a cliff
 // (one head of one long sequence; one long sequence among short ones), and the backwards next to their
-// forwards. bench/summarize_targets.py turns the JSON into docs/PERFORMANCE.md's table.
+// forwards; and what writing an operator's output costs with plain and with non-temporal stores.
+// bench/summarize_targets.py turns the JSON into docs/PERFORMANCE.md's table.
 // GLA_BENCH_BUSY=1 starts a process that keeps one core busy for the whole run (the busy-machine target).
 
 #include "bench_common.hpp"
@@ -247,6 +248,37 @@ void run_state_pass(benchmark::State& st, const Case& c) {
   st.counters["threads"] = benchmark::Counter(static_cast<double>(st.range(0)));
 }
 
+/// What writing an operator's output costs, with plain stores (each line read for ownership first) or the
+/// non-temporal stores the chunked kernels use for outputs of kStreamingOutputBytes and more: the case's o,
+/// written as the sweep writes it — one L×V tile per (chunk, head), heads split over the engine's threads.
+void run_output_write(benchmark::State& st, const Case& c, bool streaming) {
+  gla::set_num_threads(static_cast<int>(st.range(0)));
+  Tensor<float, 4> out(c.B, c.T, c.H, c.V);
+  out.setZero();
+  const Index L = 64;
+  std::vector<float> tile(static_cast<std::size_t>(L * c.V), 0.5f);
+  const detail::OutputWrites how{streaming};
+  const auto call = [&] {
+    detail::parallel_for(c.B * c.H, [&](Index p, int) {
+      const Index b = p / c.H, h = p % c.H;
+      for (Index t0 = 0; t0 < c.T; t0 += L)
+        detail::store_tile_rows(tile.data(), std::min(L, c.T - t0), c.V, out.data() + ((b * c.T + t0) * c.H + h) * c.V,
+                                c.H * c.V, how);
+    });
+  };
+  call();
+  const bench::ProcessMeter meter;
+  for (auto _ : st) {
+    call();
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  meter.report(st);
+  st.counters["bytes/s"] =
+      benchmark::Counter(4.0 * static_cast<double>(out.size()), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["threads"] = benchmark::Counter(static_cast<double>(st.range(0)));
+}
+
 void with_threads(benchmark::internal::Benchmark* b) { b->ArgName("threads")->Arg(1)->Arg(2)->Apply(bench::configure); }
 
 const Case& find(const std::string& name) {
@@ -289,6 +321,10 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("yardstick/state_pass/decode", [](benchmark::State& st) {
     run_state_pass(st, find("decode"));
   })->Apply(with_threads);
+  for (const bool streaming : {false, true})
+    benchmark::RegisterBenchmark(streaming ? "yardstick/output_write/prefill/streaming" : "yardstick/output_write/prefill/plain",
+                                 [streaming](benchmark::State& st) { run_output_write(st, find("prefill"), streaming); })
+        ->Apply(with_threads);
   for (const char* name : {"prefill", "long"}) {
     register_op<float>(Op::Chunk, name, "fp32");
     register_op<float>(Op::FusedChunk, name, "fp32");

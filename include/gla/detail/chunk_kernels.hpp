@@ -444,8 +444,9 @@ void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v
 
 /// Outputs of at least this many bytes are written with non-temporal stores (OutputWrites::streaming): twice a
 /// core's L2 on the machines docs/PERFORMANCE.md reports, so most of such an output has left the cache by the
-/// time anything reads it, and fetching each line before overwriting it (what a plain store does) is wasted
-/// memory traffic — 5 to 14% of chunk_gla's time at the benchmark shapes.
+/// time anything reads it, and fetching each line before overwriting it (what a plain store does, or the
+/// prefetch for writing that hid it) is wasted memory traffic and stalls the core: 5–14% of the chunked
+/// forwards' time and 8–17% of the backward's at the benchmark shapes (docs/PERFORMANCE.md).
 inline constexpr std::size_t kStreamingOutputBytes = std::size_t(4) << 20;
 
 /// How a kernel writes one output tensor of `elements` values of T: streaming for large ones.
