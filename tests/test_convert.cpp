@@ -1,7 +1,9 @@
 // gla/detail/convert.hpp: the element conversions of the chunk kernels give exactly Eigen's casts, bit for bit,
 // on every kind of float (ties, NaN of both signs, infinities, denormals, the largest finite values) and every
-// length (the vectorised body and the scalar tail); store_operand_row narrows an expression like Eigen's cast.
+// length (the vectorised body and the scalar tail); store_operand_row narrows an expression like Eigen's cast;
+// convert_n_streaming (non-temporal stores) writes exactly what convert_n writes.
 
+#include <gla/detail/chunk_kernels.hpp>
 #include <gla/detail/convert.hpp>
 
 #include "support/catch.hpp"
@@ -142,4 +144,16 @@ TEST_CASE("convert_n_streaming writes exactly what convert_n writes, at every al
       CHECK(wrong == 0);
     }
   }
+}
+
+TEST_CASE("only float and bfloat16 outputs of float accumulators stream, and only on AVX-512", "[convert]") {
+  constexpr bool avx512 = GLA_CONVERT_AVX512 == 1;
+  STATIC_REQUIRE(gla::detail::kStreamsNonTemporal<float, float> == avx512);
+  STATIC_REQUIRE(gla::detail::kStreamsNonTemporal<bf16, float> == avx512);
+  STATIC_REQUIRE_FALSE(gla::detail::kStreamsNonTemporal<double, double>);
+  STATIC_REQUIRE_FALSE(gla::detail::kStreamsNonTemporal<Eigen::half, float>);
+  // OutputWrites never asks for streaming where the stores would be plain (the output prefetch stays on then)
+  CHECK_FALSE(gla::detail::OutputWrites::for_tensor<double>(Index(1) << 24).streaming);
+  CHECK(gla::detail::OutputWrites::for_tensor<float>(Index(1) << 24).streaming == avx512);
+  CHECK_FALSE(gla::detail::OutputWrites::for_tensor<float>(Index(1) << 10).streaming);
 }

@@ -449,12 +449,13 @@ void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v
 /// forwards' time and 8–17% of the backward's at the benchmark shapes (docs/PERFORMANCE.md).
 inline constexpr std::size_t kStreamingOutputBytes = std::size_t(4) << 20;
 
-/// How a kernel writes one output tensor of `elements` values of T: streaming for large ones.
+/// How a kernel writes one output tensor of `elements` values of T (from float accumulators): streaming for
+/// large ones where convert_n_streaming can stream T (kStreamsNonTemporal; double and half outputs never do).
 struct OutputWrites {
   bool streaming = false;
   template <class T>
   static OutputWrites for_tensor(Index elements) {
-    return {static_cast<std::size_t>(elements) * sizeof(T) >= kStreamingOutputBytes};
+    return {kStreamsNonTemporal<T, float> && static_cast<std::size_t>(elements) * sizeof(T) >= kStreamingOutputBytes};
   }
 };
 

@@ -64,16 +64,20 @@ inline void convert_n(const From* src, To* dst, Index n) {
   }
 }
 
+/// Whether convert_n_streaming<To, From> writes with non-temporal stores (else it is plain convert_n).
+template <class To, class From>
+inline constexpr bool kStreamsNonTemporal = GLA_CONVERT_AVX512 && std::is_same_v<From, float> &&
+                                            (std::is_same_v<To, float> || std::is_same_v<To, Eigen::bfloat16>);
+
 /// dst[0, n) = To(src[0, n)) as convert_n, with the whole 64-byte lines of dst written by non-temporal stores
-/// (float and bfloat16 outputs on AVX-512; otherwise plain convert_n). Such stores skip the read-for-ownership of
+/// (float and bfloat16 outputs on AVX-512: kStreamsNonTemporal; otherwise plain convert_n). Such stores skip the read-for-ownership of
 /// each output line and do not displace the cache, which pays off when the output is much larger than the cache
 /// and is not read back soon. They are weakly ordered: the caller ends the run of them with stream_fence().
 template <class To, class From>
 inline void convert_n_streaming(const From* src, To* dst, Index n) {
 #if GLA_CONVERT_AVX512
   constexpr bool kFloatOut = std::is_same_v<From, float> && std::is_same_v<To, float>;
-  constexpr bool kBf16Out = std::is_same_v<From, float> && std::is_same_v<To, Eigen::bfloat16>;
-  if constexpr (kFloatOut || kBf16Out) {
+  if constexpr (kStreamsNonTemporal<To, From>) {
     constexpr Index kLine = 64 / static_cast<Index>(sizeof(To));  // elements per cache line
     const auto misalign = reinterpret_cast<std::uintptr_t>(dst) % 64;
     if (misalign % sizeof(To) != 0) {  // no element boundary on a line boundary: plain stores
