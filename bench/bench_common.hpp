@@ -292,6 +292,20 @@ class ProcessMeter {
   Sample start_;
 };
 
+/// The timed loop of a benchmark whose call writes to `out`: one untimed warm-up call (it grows workspaces and takes
+/// the first-touch page faults), then `call` every iteration with its output kept alive, metered by ProcessMeter.
+template <class Call>
+void time_calls(benchmark::State& st, const Call& call, const void* out) {
+  call();
+  const ProcessMeter meter;
+  for (auto _ : st) {
+    call();
+    benchmark::DoNotOptimize(out);
+    benchmark::ClobberMemory();
+  }
+  meter.report(st);
+}
+
 /// Sets the OpenMP thread count of the calling thread for a scope: oneDNN (built with OpenMP) runs its
 /// primitives on that many threads.
 class OneDnnThreads {

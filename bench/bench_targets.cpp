@@ -147,14 +147,7 @@ void run_op(benchmark::State& st, Op op, const Case& c) {
         break;
     }
   };
-  call();  // warm-up: grows the workspace, touches the outputs
-  const bench::ProcessMeter meter;
-  for (auto _ : st) {
-    call();
-    benchmark::DoNotOptimize(o.data());
-    benchmark::ClobberMemory();
-  }
-  meter.report(st);
+  bench::time_calls(st, call, o.data());
   const bench::Shape s = shape_of(c);
   double flops = 0;
   switch (op) {
@@ -209,14 +202,7 @@ void run_sgemm(benchmark::State& st, Index n) {
   const auto call = [&] { C.noalias() = A * B; };
   st.SetLabel("eigen");
 #endif
-  call();
-  const bench::ProcessMeter meter;
-  for (auto _ : st) {
-    call();
-    benchmark::DoNotOptimize(c.data());
-    benchmark::ClobberMemory();
-  }
-  meter.report(st);
+  bench::time_calls(st, call, c.data());
   st.counters["FLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["threads"] = benchmark::Counter(threads);
 }
@@ -235,14 +221,7 @@ void run_state_pass(benchmark::State& st, const Case& c) {
       Eigen::Map<Eigen::ArrayXf>(out.data() + p * n, n) = Eigen::Map<const Eigen::ArrayXf>(d.h0.data() + p * n, n) * f;
     });
   };
-  call();
-  const bench::ProcessMeter meter;
-  for (auto _ : st) {
-    call();
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  meter.report(st);
+  bench::time_calls(st, call, out.data());
   st.counters["bytes/s"] =
       benchmark::Counter(2.0 * 4.0 * static_cast<double>(d.h0.size()), benchmark::Counter::kIsIterationInvariantRate);
   st.counters["threads"] = benchmark::Counter(static_cast<double>(st.range(0)));
@@ -266,14 +245,7 @@ void run_output_write(benchmark::State& st, const Case& c, bool streaming) {
                                 c.H * c.V, how);
     });
   };
-  call();
-  const bench::ProcessMeter meter;
-  for (auto _ : st) {
-    call();
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  meter.report(st);
+  bench::time_calls(st, call, out.data());
   st.counters["bytes/s"] =
       benchmark::Counter(4.0 * static_cast<double>(out.size()), benchmark::Counter::kIsIterationInvariantRate);
   st.counters["threads"] = benchmark::Counter(static_cast<double>(st.range(0)));
@@ -322,8 +294,9 @@ int main(int argc, char** argv) {
     run_state_pass(st, find("decode"));
   })->Apply(with_threads);
   for (const bool streaming : {false, true})
-    benchmark::RegisterBenchmark(streaming ? "yardstick/output_write/prefill/streaming" : "yardstick/output_write/prefill/plain",
-                                 [streaming](benchmark::State& st) { run_output_write(st, find("prefill"), streaming); })
+    benchmark::RegisterBenchmark(
+        streaming ? "yardstick/output_write/prefill/streaming" : "yardstick/output_write/prefill/plain",
+        [streaming](benchmark::State& st) { run_output_write(st, find("prefill"), streaming); })
         ->Apply(with_threads);
   for (const char* name : {"prefill", "long"}) {
     register_op<float>(Op::Chunk, name, "fp32");

@@ -235,15 +235,11 @@ TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
 // value tiles, the state gradients dh stored (streamed) for a separate pass; V=100: rows that start mid-line.
 TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) against the double backward",
           "[chunk][backward]") {
-  struct Shape {
-    Index H, T, K, V;
-  };
-  const Shape sh = GENERATE(Shape{4, 2048, 128, 128}, Shape{1, 4096, 128, 128}, Shape{4, 2700, 100, 100});
+  using gla::test::HeadShape;
+  const HeadShape sh =
+      GENERATE(HeadShape{4, 2048, 128, 128}, HeadShape{1, 4096, 128, 128}, HeadShape{4, 2700, 100, 100});
   Case c;
-  c.H = sh.H;
-  c.T = sh.T;
-  c.K = sh.K;
-  c.V = sh.V;
+  sh.apply_to(c);
   c.gate_norm = 16.0;
   const Inputs in = make_inputs(c);
   const GLAOptions o = options(c, in);
@@ -255,7 +251,7 @@ TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) again
   const Grads<double> ref = run_op<double>(Op::Chunk, qd, kd, vd, gd, dod, view(in.dht), o, in.h0.dimensions());
   const GradDiffs d{compare(got.dq, ref.dq), compare(got.dk, ref.dk), compare(got.dv, ref.dv),
                     compare(got.dg, ref.dg), compare(got.dh0, ref.dh0)};
-  INFO("H=" << sh.H << " T=" << sh.T << " K=" << sh.K << " V=" << sh.V << d.str());
+  INFO(sh.str() << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 

@@ -157,20 +157,15 @@ TEST_CASE("chunk forward: long sequence, K=V=128 and K=64,V=100", "[chunk][forwa
 // start mid-line; bf16: 4 MiB of bf16 output.
 TEST_CASE("chunk forward: outputs of 4 MiB and more (non-temporal stores) against the float64 reference",
           "[chunk][forward]") {
+  using gla::test::HeadShape;
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
-  struct Shape {
-    Index H, T, K, V;
-  };
-  const Shape sh = GENERATE(Shape{4, 2048, 128, 128}, Shape{2, 4096, 128, 128}, Shape{4, 2700, 60, 100});
+  const HeadShape sh =
+      GENERATE(HeadShape{4, 2048, 128, 128}, HeadShape{2, 4096, 128, 128}, HeadShape{4, 2700, 60, 100});
   Case c;
-  c.H = sh.H;
-  c.T = sh.T;
-  c.K = sh.K;
-  c.V = sh.V;
+  sh.apply_to(c);
   c.gate_norm = 16.0;
   const auto [eo, es] = check_case<float>(op, c);
-  INFO(op_name(op) << " H=" << sh.H << " T=" << sh.T << " K=" << sh.K << " V=" << sh.V << "\n o: " << eo.str()
-                   << "\n final_state: " << es.str());
+  INFO(op_name(op) << " " << sh.str() << "\n o: " << eo.str() << "\n final_state: " << es.str());
   CHECK(gla::test::ok(eo, tol_for_float));
   CHECK(gla::test::ok(es, tol_for_float));
 }
@@ -178,10 +173,7 @@ TEST_CASE("chunk forward: outputs of 4 MiB and more (non-temporal stores) agains
 TEST_CASE("chunk forward: bf16 outputs of 4 MiB (non-temporal stores) within 4e-3", "[chunk][forward][lowp]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
   Case c;
-  c.H = 4;
-  c.T = 4096;
-  c.K = 128;
-  c.V = 128;
+  gla::test::HeadShape{4, 4096, 128, 128}.apply_to(c);
   c.gate_norm = 16.0;
   const auto [eo, es] = check_case<Eigen::bfloat16>(op, c);
   INFO(op_name(op) << "\n o: " << eo.str() << "\n final_state: " << es.str());

@@ -85,7 +85,8 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
         if (dh)
-          store_tile_rows(S, K, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V, dh_writes);
+          store_tile_rows(S, K, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V,
+                          dh_writes);
         block(w, n, c, hh, static_cast<const Acc*>(S));
         {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
           const bool last = j + 1 == gr.count;
@@ -179,7 +180,8 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
 
   // One chunk's gradients, from the state before it (h) and the gradient of the state after it (dH, K×V).
   const Acc floor = kChunkGateFloor<Acc>;
-  const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()), v_writes = OutputWrites::for_tensor<T>(v.size());
+  const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()),
+                     v_writes = OutputWrites::for_tensor<T>(v.size());
   const auto chunk_grads = [&](int worker, Index n, Index c, Index hh, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);

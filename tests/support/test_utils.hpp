@@ -136,6 +136,21 @@ void fill_strong_gate(Tens& t, std::mt19937_64& g) {
   for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(u(g));
 }
 
+/// Heads, tokens, key and value dims of a case, for GENERATE lists; set on any test's own Case struct.
+struct HeadShape {
+  Index H, T, K, V;
+  template <class Case>
+  void apply_to(Case& c) const {
+    c.H = H;
+    c.T = T;
+    c.K = K;
+    c.V = V;
+  }
+  std::string str() const {
+    return "H=" + std::to_string(H) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " V=" + std::to_string(V);
+  }
+};
+
 /// Fills with quiet NaN so that any element an operator forgets to write fails the comparison.
 template <class Tens>
 void fill_nan(Tens& t) {

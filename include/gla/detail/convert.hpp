@@ -70,9 +70,10 @@ inline constexpr bool kStreamsNonTemporal = GLA_CONVERT_AVX512 && std::is_same_v
                                             (std::is_same_v<To, float> || std::is_same_v<To, Eigen::bfloat16>);
 
 /// dst[0, n) = To(src[0, n)) as convert_n, with the whole 64-byte lines of dst written by non-temporal stores
-/// (float and bfloat16 outputs on AVX-512: kStreamsNonTemporal; otherwise plain convert_n). Such stores skip the read-for-ownership of
-/// each output line and do not displace the cache, which pays off when the output is much larger than the cache
-/// and is not read back soon. They are weakly ordered: the caller ends the run of them with stream_fence().
+/// (float and bfloat16 outputs on AVX-512: kStreamsNonTemporal; otherwise plain convert_n). Such stores skip the
+/// read-for-ownership of each output line and do not displace the cache, which pays off when the output is much
+/// larger than the cache and is not read back soon. They are weakly ordered: the caller ends the run of them with
+/// stream_fence().
 template <class To, class From>
 inline void convert_n_streaming(const From* src, To* dst, Index n) {
 #if GLA_CONVERT_AVX512
