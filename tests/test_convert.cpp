@@ -1,6 +1,7 @@
 // gla/detail/convert.hpp: the element conversions of the chunk kernels give exactly Eigen's casts, bit for bit,
 // on every kind of float (ties, NaN of both signs, infinities, denormals, the largest finite values) and every
-// length (the vectorised body and the scalar tail); store_operand_row narrows an expression like Eigen's cast;
+// length (the vectorised body and the scalar tail); convert_operand_n and store_operand_row narrow product
+// operands the same way except for what the AMX products ignore (denormals); reciprocal_row's accuracy;
 // convert_n_streaming (non-temporal stores) writes exactly what convert_n writes.
 
 #include <gla/detail/chunk_kernels.hpp>
@@ -10,6 +11,7 @@
 #include "support/test_utils.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -61,6 +63,15 @@ std::vector<float> awkward_floats(std::size_t n, std::uint64_t salt) {
   return v;
 }
 
+/// What convert_operand_n (and so store_operand_row) must give for x: Eigen's cast, except where the CPU's
+/// conversion narrows (kNarrowsOperandsInHardware): there a denormal x gives a zero of its sign and a NaN any NaN.
+bool operand_narrowing_ok(float x, bf16 got) {
+  if (!gla::detail::kNarrowsOperandsInHardware) return bits(got) == bits(bf16(x));
+  if (std::isnan(x)) return Eigen::numext::isnan(got);
+  if (x != 0.f && std::abs(x) < std::numeric_limits<float>::min()) return bits(got) == (std::signbit(x) ? 0x8000 : 0);
+  return bits(got) == bits(bf16(x));
+}
+
 }  // namespace
 
 TEST_CASE("convert_n narrows float to bfloat16 exactly as Eigen's cast, every length", "[convert]") {
@@ -93,7 +104,76 @@ TEST_CASE("convert_n widens bfloat16 to float exactly", "[convert]") {
   CHECK(wrong == 0);
 }
 
-TEST_CASE("store_operand_row narrows an expression as Eigen's cast, in place too", "[convert]") {
+TEST_CASE("convert_operand_n rounds as Eigen's cast, and with the CPU's conversion denormals become zeros",
+          "[convert]") {
+  // Lengths cover the 16-wide body and the masked tail; the element after the last must stay untouched.
+  for (const Index n : {0, 1, 15, 16, 17, 31, 33, 64, 100, 1000}) {
+    const std::vector<float> src = awkward_floats(static_cast<std::size_t>(n) + 1, 300 + n);
+    std::vector<bf16> got(src.size(), bf16(123.f));
+    gla::detail::convert_operand_n(src.data(), got.data(), n);
+    Index wrong = 0, first = -1;
+    for (Index i = 0; i < n; ++i)
+      if (!operand_narrowing_ok(src[static_cast<std::size_t>(i)], got[static_cast<std::size_t>(i)])) {
+        if (first < 0) first = i;
+        ++wrong;
+      }
+    INFO("n=" << n << ", first wrong element " << first << ", hardware " << gla::detail::kNarrowsOperandsInHardware);
+    CHECK(wrong == 0);
+    CHECK(bits(got[static_cast<std::size_t>(n)]) == bits(bf16(123.f)));
+  }
+  // The two differences, where the CPU's conversion is used: denormals of both signs, a NaN with a payload.
+  if (gla::detail::kNarrowsOperandsInHardware) {
+    const float in[3] = {from_bits(0x00400000u), from_bits(0x80000001u), from_bits(0xFFBFFFFFu)};
+    bf16 out[3];
+    gla::detail::convert_operand_n(in, out, 3);
+    CHECK(bits(out[0]) == 0x0000);
+    CHECK(bits(out[1]) == 0x8000);
+    CHECK(Eigen::numext::isnan(out[2]));
+  }
+  // float to float and double to double copy
+  const std::vector<float> f = awkward_floats(37, 9);
+  std::vector<float> fc(f.size());
+  gla::detail::convert_operand_n(f.data(), fc.data(), static_cast<Index>(f.size()));
+  CHECK(std::memcmp(f.data(), fc.data(), f.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("reciprocal_row is within 2 ulp of the quotient over the factored path's range, every length", "[convert]") {
+  // x = e^{G} for |G| up to the factored path's bound (and a little beyond), as chunk_output forms e^{−G}.
+  std::mt19937_64 g = gla::test::rng(41);
+  const double bound = gla::detail::kFactoredDecayBound + 0.5;
+  std::uniform_real_distribution<double> u(-bound, bound);
+  for (const Index n : {0, 1, 15, 16, 17, 63, 64, 100, 4096}) {
+    std::vector<float> x(static_cast<std::size_t>(n) + 1);
+    for (float& v : x) v = static_cast<float>(std::exp(u(g)));
+    if (n >= 2) {
+      x[0] = 1.f;
+      x[1] = std::nextafter(static_cast<float>(std::exp(-bound)), 1.f);
+    }
+    std::vector<float> y(x.size(), -1.f);
+    gla::detail::reciprocal_row(x.data(), y.data(), n);
+    double worst_ulps = 0;
+    for (Index i = 0; i < n; ++i) {
+      const double q = 1.0 / static_cast<double>(x[static_cast<std::size_t>(i)]);
+      const float qf = static_cast<float>(q);
+      const double ulp = static_cast<double>(std::nextafter(qf, 2.f * qf) - qf);
+      worst_ulps = std::max(worst_ulps, std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - q) / ulp);
+    }
+    INFO("n=" << n);
+    CHECK(worst_ulps <= 2.0);
+    CHECK(y[static_cast<std::size_t>(n)] == -1.f);  // nothing past the end
+    // in place
+    std::vector<float> z = x;
+    gla::detail::reciprocal_row(z.data(), z.data(), n);
+    CHECK(std::memcmp(z.data(), y.data(), static_cast<std::size_t>(n) * sizeof(float)) == 0);
+  }
+  // double divides
+  const double xd[3] = {0.5, 3.0, 1e-3};
+  double yd[3];
+  gla::detail::reciprocal_row(xd, yd, 3);
+  for (int i = 0; i < 3; ++i) CHECK(yd[i] == 1.0 / xd[i]);
+}
+
+TEST_CASE("store_operand_row narrows an expression as convert_operand_n, in place too", "[convert]") {
   for (const Index n : {1, 16, 37, 128}) {
     const std::vector<float> a = awkward_floats(static_cast<std::size_t>(n), 100 + n);
     std::vector<float> b(static_cast<std::size_t>(n));
@@ -101,11 +181,11 @@ TEST_CASE("store_operand_row narrows an expression as Eigen's cast, in place too
     std::uniform_real_distribution<float> u(-3.f, 3.f);
     for (float& x : b) x = u(g);
     const Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>> am(a.data(), n), bm(b.data(), n);
-    const Eigen::Array<bf16, 1, Eigen::Dynamic> want = (am * bm + 0.5f).cast<bf16>();
+    const Eigen::Array<float, 1, Eigen::Dynamic> want = am * bm + 0.5f;
     std::vector<bf16> got(static_cast<std::size_t>(n));
     gla::detail::store_operand_row(got.data(), am * bm + 0.5f);
     Index wrong = 0;
-    for (Index i = 0; i < n; ++i) wrong += bits(got[static_cast<std::size_t>(i)]) != bits(want(i));
+    for (Index i = 0; i < n; ++i) wrong += !operand_narrowing_ok(want(i), got[static_cast<std::size_t>(i)]);
     INFO("n=" << n);
     CHECK(wrong == 0);
     // float to float is Eigen's assignment, and the destination may be an operand

@@ -512,3 +512,58 @@ TEST_CASE("gemm: concurrent calls from several threads give the single-thread re
   }
   CHECK(n == 0);
 }
+
+TEST_CASE("gemm: inside AmxTileScopes products are the same, bit for bit, and the tiles are released", "[gemm]") {
+  // The chunk kernels open one scope per work item, so the AMX configuration is loaded once for many products.
+  // Every shape the other tests run — chunk products, odd shapes with edge tiles, and products beyond AMX's size
+  // limit, which leave the scope's configuration for the other backends — must give what it gives outside.
+  std::vector<Case> cases = chunk_cases(0);
+  for (const Case& c : odd_cases()) cases.push_back(c);
+  for (const Case& c : edge_cases()) cases.push_back(c);
+  const gla::detail::EigenSingleThreaded pin;
+  std::vector<Problem<bf16>> problems;
+  for (std::size_t i = 0; i < cases.size(); ++i) problems.emplace_back(cases[i], 300000 + i);
+  std::vector<std::vector<float>> outside(problems.size()), inside(problems.size());
+  for (std::size_t i = 0; i < problems.size(); ++i) CHECK(problems[i].run(Backend::Auto, outside[i]).empty());
+  {
+    const gla::detail::AmxTileScope scope;
+    const gla::detail::AmxTileScope nested;  // scopes nest: only the outermost releases
+    for (std::size_t i = 0; i < problems.size(); ++i) {
+      INFO(problems[i].c.str());
+      CHECK(problems[i].run(Backend::Auto, inside[i]).empty());
+      CHECK(std::memcmp(inside[i].data(), outside[i].data(), inside[i].size() * sizeof(float)) == 0);
+    }
+#if GLA_GEMM_WITH_AMX
+    CHECK(gla::detail::gemm_impl::amx_thread_state().scopes == 2);
+#endif
+  }
+#if GLA_GEMM_WITH_AMX
+  CHECK(gla::detail::gemm_impl::amx_thread_state().scopes == 0);
+  CHECK_FALSE(gla::detail::gemm_impl::amx_thread_state().configured);
+  if (gla::detail::amx_available()) {
+    const gla::detail::AmxTileScope scope;
+    std::vector<float> C;
+    REQUIRE(problems.front().run(Backend::Auto, C).empty());
+    CHECK(gla::detail::gemm_impl::amx_thread_state().configured);  // kept for the scope's next product
+  }
+  CHECK_FALSE(gla::detail::gemm_impl::amx_thread_state().configured);
+#endif
+  // An error thrown inside a scope unwinds it like any other exit.
+  std::vector<bf16> a(64, bf16(1.f));
+  std::vector<float> c(64, 0.f);
+  try {
+    const gla::detail::AmxTileScope scope;
+    std::vector<float> C;
+    CHECK(problems.front().run(Backend::Auto, C).empty());
+    gla::detail::gemm<bf16>(Trans::N, Trans::N, 4, 4, 4, a.data(), 4, a.data(), 1, false, c.data(), 4);
+    FAIL("gemm accepted ldb = 1 for a 4×4 B");
+  } catch (const gla::Error& e) {
+    CHECK_THAT(std::string(e.what()), GLA_CONTAINS("ldb is 1"));
+  }
+#if GLA_GEMM_WITH_AMX
+  CHECK(gla::detail::gemm_impl::amx_thread_state().scopes == 0);
+  CHECK_FALSE(gla::detail::gemm_impl::amx_thread_state().configured);
+#endif
+  std::vector<float> after;
+  CHECK(problems.back().run(Backend::Auto, after).empty());
+}

@@ -76,6 +76,7 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
   const std::vector<Index> off = chunk_offsets(s, BT);
   const OutputWrites h_writes = OutputWrites::for_tensor<Acc>(off.back() * H * K * V);
   parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
     const Index n = gr.n, Wt = gr.width;
@@ -167,6 +168,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
   // Phase 2: every (chunk, head) independently.
   const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
   parallel_for(work, [&](Index w, int worker) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
     const Index hh = w % H;
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];

@@ -72,6 +72,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
   const std::vector<Index> off = chunk_offsets(s, BT);
   const OutputWrites dh_writes = OutputWrites::for_tensor<Acc>(dh ? off.back() * H * K * V : 0);
   parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
     const Index n = gr.n, Vt = gr.width;
@@ -206,6 +207,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep,
                    [](int, Index, Index, Index, const Acc*) {});
   parallel_for(work, [&](Index w, int worker) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
     const Index hh = w % H;
     chunk_grads(worker, n, c, hh, pl.dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V);

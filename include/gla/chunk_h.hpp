@@ -127,6 +127,7 @@ void chunk_fwd_h_impl(const OpShape& s, Index BT, const In* k, const In* v, cons
   const auto ws = scratch.carve(workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
   with_gate_set(gates, [&](auto bits) {
     parallel_for(n_items, [&](Index i, int w) {
+      const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
       const HeadTile& it = items[static_cast<std::size_t>(i)];
       const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
       const Index n = it.pair / H, hh = it.pair % H;

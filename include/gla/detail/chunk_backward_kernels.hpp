@@ -100,6 +100,7 @@ void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_,
   auto ws = per_worker(items, ChunkBwdWorkspace<Acc>(BT, K, V));
   auto dSw = per_worker(items, RowMat<Acc>(K, V));
   parallel_for(items, [&](Index i, int w) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const Index p = order[static_cast<std::size_t>(i)];
     RowMat<Acc>& dS = dSw[static_cast<std::size_t>(w)];
     const Index n = p / H, hh = p % H;
@@ -192,7 +193,7 @@ struct BwdScratch {
       (void)V;
       return src;
     } else {
-      convert_n(src, dst, K * V);
+      convert_operand_n(src, dst, K * V);
       return dst;
     }
   }
@@ -205,7 +206,7 @@ struct BwdScratch {
       (void)BT;
       return src;
     } else {
-      for (Index r = 0; r < L; ++r) convert_n(src + r * BT, dst + r * BT, L);
+      for (Index r = 0; r < L; ++r) convert_operand_n(src + r * BT, dst + r * BT, L);
       return dst;
     }
   }
@@ -291,8 +292,7 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     for (Index r = 0; r < L; ++r) {
       eG.row(r) = G.row(r).template cast<Acc>();
       eG.row(r).array() = eG.row(r).array().exp();
-      eGinv.row(r) = (-G.row(r)).template cast<Acc>();
-      eGinv.row(r).array() = eGinv.row(r).array().exp();
+      reciprocal_row(eG.row(r).data(), eGinv.row(r).data(), K);  // e^{−G}
       store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array());
       store_operand_row(ws.kg + r * K, k.row(r).array() * eGinv.row(r).array());
     }

@@ -20,6 +20,11 @@
 #else
 #define GLA_CONVERT_AVX512 0
 #endif
+#if GLA_CONVERT_AVX512 && defined(__AVX512BF16__)
+#define GLA_CONVERT_AVX512BF16 1
+#else
+#define GLA_CONVERT_AVX512BF16 0
+#endif
 
 namespace gla {
 namespace detail {
@@ -62,6 +67,33 @@ inline void convert_n(const From* src, To* dst, Index n) {
   } else {
     for (Index i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
   }
+}
+
+/// Whether convert_operand_n<Eigen::bfloat16> narrows with the CPU's instruction (VCVTNEPS2BF16).
+inline constexpr bool kNarrowsOperandsInHardware = GLA_CONVERT_AVX512BF16 != 0;
+
+/// dst[0, n) = Op(src[0, n)) for values about to be a product's operands: convert_n, except that float to
+/// bfloat16 uses the CPU's conversion (AVX512-BF16: one instruction per 16 values instead of the bit-level
+/// rounding's eight) where the including code targets it. It rounds to nearest even as convert_n does; it differs
+/// only where the AMX products that take bfloat16 operands ignore the difference: denormal values (below 1.2e-38)
+/// become zeros of their sign, which TDPBF16PS would treat as zero anyway, and a NaN keeps its payload (it is
+/// still a NaN). Not for outputs: those keep convert_n's rounding, which is Eigen's.
+template <class Op, class From>
+inline void convert_operand_n(const From* src, Op* dst, Index n) {
+#if GLA_CONVERT_AVX512BF16
+  if constexpr (std::is_same_v<Op, Eigen::bfloat16> && std::is_same_v<From, float>) {
+    auto* d = reinterpret_cast<std::uint16_t*>(dst);
+    Index i = 0;
+    for (; i + 16 <= n; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    if (i < n) {  // the tail through masks, so every element is narrowed the same way
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm256_mask_storeu_epi16(d + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+    }
+    return;
+  }
+#endif
+  convert_n(src, dst, n);
 }
 
 /// Whether convert_n_streaming<To, From> writes with non-temporal stores (else it is plain convert_n).
@@ -126,10 +158,10 @@ inline const Acc* widen_row(const In* row, Acc* buf, Index n) {
   }
 }
 
-/// dst[0, e.size()) = Op(e) for a one-dimensional Eigen array expression e: Eigen's assignment when Op is e's
-/// scalar; otherwise e is evaluated 16 elements at a time (vectorised) and narrowed by convert_n, because Eigen's
-/// cast<bfloat16>() narrows one element at a time through a function call and keeps the whole expression scalar.
-/// dst may be one of e's operands (each block is read before it is written).
+/// dst[0, e.size()) = Op(e), a row of product operands, for a one-dimensional Eigen array expression e: Eigen's
+/// assignment when Op is e's scalar; otherwise e is evaluated 16 elements at a time (vectorised) and narrowed by
+/// convert_operand_n, because Eigen's cast<bfloat16>() narrows one element at a time through a function call and
+/// keeps the whole expression scalar. dst may be one of e's operands (each block is read before it is written).
 template <class Op, class Expr>
 inline void store_operand_row(Op* dst, const Expr& e) {
   using Acc = typename Expr::Scalar;
@@ -142,12 +174,12 @@ inline void store_operand_row(Op* dst, const Expr& e) {
     Index j = 0;
     for (; j + kBlock <= n; j += kBlock) {
       t = e.template segment<kBlock>(j);
-      convert_n(t.data(), dst + j, kBlock);
+      convert_operand_n(t.data(), dst + j, kBlock);
     }
     if (j < n) {
       const Index r = n - j;
       t.head(r) = e.segment(j, r);
-      convert_n(t.data(), dst + j, r);
+      convert_operand_n(t.data(), dst + j, r);
     }
   }
 }

@@ -76,6 +76,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
   const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
   parallel_for(n_groups, [&](Index i, int w) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
     const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
     const Index n = gr.n, Wt = gr.width;

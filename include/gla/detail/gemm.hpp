@@ -435,8 +435,11 @@ template <class In>
 bool amx_run(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
              bool accumulate, acc_t<In>* C, Index ldc) {
 #if GLA_GEMM_WITH_AMX
-  if constexpr (std::is_same_v<In, Eigen::bfloat16>)
-    return amx_bf16(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+  if constexpr (std::is_same_v<In, Eigen::bfloat16>) {
+    if (amx_bf16(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
+    amx_release_scoped();  // the other backends may configure the tiles their own way (libxsmm's may use AMX)
+    return false;
+  }
 #endif
   (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)A, (void)lda, (void)B, (void)ldb, (void)accumulate, (void)C,
       (void)ldc;
@@ -477,6 +480,27 @@ bool trivial(const char* fn, Trans ta, Trans tb, Index m, Index n, Index k, cons
 }
 
 }  // namespace gemm_impl
+
+/// Keeps AMX's tile configuration loaded from the first bfloat16 product in its lifetime to its end, instead of
+/// loading and releasing it in every product (gla/detail/gemm_amx.hpp): for one work item of the chunk kernels,
+/// whose small products would otherwise spend as much on the configuration as on their arithmetic. The code in
+/// its lifetime must run no AMX code but gemm()'s (no oneDNN primitive, say), which would find the tiles
+/// configured for gemm(), or leave them configured its own way. Scopes nest; a no-op where AMX is not compiled in.
+class AmxTileScope {
+ public:
+  AmxTileScope() {
+#if GLA_GEMM_WITH_AMX
+    ++gemm_impl::amx_thread_state().scopes;
+#endif
+  }
+  ~AmxTileScope() {
+#if GLA_GEMM_WITH_AMX
+    if (--gemm_impl::amx_thread_state().scopes == 0) gemm_impl::amx_release_scoped();
+#endif
+  }
+  AmxTileScope(const AmxTileScope&) = delete;
+  AmxTileScope& operator=(const AmxTileScope&) = delete;
+};
 
 /// C[m×n] (row stride ldc) = op(A)·op(B), plus C when `accumulate`; op(A) is m×k, op(B) is k×n (layouts at the
 /// top of this file). float/bfloat16/half accumulate in float (C is float), double in double. Runs libxsmm when

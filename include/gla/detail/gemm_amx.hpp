@@ -21,7 +21,9 @@
 ///   - C is loaded/stored in place for whole 16×16 tiles, through a 16×16 buffer at the edges.
 ///   - blocks of 2×2 C tiles (32×32 of C) run over k in steps of 32: 4 accumulator, 2 A and 2 B tiles.
 /// The tile configuration is loaded at the start of every call and released at its end, so code between calls
-/// (oneDNN's own AMX kernels, say) may configure the tiles as it likes.
+/// (oneDNN's own AMX kernels, say) may configure the tiles as it likes — except inside an AmxTileScope
+/// (gla/detail/gemm.hpp), a block of the library's own code that runs no other AMX code: there the first call
+/// loads the configuration and the scope's end releases it (loading it costs as much as a small product).
 ///
 /// Results: the products of two bfloat16 values are exact in float and TDPBF16PS adds them in float, so the error
 /// bound is that of any float-accumulated product; TDPBF16PS treats denormal inputs and results as zero (values
@@ -84,6 +86,26 @@ struct alignas(64) AmxTileConfig {
 };
 
 inline Index round_up(Index v, Index to) { return (v + to - 1) / to * to; }
+
+/// Per thread: how many AmxTileScopes are open, and whether the tiles hold AmxTileConfig loaded inside them.
+struct AmxThreadState {
+  int scopes = 0;
+  bool configured = false;
+};
+
+inline AmxThreadState& amx_thread_state() {
+  static thread_local AmxThreadState s;
+  return s;
+}
+
+/// Releases the tiles if a scope left them configured (before other code that may use AMX, and at a scope's end).
+inline void amx_release_scoped() {
+  AmxThreadState& t = amx_thread_state();
+  if (t.configured) {
+    _tile_release();
+    t.configured = false;
+  }
+}
 
 /// The per-thread packs of the AMX backend.
 struct AmxScratch {
@@ -276,7 +298,11 @@ inline bool amx_bf16(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen:
   }
   static const AmxTileConfig config;
   amx_memory_barrier();  // the packs and C's current values are in memory before the first tile load
-  _tile_loadconfig(&config);
+  AmxThreadState& ts = amx_thread_state();
+  if (!ts.configured) {
+    _tile_loadconfig(&config);
+    ts.configured = ts.scopes > 0;  // inside a scope the configuration stays for the next call
+  }
   for (Index i0 = 0; i0 < mp; i0 += 32) {
     const bool two_m = i0 + 16 < mp;
     for (Index j0 = 0; j0 < np; j0 += 32) {
@@ -291,7 +317,7 @@ inline bool amx_bf16(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen:
         amx_block<1, 1>(i0, j0, m, n, kp, a, lda_bytes, v, np, accumulate, C, ldc, s.edge);
     }
   }
-  _tile_release();
+  if (!ts.configured) _tile_release();
   amx_memory_barrier();  // C's tile stores are done before the caller reads C
   return true;
 }
