@@ -130,7 +130,7 @@ TEST_CASE("convert_operand_n rounds as Eigen's cast, and with the CPU's conversi
     CHECK(bits(out[1]) == 0x8000);
     CHECK(Eigen::numext::isnan(out[2]));
   }
-  // float to float and double to double copy
+  // float to float is a copy
   const std::vector<float> f = awkward_floats(37, 9);
   std::vector<float> fc(f.size());
   gla::detail::convert_operand_n(f.data(), fc.data(), static_cast<Index>(f.size()));

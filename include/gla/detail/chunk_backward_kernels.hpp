@@ -100,7 +100,6 @@ void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_,
   auto ws = per_worker(items, ChunkBwdWorkspace<Acc>(BT, K, V));
   auto dSw = per_worker(items, RowMat<Acc>(K, V));
   parallel_for(items, [&](Index i, int w) {
-    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const Index p = order[static_cast<std::size_t>(i)];
     RowMat<Acc>& dS = dSw[static_cast<std::size_t>(w)];
     const Index n = p / H, hh = p % H;
