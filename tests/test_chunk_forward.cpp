@@ -9,6 +9,9 @@
 #include "support/catch.hpp"
 #include "support/test_utils.hpp"
 
+#include <cstdlib>
+#include <iostream>
+
 using namespace gla;
 using gla::test::compare;
 
@@ -108,7 +111,13 @@ std::pair<gla::test::Diff, gla::test::Diff> check_case(Op op, const Case& c) {
   Tensor<T, 4> out(v.dimensions());
   Tensor<float, 4> fs(in.h0.dimensions());
   run_op<T>(op, q, k, v, g, o, out, fs);
-  return {compare(out, ref.o), compare(fs, ref.final_state)};
+  const gla::test::Diff eo = compare(out, ref.o), es = compare(fs, ref.final_state);
+  // GLA_TEST_VERBOSE=1 prints every case's errors (how docs/ACCURACY.md's worst errors are measured).
+  static const bool verbose = std::getenv("GLA_TEST_VERBOSE") != nullptr;
+  if (verbose)
+    std::cerr << "[chunk_forward] " << gla::test::type_name<T>() << " " << op_name(op) << " o " << eo.rel_rms
+              << " final_state " << es.rel_rms << "\n";
+  return {eo, es};
 }
 
 double tol_for_float = 1e-5;
