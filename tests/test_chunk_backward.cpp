@@ -229,10 +229,11 @@ TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
-// Gradients (and the recomputed states and their gradients) of 4 MiB and more are written with non-temporal
-// stores (kStreamingOutputBytes); the float64 reference here is the double backward, exact to 1e-10 elsewhere, as
-// the naive recurrence would keep T states per head. H=4: gradients streamed from inside the reverse sweep; H=1:
-// value tiles, the state gradients dh stored (streamed) for a separate pass; V=100: rows that start mid-line.
+// Gradients of 4 MiB and more are written with non-temporal stores (kStreamingOutputBytes); the float64 reference
+// here is the double backward, exact to 1e-10 elsewhere, as the naive recurrence would keep T states per head.
+// H=4: gradients streamed from inside the reverse sweep, the states kept per head group in the worker's scratch;
+// H=1: value tiles, the states h and their gradients dh stored (streamed) for a separate pass; V=100: rows that
+// start mid-line.
 TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) against the double backward",
           "[chunk][backward]") {
   using gla::test::HeadShape;
@@ -275,7 +276,7 @@ TEST_CASE("chunk backward: varlen with zero-length, length-1 and chunk-straddlin
           "[chunk][backward][varlen]") {
   const std::vector<std::int64_t> cu =
       GENERATE(std::vector<std::int64_t>{0, 0, 16}, std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
-               std::vector<std::int64_t>{0, 15, 100, 257, 400});
+               std::vector<std::int64_t>{0, 15, 100, 257, 400}, std::vector<std::int64_t>{0, 0, 0});
   const bool h0 = GENERATE(true, false);
   const bool dht = GENERATE(true, false);
   Case c;

@@ -55,74 +55,144 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
   return s;
 }
 
-/// The reverse sweep of the state gradient for the gk-gated recurrence, per head group (sweep_groups): dS starts
-/// at dht (or 0); before each chunk is stepped back, dh[c] = dS (∂L/∂ the state after chunk c, K-first
-/// [ΣNT,H,K,V] in Acc); dS ← diag(e^{G_l}) dS + (scale · q ⊙ e^{G})ᵀ do_, with G the chunk-local cumsum of the raw
-/// gates; the gradient before the first chunk goes to dh0 (float, state layout; may be null). The heads of a
-/// group step back chunk by chunk together, each with its own dS tile. dh may be null (not stored); at every
-/// (chunk, head), before stepping back, block(worker, n, c, h, dS) runs with the K×Vt tile dS = dh[c]: the
-/// backward computes that chunk's gradients there when the tiles span all of V, while q, do_ and g of the chunk
-/// are still in cache and without storing dh.
+/// The state before every chunk of one head group (the forward sweep of the in-sweep backward), written in place:
+/// state_at(c, j) is the K×width tile (row stride width) of head gr.h0 + j before chunk c; the first is loaded from
+/// h0 (float, state layout; null = 0) and each next one computed from it by state_update_into. The state after the
+/// last chunk is not needed by the backward and is not formed.
+template <class Acc, class Op, class In, class StateAt>
+void group_chunk_states(const OpShape& s, Index BT, const In* k, const In* v, const In* g, const float* h0,
+                        bool v_first, const HeadGroup& gr, const ChunkScratch<Acc, Op>& sc, const StateAt& state_at) {
+  const Index H = s.H, K = s.K, V = s.V, Wt = gr.width;
+  const Acc floor = kChunkGateFloor<Acc>;
+  const Seq& sq = s.seqs[static_cast<std::size_t>(gr.n)];
+  const Index nchunks = (sq.len + BT - 1) / BT;
+  if (nchunks == 0) return;  // an empty sequence has no chunk to keep a state for (and no slot)
+  for (Index j = 0; j < gr.count; ++j) {
+    Acc* const S0 = state_at(0, j);
+    if (h0)
+      load_state_tile(S0, h0 + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
+    else
+      std::fill_n(S0, K * Wt, Acc(0));
+  }
+  ChunkGates<Acc> cg;
+  cg.gk = sc.G;
+  cg.ldgk = K;
+  for (Index c = 0; c + 1 < nchunks; ++c) {
+    const Index c0 = c * BT, L = BT;  // every chunk but the last is full
+    for (Index j = 0; j < gr.count; ++j) {
+      const Index hh = gr.h0 + j;
+      {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
+        const bool last = j + 1 == gr.count;
+        const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
+        if (c1 + BT < sq.len) {
+          prefetch_rows(head_rows(k, s, sq, h1, c1, K), BT, K);
+          prefetch_rows(head_rows(v, s, sq, h1, c1, V, gr.v0), BT, Wt);
+          prefetch_rows(head_rows(g, s, sq, h1, c1, K), BT, K);
+        }
+      }
+      gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
+      state_update_into(static_cast<const Acc*>(state_at(c, j)), state_at(c + 1, j), Wt, head_rows(k, s, sq, hh, c0, K),
+                        head_rows(v, s, sq, hh, c0, V, gr.v0), cg, L, K, Wt, sc);
+    }
+  }
+}
+
+/// What a step back of the reverse sweep over one (chunk, head) multiplies by, when the chunk's gradients (run
+/// just before it, chunk_bwd_tile's factored path) already formed it: qg = scale · q ⊙ e^{G} as product operands
+/// [L×K] and eG = e^{G} [L×K] (its last row decays dS). Null: the step forms them itself.
+template <class Acc, class Op>
+struct StepOperands {
+  const Op* qg = nullptr;
+  const Acc* eG = nullptr;
+};
+
+/// One head group's reverse sweep of the state gradient for the gk-gated recurrence (a work item of
+/// chunk_grad_sweep): dS starts at dht (float, state layout; null = 0) and steps back chunk by chunk, every head of
+/// the group at one chunk before the previous chunk: at (chunk c, head gr.h0 + j), block(c, j, dS) first runs with
+/// the K×width tile dS = ∂L/∂ the state after chunk c (row stride width) and returns StepOperands, then
+/// dS ← diag(e^{G_l}) dS + (scale · q ⊙ e^{G})ᵀ do_, with G the chunk-local cumsum of the raw gates. The gradient
+/// before the first chunk goes to dh0 (float, state layout; may be null). k and v (may be null) are rows the block
+/// reads: they are fetched ahead with the sweep's own.
 template <class Acc, class Op, class In, class Block>
-void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, const In* g, Acc scale, const float* dht,
-                      bool v_first, Acc* dh, float* dh0, const std::vector<HeadGroup>& groups,
-                      const std::vector<ChunkScratch<Acc, Op>>& workers, const Block& block) {
+void grad_sweep_group(const OpShape& s, Index BT, const In* q, const In* k, const In* v, const In* do_, const In* g,
+                      Acc scale, const float* dht, bool v_first, float* dh0, const HeadGroup& gr,
+                      const ChunkScratch<Acc, Op>& sc, const Block& block) {
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
-  const std::vector<Index> off = chunk_offsets(s, BT);
-  const OutputWrites dh_writes = OutputWrites::for_tensor<Acc>(dh ? off.back() * H * K * V : 0);
-  parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
-    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
-    const ChunkScratch<Acc, Op>& sc = workers[static_cast<std::size_t>(w)];
-    const Index n = gr.n, Vt = gr.width;
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    const auto state_of = [&](Index j) { return sc.S + j * K * Vt; };  // head gr.h0 + j's dS tile
-    load_group_states(sc.S, gr, dht, H, K, V, v_first);
-    const Index nchunks = (sq.len + BT - 1) / BT;
-    for (Index c = nchunks - 1; c >= 0; --c) {
-      const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-      for (Index j = 0; j < gr.count; ++j) {
-        const Index hh = gr.h0 + j;
-        Acc* const S = state_of(j);
-        if (dh)
-          store_tile_rows(S, K, Vt, dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V,
-                          dh_writes);
-        block(w, n, c, hh, static_cast<const Acc*>(S));
-        {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
-          const bool last = j + 1 == gr.count;
-          const Index c1 = last ? c0 - BT : c0, h1 = last ? gr.h0 : hh + 1;
-          if (c1 >= 0) {
-            const Index L1 = std::min(BT, sq.len - c1);
-            prefetch_rows(head_rows(q, s, sq, h1, c1, K), L1, K);
-            prefetch_rows(head_rows(do_, s, sq, h1, c1, V, gr.v0), L1, Vt);
-            prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
-          }
+  const Index Vt = gr.width;
+  const Seq& sq = s.seqs[static_cast<std::size_t>(gr.n)];
+  const auto state_of = [&](Index j) { return sc.S + j * K * Vt; };  // head gr.h0 + j's dS tile
+  load_group_states(sc.S, gr, dht, H, K, V, v_first);
+  const Index nchunks = (sq.len + BT - 1) / BT;
+  for (Index c = nchunks - 1; c >= 0; --c) {
+    const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+    for (Index j = 0; j < gr.count; ++j) {
+      const Index hh = gr.h0 + j;
+      Acc* const S = state_of(j);
+      const StepOperands<Acc, Op> given = block(c, j, static_cast<const Acc*>(S));
+      {  // the rows of the group's next (chunk, head) in sweep order, fetched while this one computes
+        const bool last = j + 1 == gr.count;
+        const Index c1 = last ? c0 - BT : c0, h1 = last ? gr.h0 : hh + 1;
+        if (c1 >= 0) {
+          const Index L1 = std::min(BT, sq.len - c1);
+          prefetch_rows(head_rows(q, s, sq, h1, c1, K), L1, K);
+          prefetch_rows(head_rows(do_, s, sq, h1, c1, V, gr.v0), L1, Vt);
+          prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+          if (k) prefetch_rows(head_rows(k, s, sq, h1, c1, K), L1, K);
+          if (v) prefetch_rows(head_rows(v, s, sq, h1, c1, V, gr.v0), L1, Vt);
         }
+      }
+      const Op* qg = given.qg;
+      const Acc* el = given.eG ? given.eG + (L - 1) * K : nullptr;
+      if (!qg) {
         gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
-        RowArrMap<Acc> el(sc.el, K);
-        el = ConstRowArrMap<Acc>(sc.G + (L - 1) * K, K).exp();
-        for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * Vt, Vt) *= sc.el[a];
         Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.tmp, L * K) =
             Eigen::Map<const Eigen::Array<Acc, Eigen::Dynamic, 1>>(sc.G, L * K).exp();
         const Rows<In> qr = head_rows(q, s, sq, hh, c0, K);
         for (Index t = 0; t < L; ++t)
           store_operand_row(sc.qg + t * K, ConstRowArrMap<Acc>(widen_row(qr.row(t), sc.e, K), K) *
                                                RowArrMap<Acc>(sc.tmp + t * K, K) * scale);
-        const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, gr.v0), L, Vt, sc.vop);
-        gemm<Op>(Trans::T, Trans::N, K, Vt, L, sc.qg, K, dop.p, dop.ld, /*accumulate=*/true, S, Vt);
+        qg = sc.qg;
+        el = sc.tmp + (L - 1) * K;
       }
+      for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * Vt, Vt) *= el[a];
+      const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, gr.v0), L, Vt, sc.vop);
+      gemm<Op>(Trans::T, Trans::N, K, Vt, L, qg, K, dop.p, dop.ld, /*accumulate=*/true, S, Vt);
     }
-    if (dh0) store_group_states(sc.S, gr, dh0, H, K, V, v_first);
+  }
+  if (dh0) store_group_states(sc.S, gr, dh0, H, K, V, v_first);
+}
+
+/// The reverse sweep of the state gradient over all head groups (sweep_groups; grad_sweep_group per group):
+/// dh[c] (K-first [ΣNT,H,K,V] in Acc) = ∂L/∂ the state after chunk c, for every (chunk, head).
+template <class Acc, class Op, class In>
+void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, const In* g, Acc scale, const float* dht,
+                      bool v_first, Acc* dh, float* dh0, const std::vector<HeadGroup>& groups,
+                      const std::vector<ChunkScratch<Acc, Op>>& workers) {
+  const Index H = s.H, K = s.K, V = s.V;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  const OutputWrites dh_writes = OutputWrites::for_tensor<Acc>(off.back() * H * K * V);
+  parallel_for(static_cast<Index>(groups.size()), [&](Index i, int w) {
+    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
+    Acc* const dhn = dh + off[static_cast<std::size_t>(gr.n)] * H * K * V;
+    grad_sweep_group(s, BT, q, static_cast<const In*>(nullptr), static_cast<const In*>(nullptr), do_, g, scale, dht,
+                     v_first, dh0, gr, workers[static_cast<std::size_t>(w)], [&](Index c, Index j, const Acc* dS) {
+                       store_tile_rows(dS, K, gr.width, dhn + (c * H + gr.h0 + j) * K * V + gr.v0, V, dh_writes);
+                       return StepOperands<Acc, Op>{};
+                     });
   });
 }
 
-/// The scratch of the chunked backward: the per-chunk states and their gradients, and per worker the sweeps'
-/// tiles and the per-chunk gradient tiles.
+/// The scratch of the chunked backward: the states before the chunks and (separate pass only) their gradients,
+/// and per worker the sweeps' tiles and the per-chunk gradient tiles.
 template <class Acc, class Op>
 struct ChunkBwdPlan {
-  Acc* h = nullptr;   // [ΣNT,H,K,V] the state before every chunk
-  Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk
+  // The states before the chunks: [ΣNT,H,K,V] for the separate pass; with the gradients in the reverse sweep,
+  // per worker the states of one head group, [chunk][head of the group][K×V] (h_per_worker accumulators each).
+  Acc* h = nullptr;
+  Index h_per_worker = 0;
+  Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk (separate pass only)
   std::vector<ChunkScratch<Acc, Op>> sweep;
   std::vector<BwdScratch<Acc, Op>> block;
 };
@@ -135,29 +205,50 @@ inline bool backward_blocks_in_sweep(const OpShape& s, const std::vector<HeadGro
   return std::all_of(sweep.begin(), sweep.end(), [&](const HeadGroup& gr) { return gr.width == s.V; });
 }
 
+/// The most (chunk, head) states of any head group: the per-worker states of the in-sweep backward.
+inline Index max_group_states(const OpShape& s, Index BT, const std::vector<HeadGroup>& groups) {
+  Index m = 0;
+  for (const HeadGroup& gr : groups)
+    m = std::max(m, (s.seqs[static_cast<std::size_t>(gr.n)].len + BT - 1) / BT * gr.count);
+  return m;
+}
+
 /// states: ΣNT (chunks of all sequences); sweep: the head groups of both sweeps; block_items: the (chunk, head)
-/// work items. dh is planned only when the chunks' gradients are a separate pass (backward_blocks_in_sweep).
+/// work items of the separate pass. dh is planned only when the chunks' gradients are a separate pass
+/// (backward_blocks_in_sweep); otherwise each worker keeps the states of the head group it is on.
 template <class Acc, class Op>
 ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states,
                                           const std::vector<HeadGroup>& sweep, Index block_items) {
   ChunkBwdPlan<Acc, Op> p;
   const bool in_sweep = backward_blocks_in_sweep(s, sweep);
-  p.h = a.take<Acc>(states * s.H * s.K * s.V);
-  p.dh = a.take<Acc>(in_sweep ? 0 : states * s.H * s.K * s.V);
+  const int sweepers = parallel_workers(static_cast<Index>(sweep.size()));
+  if (in_sweep) {
+    p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V;
+    p.h = a.take<Acc>(sweepers * p.h_per_worker);
+  } else {
+    p.h = a.take<Acc>(states * s.H * s.K * s.V);
+    p.dh = a.take<Acc>(states * s.H * s.K * s.V);
+  }
   p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
                                   max_group_heads(sweep));
-  const int blocks = in_sweep ? parallel_workers(static_cast<Index>(sweep.size())) : parallel_workers(block_items);
+  const int blocks = in_sweep ? sweepers : parallel_workers(block_items);
   for (int i = 0; i < blocks; ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
   return p;
 }
 
 /// The chunked backward after validation (shared by chunk_gla_backward_into and fused_chunk_gla_backward_into).
 /// Recomputes what the forward does not keep, as fla does: the state before every chunk h (fp32, from the raw
-/// gates chunk by chunk); then the state gradients dh by a reverse sweep; then every (chunk, head)'s gradients,
-/// inside that reverse sweep when its tiles span all of V (backward_blocks_in_sweep: dh is then never stored),
-/// else as a separate pass over (chunk, head) that reads dh back. Scratch (chunk_gla_backward_workspace_size): h, and
-/// dh on the separate-pass path (ΣNT·H·K·V accumulators each), and per-thread tiles, from opts.workspace or allocated
-/// for the call; inputs are read in their own scalar. g may be null (no decay; then dg must be null too):
+/// gates chunk by chunk), then the state gradients dh by a reverse sweep, and every (chunk, head)'s gradients from
+/// both. Two ways, chosen by the shape (backward_blocks_in_sweep):
+///  * every sweep tile spans all of V: one work item per head group runs the forward sweep of the group, keeping
+///    its states in the worker's scratch, then the reverse sweep, computing each chunk's gradients where it steps
+///    back. The states are read back in the reverse order of their writing, the latest first, while they are still
+///    in cache, and dh is never stored.
+///  * else (few (sequence, head) pairs, split into value tiles): h for all chunks, dh stored by the reverse sweep,
+///    then a separate pass over (chunk, head).
+/// Scratch (chunk_gla_backward_workspace_size): the states (a head group's per worker, or ΣNT·H·K·V accumulators),
+/// dh on the separate-pass path as many again, and per-thread tiles, from opts.workspace or allocated for the
+/// call; inputs are read in their own scalar. g may be null (no decay; then dg must be null too):
 /// fused_recurrent_gla_backward runs its gk-only cases here.
 template <class T>
 void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
@@ -175,42 +266,56 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   Scratch scratch;
   const ChunkBwdPlan<Acc, Op> pl = scratch.carve(
       opts.workspace, [&](Arena& a) { return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work); });
-  // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
-  chunk_state_sweep(s, BT, k.data(), v.data(), g, opts.initial_state ? opts.initial_state->data() : nullptr,
-                    opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep, pl.sweep);
+  const float* h0_p = opts.initial_state ? opts.initial_state->data() : nullptr;
+  const float* dht_p = dht ? dht->data() : nullptr;
+  float* dh0_p = dh0 ? dh0->data() : nullptr;
 
-  // One chunk's gradients, from the state before it (h) and the gradient of the state after it (dH, K×V).
+  // One chunk's gradients, from the state before it (S, K×V) and the gradient of the state after it (dH, K×V).
   const Acc floor = kChunkGateFloor<Acc>;
   const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()),
                      v_writes = OutputWrites::for_tensor<T>(v.size());
-  const auto chunk_grads = [&](int worker, Index n, Index c, Index hh, const Acc* dH) {
+  const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-    const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(worker)];
-    chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
-                   head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
-                   head_rows(do_.data(), s, sq, hh, c0, V), pl.h + state, dH, scale, L, K, V, BT, floor, ws);
+    const bool factored = chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
+                                         head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
+                                         head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
     const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
     store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
     store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
     store_tile_rows(ws.dv, L, V, dv + row * V, H * V, v_writes);
     if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K, qk_writes);
+    return factored;
   };
-  const float* dht_p = dht ? dht->data() : nullptr;
-  float* dh0_p = dh0 ? dh0->data() : nullptr;
+
   if (backward_blocks_in_sweep(s, sweep)) {
-    chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, static_cast<Acc*>(nullptr),
-                     dh0_p, sweep, pl.sweep, chunk_grads);
+    // dh0 may be the very buffer of dht: a group's reverse sweep reads its dht tiles before it writes those of dh0.
+    parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
+      const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+      const HeadGroup& gr = sweep[static_cast<std::size_t>(i)];
+      const ChunkScratch<Acc, Op>& sc = pl.sweep[static_cast<std::size_t>(w)];
+      const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(w)];
+      Acc* const hw = pl.h + w * pl.h_per_worker;
+      const auto state_at = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
+      group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
+      grad_sweep_group(s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr,
+                       sc, [&](Index c, Index j, const Acc* dS) {
+                         const bool factored = chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
+                         return factored ? StepOperands<Acc, Op>{ws.qg, ws.eg} : StepOperands<Acc, Op>{};
+                       });
+    });
     return;
   }
-  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep,
-                   [](int, Index, Index, Index, const Acc*) {});
+  chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep,
+                    pl.sweep);
+  // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
+  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep);
   parallel_for(work, [&](Index w, int worker) {
     const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
     const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
     const Index hh = w % H;
-    chunk_grads(worker, n, c, hh, pl.dh + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V);
+    const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+    chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, pl.h + state, pl.dh + state);
   });
 }
 

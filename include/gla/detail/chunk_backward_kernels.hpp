@@ -228,11 +228,13 @@ struct BwdScratch {
 /// float's spacing is 3e-5, and the one-step differences G_t − G_{t−1} that dominate dg would carry that
 /// absolute error as a relative one. The exponents are formed in double and exponentiated in Acc. Products
 /// take Op operands (bf16 for bf16 inputs) with Acc accumulation.
+/// Returns whether the factored path ran; then ws.qg holds scale · q ⊙ e^{G} as product operands and ws.eg holds
+/// e^{G} [L×K]: what the reverse sweep's step back over this chunk needs (StepOperands).
 template <class Acc, class Op, class In>
-void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
+bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
                     const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT, Acc floor,
                     const BwdScratch<Acc, Op>& ws) {
-  if (L == 0) return;
+  if (L == 0) return false;
   using MapA = Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
   using CMapA = Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
   using MapD = Eigen::Map<RowMat<double>>;
@@ -271,41 +273,46 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     out.array() = out.array().exp();
   };
 
-  // dA = scale · do_ vᵀ (only the s <= t half is ever read); its diagonal is kept apart for the self terms.
+  // dA = scale · do_ vᵀ (only the s <= t half is ever read); its diagonal is kept apart for the self terms. On the
+  // factored path scale is carried by the decayed queries instead (qg = scale · q ⊙ e^{G}) and by dq's final
+  // scaling, which saves a pass over dA and one over A.
+  const bool factored = decay_is_bounded(ws.Gd, L, K);
   gemm<Op>(Trans::N, Trans::T, L, L, V, doop.p, doop.ld, vop.p, vop.ld, false, ws.dA, BT);
   MapA dA(ws.dA, L, L, sBT);
-  dA *= scale;
-  for (Index t = 0; t < L; ++t) ws.dAd[t] = dA(t, t);
+  if (!factored) dA *= scale;
+  for (Index t = 0; t < L; ++t) ws.dAd[t] = factored ? scale * dA(t, t) : dA(t, t);
   MapA A(ws.A, L, L, sBT);
   MapA dq(ws.dq, L, K, sK), dk(ws.dk, L, K, sK);
   Eigen::Map<RowVec<double>> gn(ws.gn, K);
   Eigen::Map<RowVec<Acc>> f(ws.f, K), qf(ws.qf, K);
   // e^{G} [L×K] of the factored path (in ws.eg), for the inter-chunk term of dq.
-  const bool factored = decay_is_bounded(ws.Gd, L, K);
   MapA eG(ws.eg, L, K, sK);
 
   if (factored) {
-    // |G| <= kFactoredDecayBound: the intra-chunk terms as whole-chunk products of q ⊙ e^{G} and k ⊙ e^{−G}
-    // (docs/chunk_backward.md), with dA's diagonal and upper triangle set to 0 (the self terms come after dg).
+    // |G| <= kFactoredDecayBound: the intra-chunk terms as whole-chunk products of scale · q ⊙ e^{G} and k ⊙ e^{−G}
+    // (docs/chunk_backward.md), with dA (unscaled here) zero on and above its diagonal (the self terms come after
+    // dg).
     MapA eGinv(ws.dec, L, K, sK);
     for (Index r = 0; r < L; ++r) {
       eG.row(r) = G.row(r).template cast<Acc>();
       eG.row(r).array() = eG.row(r).array().exp();
       reciprocal_row(eG.row(r).data(), eGinv.row(r).data(), K);  // e^{−G}
-      store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array());
+      store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array() * scale);
       store_operand_row(ws.kg + r * K, k.row(r).array() * eGinv.row(r).array());
     }
     gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kg, K, false, ws.A, BT);
     for (Index r = 0; r < L; ++r) {
-      A.row(r).head(r) *= scale;
       A(r, r) = scale * q.row(r).dot(k.row(r));
       A.row(r).tail(L - 1 - r).setZero();
       dA.row(r).tail(L - r).setZero();
     }
     const Op* dAop = ws.dA_operand(L, BT);
-    gemm<Op>(Trans::N, Trans::N, L, K, L, dAop, BT, ws.kg, K, false, ws.dq, K);  // Σ_s dA[t,s] k_s e^{−G_s}
-    dq.array() *= eG.array();
-    gemm<Op>(Trans::T, Trans::N, L, K, L, dAop, BT, ws.qg, K, false, ws.dk, K);  // Σ_t dA[t,s] q_t e^{G_t}
+    // dq_t = scale e^{G_t} ⊙ (Σ_s dA[t,s] k_s e^{−G_s} + S do_t): the inter-chunk term accumulated into the same
+    // product's output, then one scaling pass.
+    gemm<Op>(Trans::N, Trans::N, L, K, L, dAop, BT, ws.kg, K, false, ws.dq, K);
+    gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, true, ws.dq, K);
+    dq.array() *= eG.array() * scale;
+    gemm<Op>(Trans::T, Trans::N, L, K, L, dAop, BT, ws.qg, K, false, ws.dk, K);  // Σ_t dA[t,s] scale q_t e^{G_t}
     dk.array() *= eGinv.array();
   } else {
     dq.setZero();
@@ -382,19 +389,17 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   const Op* Aop = ws.A_operand(L, BT);
   gemm<Op>(Trans::T, Trans::N, L, V, L, Aop, BT, doop.p, doop.ld, false, ws.dv, V);  // dv = Aᵀ do_
   for (Index s = 0; s < L; ++s) store_operand_row(ws.kg + s * K, k.row(s).array() * decl.row(s).array());
-  const Op* Sop = ws.state_operand(S, ws.Sop, K, V);
   const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
 
   MapA tmp(ws.tmp, L, K, sK);
-  gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, Sop, V, false, ws.tmp, K);  // (S do_t)ᵀ
-  for (Index t = 0; t < L; ++t) {
-    RowArrMap<Acc> e(ws.f, K);
-    if (factored)
-      e = eG.row(t).array();
-    else
+  if (!factored) {  // dq_t += scale e^{G_t} ⊙ (S do_t) (the factored path has it already)
+    gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, false, ws.tmp, K);
+    for (Index t = 0; t < L; ++t) {
+      RowArrMap<Acc> e(ws.f, K);
       e = G.row(t).template cast<Acc>().array().exp();
-    dq.row(t).array() += scale * tmp.row(t).array() * e;
+      dq.row(t).array() += scale * tmp.row(t).array() * e;
+    }
   }
   gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ
   tmp.array() *= decl.array();                                                      // dk_inter, added to dk after dg
@@ -425,6 +430,7 @@ void chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     dq.row(t) += ws.dAd[t] * k.row(t);
     dk.row(t) += ws.dAd[t] * q.row(t);
   }
+  return factored;
 }
 
 }  // namespace gla::detail

@@ -269,22 +269,12 @@ void step_decays(Rows<In> g, Index L, Index K, Acc floor, Acc* eg) {
   all = all.exp();
 }
 
-/// Advances a state tile across one chunk of L tokens (S is K×Vt with row stride ldS, the state before the chunk):
-///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙
-///   e^{gv_l−gv_s})ᵀ
-/// where l is the chunk's last row; every exponent is <= 0 for non-positive gates. k [L×K] and v [L×Vt] are
-/// input rows (v starting at the tile's first column); the gates are chunk-local cumsums (Gates says which).
+/// ws.kd = k ⊙ the decay from each row to the chunk's end (e^{G_l − G_s} and/or the scalar gates' part; k itself
+/// with no gate), the state update's left operand: the exponents first, one vectorised exp over the block (left in
+/// ws.tmp), then the product. Gates, gt, k [L×K] as state_update.
 template <unsigned Gates, class Acc, class Op, class In>
-void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt, Index L, Index K, Index Vt,
-                  const ChunkScratch<Acc, Op>& ws) {
-  if (L == 0) return;
-  constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0,
-                 kGv = (Gates & kGateGv) != 0;
-  Acc scalar_last = 0;  // g_l + γL: the scalar part of the state's decay
-  if constexpr (kG) scalar_last += gt.g[(L - 1) * gt.ldg];
-  if constexpr (kGamma) scalar_last += *gt.gamma * static_cast<Acc>(L);
-
-  // kd = k ⊙ decay to the chunk end: the exponents first, one vectorised exp over the block, then the product.
+void keys_decayed_to_end(Rows<In> k, const ChunkGates<Acc>& gt, Index L, Index K, const ChunkScratch<Acc, Op>& ws) {
+  constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0;
   if constexpr (kGk || kG || kGamma) {
     for (Index s = 0; s < L; ++s) {
       Acc sc = 0;  // scalar log decay from token s to the chunk end
@@ -304,6 +294,23 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
   } else {
     convert_rows(k, L, K, ws.kd);
   }
+}
+
+/// Advances a state tile across one chunk of L tokens (S is K×Vt with row stride ldS, the state before the chunk):
+///   S ← diag(e^{gk_l}) S diag(e^{gv_l}) e^{g_l + γL} + Σ_s (k_s ⊙ e^{gk_l−gk_s} e^{g_l−g_s+γ(L−1−s)}) (v_s ⊙
+///   e^{gv_l−gv_s})ᵀ
+/// where l is the chunk's last row; every exponent is <= 0 for non-positive gates. k [L×K] and v [L×Vt] are
+/// input rows (v starting at the tile's first column); the gates are chunk-local cumsums (Gates says which).
+template <unsigned Gates, class Acc, class Op, class In>
+void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt, Index L, Index K, Index Vt,
+                  const ChunkScratch<Acc, Op>& ws) {
+  if (L == 0) return;
+  constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0,
+                 kGv = (Gates & kGateGv) != 0;
+  Acc scalar_last = 0;  // g_l + γL: the scalar part of the state's decay
+  if constexpr (kG) scalar_last += gt.g[(L - 1) * gt.ldg];
+  if constexpr (kGamma) scalar_last += *gt.gamma * static_cast<Acc>(L);
+  keys_decayed_to_end<Gates>(k, gt, L, K, ws);
   if constexpr (kGk) {
     RowArrMap<Acc> el(ws.el, K);
     el = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K).exp();
@@ -330,6 +337,25 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
     vop = as_operand<Op>(v, L, Vt, ws.vop);
   }
   gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
+}
+
+/// The gk-gated state update out of place: S_out = diag(e^{G_l}) S_in + (k ⊙ e^{G_l − G})ᵀ v, with G = gt.gk the
+/// chunk-local cumsum (l the chunk's last row); S_in and S_out K×Vt with row stride ldS, distinct. The product is
+/// written first and S_in's decayed rows added to it in one pass, so S_in is read once and nothing is copied.
+template <class Acc, class Op, class In>
+void state_update_into(const Acc* S_in, Acc* S_out, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt,
+                       Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws) {
+  if (L == 0) {
+    for (Index a = 0; a < K; ++a) std::copy_n(S_in + a * ldS, Vt, S_out + a * ldS);
+    return;
+  }
+  keys_decayed_to_end<kGateGk>(k, gt, L, K, ws);
+  const Rows<Op> vop = as_operand<Op>(v, L, Vt, ws.vop);
+  gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/false, S_out, ldS);
+  RowArrMap<Acc> el(ws.el, K);
+  el = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K).exp();
+  for (Index a = 0; a < K; ++a)
+    RowArrMap<Acc>(S_out + a * ldS, Vt) += ConstRowArrMap<Acc>(S_in + a * ldS, Vt) * ws.el[a];
 }
 
 /// The output of one chunk of L tokens for one value tile, into ws.O [L×Vt]:
