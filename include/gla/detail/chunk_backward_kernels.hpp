@@ -277,7 +277,10 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   // factored path scale is carried by the decayed queries instead (qg = scale · q ⊙ e^{G}) and by dq's final
   // scaling, which saves a pass over dA and one over A.
   const bool factored = decay_is_bounded(ws.Gd, L, K);
-  gemm<Op>(Trans::N, Trans::T, L, L, V, doop.p, doop.ld, vop.p, vop.ld, false, ws.dA, BT);
+  // The factored path's triangular products skip the block above the diagonal: rows [0, h) only meet columns
+  // [0, h) (lower_product); the sub-chunk path reads dA in its own blocks and takes the whole product.
+  const Index h = factored ? triangular_split(L) : 0;
+  lower_product<Op>(h, L, V, doop.p, doop.ld, vop.p, vop.ld, ws.dA, BT);
   MapA dA(ws.dA, L, L, sBT);
   if (!factored) dA *= scale;
   for (Index t = 0; t < L; ++t) ws.dAd[t] = factored ? scale * dA(t, t) : dA(t, t);
@@ -300,7 +303,7 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
       store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array() * scale);
       store_operand_row(ws.kg + r * K, k.row(r).array() * eGinv.row(r).array());
     }
-    gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kg, K, false, ws.A, BT);
+    lower_product<Op>(h, L, K, ws.qg, K, ws.kg, K, ws.A, BT);
     for (Index r = 0; r < L; ++r) {
       A(r, r) = scale * q.row(r).dot(k.row(r));
       A.row(r).tail(L - 1 - r).setZero();
@@ -309,10 +312,10 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     const Op* dAop = ws.dA_operand(L, BT);
     // dq_t = scale e^{G_t} ⊙ (Σ_s dA[t,s] k_s e^{−G_s} + S do_t): the inter-chunk term accumulated into the same
     // product's output, then one scaling pass.
-    gemm<Op>(Trans::N, Trans::N, L, K, L, dAop, BT, ws.kg, K, false, ws.dq, K);
+    lower_times<Op>(h, L, K, dAop, BT, ws.kg, K, false, ws.dq, K);
     gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, true, ws.dq, K);
     dq.array() *= eG.array() * scale;
-    gemm<Op>(Trans::T, Trans::N, L, K, L, dAop, BT, ws.qg, K, false, ws.dk, K);  // Σ_t dA[t,s] scale q_t e^{G_t}
+    lower_transposed_times<Op>(h, L, K, dAop, BT, ws.qg, K, ws.dk, K);  // Σ_t dA[t,s] scale q_t e^{G_t}
     dk.array() *= eGinv.array();
   } else {
     dq.setZero();
@@ -387,7 +390,7 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
     for (Index s = 0; s < L; ++s) decay_into(decl.row(s), gn, G.row(s));
   }
   const Op* Aop = ws.A_operand(L, BT);
-  gemm<Op>(Trans::T, Trans::N, L, V, L, Aop, BT, doop.p, doop.ld, false, ws.dv, V);  // dv = Aᵀ do_
+  lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);  // dv = Aᵀ do_
   for (Index s = 0; s < L; ++s) store_operand_row(ws.kg + s * K, k.row(s).array() * decl.row(s).array());
   const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH

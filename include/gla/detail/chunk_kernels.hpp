@@ -358,6 +358,36 @@ void state_update_into(const Acc* S_in, Acc* S_out, Index ldS, Rows<In> k, Rows<
     RowArrMap<Acc>(S_out + a * ldS, Vt) += ConstRowArrMap<Acc>(S_in + a * ldS, Vt) * ws.el[a];
 }
 
+/// Where a chunk's L rows are split for its lower-triangular L×L products (A, the backward's dA and their
+/// products): rows [0, h) only meet columns [0, h), so the block above the diagonal, a quarter of the work at
+/// h = L/2, is never computed. h = L/2 rounded down to a multiple of 16 (0: no split, for L < 32).
+inline Index triangular_split(Index L) { return L / 32 * 16; }
+
+/// C [L×L] (row stride ldc) = X Yᵀ for X, Y [L×n], except the block C[0:h, h:L] above the diagonal, which is not
+/// written (h = 0: the whole product).
+template <class Op, class Acc>
+void lower_product(Index h, Index L, Index n, const Op* X, Index ldx, const Op* Y, Index ldy, Acc* C, Index ldc) {
+  if (h > 0) gemm<Op>(Trans::N, Trans::T, h, h, n, X, ldx, Y, ldy, false, C, ldc);
+  gemm<Op>(Trans::N, Trans::T, L - h, L, n, X + h * ldx, ldx, Y, ldy, false, C + h * ldc, ldc);
+}
+
+/// C [L×n] = M Y (or C += M Y) for M [L×L] lower triangular by blocks (M[0:h, h:L] = 0, never read) and Y [L×n].
+template <class Op, class Acc>
+void lower_times(Index h, Index L, Index n, const Op* M, Index ldm, const Op* Y, Index ldy, bool accumulate, Acc* C,
+                 Index ldc) {
+  if (h > 0) gemm<Op>(Trans::N, Trans::N, h, n, h, M, ldm, Y, ldy, accumulate, C, ldc);
+  gemm<Op>(Trans::N, Trans::N, L - h, n, L, M + h * ldm, ldm, Y, ldy, accumulate, C + h * ldc, ldc);
+}
+
+/// C [L×n] = Mᵀ Y for M as in lower_times.
+template <class Op, class Acc>
+void lower_transposed_times(Index h, Index L, Index n, const Op* M, Index ldm, const Op* Y, Index ldy, Acc* C,
+                            Index ldc) {
+  gemm<Op>(Trans::T, Trans::N, h > 0 ? h : L, n, L, M, ldm, Y, ldy, false, C, ldc);
+  if (h > 0)
+    gemm<Op>(Trans::T, Trans::N, L - h, n, L - h, M + h * ldm + h, ldm, Y + h * ldy, ldy, false, C + h * ldc, ldc);
+}
+
 /// The output of one chunk of L tokens for one value tile, into ws.O [L×Vt]:
 ///   o_t = scale (q_t ⊙ e^{G_t}) S + Σ_{s ≤ t in chunk} A[t,s] v_s,  A[t,s] = scale Σ_k q_t k_s e^{G_t − G_s}
 /// with S [K×Vt] (row stride ldS) the state before the chunk, ws.G [L×K] the chunk-local gate cumsum
@@ -415,7 +445,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
       reciprocal_row(ws.tmp + r * K, ws.eg + r * K, K);
       store_operand_row(ws.kd + r * K, ConstRowArrMap<Acc>(ka.row(r), K) * ConstRowArrMap<Acc>(ws.eg + r * K, K));
     }
-    gemm<Op>(Trans::N, Trans::T, L, L, K, ws.qg, K, ws.kd, K, /*accumulate=*/false, A, BT);
+    lower_product<Op>(triangular_split(L), L, K, ws.qg, K, ws.kd, K, A, BT);
     zero_upper(0, L);
   } else {
     step_decays(g, L, K, floor, ws.eg);
@@ -450,7 +480,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
       zero_upper(i0, i0 + Li);
     }
   }
-  // Intra-chunk term: O += A · V.
+  // Intra-chunk term: O += A · V (A is zero above its diagonal on both paths).
   const Op* Aop = nullptr;
   if constexpr (std::is_same_v<Op, Acc>) {
     Aop = A;
@@ -458,7 +488,7 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
     for (Index r = 0; r < L; ++r) convert_operand_n(A + r * BT, ws.Aop + r * BT, L);
     Aop = ws.Aop;
   }
-  gemm<Op>(Trans::N, Trans::N, L, Vt, L, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
+  lower_times<Op>(triangular_split(L), L, Vt, Aop, BT, v.p, v.ld, /*accumulate=*/true, ws.O, Vt);
   return factored;
 }
 
