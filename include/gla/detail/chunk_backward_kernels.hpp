@@ -279,7 +279,7 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   const bool factored = decay_is_bounded(ws.Gd, L, K);
   // The factored path's triangular products skip the block above the diagonal: rows [0, h) only meet columns
   // [0, h) (lower_product); the sub-chunk path reads dA in its own blocks and takes the whole product.
-  const Index h = factored ? triangular_split(L) : 0;
+  const Index h = factored ? triangular_split<Acc, Op>(L) : 0;
   lower_product<Op>(h, L, V, doop.p, doop.ld, vop.p, vop.ld, ws.dA, BT);
   MapA dA(ws.dA, L, L, sBT);
   if (!factored) dA *= scale;
