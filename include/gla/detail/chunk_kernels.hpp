@@ -340,15 +340,12 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
 }
 
 /// The gk-gated state update out of place: S_out = diag(e^{G_l}) S_in + (k ⊙ e^{G_l − G})ᵀ v, with G = gt.gk the
-/// chunk-local cumsum (l the chunk's last row); S_in and S_out K×Vt with row stride ldS, distinct. The product is
-/// written first and S_in's decayed rows added to it in one pass, so S_in is read once and nothing is copied.
+/// chunk-local cumsum (l the chunk's last row); S_in and S_out K×Vt with row stride ldS, distinct; L >= 1 (its
+/// caller, group_chunk_states, runs it on full chunks only). The product is written first and S_in's decayed rows
+/// added to it in one pass, so S_in is read once and nothing is copied.
 template <class Acc, class Op, class In>
 void state_update_into(const Acc* S_in, Acc* S_out, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt,
                        Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws) {
-  if (L == 0) {
-    for (Index a = 0; a < K; ++a) std::copy_n(S_in + a * ldS, Vt, S_out + a * ldS);
-    return;
-  }
   keys_decayed_to_end<kGateGk>(k, gt, L, K, ws);
   const Rows<Op> vop = as_operand<Op>(v, L, Vt, ws.vop);
   gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/false, S_out, ldS);
