@@ -97,15 +97,6 @@ void group_chunk_states(const OpShape& s, Index BT, const In* k, const In* v, co
   }
 }
 
-/// What a step back of the reverse sweep over one (chunk, head) multiplies by, when the chunk's gradients (run
-/// just before it, chunk_bwd_tile's factored path) already formed it: qg = scale · q ⊙ e^{G} as product operands
-/// [L×K] and eG = e^{G} [L×K] (its last row decays dS). Null: the step forms them itself.
-template <class Acc, class Op>
-struct StepOperands {
-  const Op* qg = nullptr;
-  const Acc* eG = nullptr;
-};
-
 /// One head group's reverse sweep of the state gradient for the gk-gated recurrence (a work item of
 /// chunk_grad_sweep): dS starts at dht (float, state layout; null = 0) and steps back chunk by chunk, every head of
 /// the group at one chunk before the previous chunk: at (chunk c, head gr.h0 + j), block(c, j, dS) first runs with
@@ -156,7 +147,8 @@ void grad_sweep_group(const OpShape& s, Index BT, const In* q, const In* k, cons
         el = sc.tmp + (L - 1) * K;
       }
       for (Index a = 0; a < K; ++a) RowArrMap<Acc>(S + a * Vt, Vt) *= el[a];
-      const Rows<Op> dop = as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, gr.v0), L, Vt, sc.vop);
+      const Rows<Op> dop =
+          given.do_op.p ? given.do_op : as_operand<Op>(head_rows(do_, s, sq, hh, c0, V, gr.v0), L, Vt, sc.vop);
       gemm<Op>(Trans::T, Trans::N, K, Vt, L, qg, K, dop.p, dop.ld, /*accumulate=*/true, S, Vt);
     }
   }
@@ -277,7 +269,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const bool factored = chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
+    const StepOperands<Acc, Op> step = chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
                                          head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
                                          head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
     const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
@@ -285,7 +277,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
     store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
     store_tile_rows(ws.dv, L, V, dv + row * V, H * V, v_writes);
     if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K, qk_writes);
-    return factored;
+    return step;
   };
 
   if (backward_blocks_in_sweep(s, sweep)) {
@@ -300,8 +292,7 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
       group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
       grad_sweep_group(s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr,
                        sc, [&](Index c, Index j, const Acc* dS) {
-                         const bool factored = chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
-                         return factored ? StepOperands<Acc, Op>{ws.qg, ws.eg} : StepOperands<Acc, Op>{};
+                         return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
                        });
     });
     return;

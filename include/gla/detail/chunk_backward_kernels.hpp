@@ -127,7 +127,7 @@ struct BwdScratch {
   double* Gd = nullptr;  // [BT×K] gate cumsum in double
   double* gn = nullptr;  // [K]
   Acc* eg = nullptr;     // [BT×K] floored gates, then e^{g}
-  Acc* qa = nullptr;     // [BT×K] q in Acc (low precision inputs)
+  Acc* qa = nullptr;     // [BT×K] q in Acc (low precision or strided inputs)
   Acc* ka = nullptr;     // [BT×K] k in Acc
   Acc* dA = nullptr;     // [BT×BT]
   Acc* A = nullptr;      // [BT×BT]
@@ -149,6 +149,7 @@ struct BwdScratch {
   Acc* qf = nullptr;     // [K]
   Acc* dgl = nullptr;    // [K]
   Acc* dAd = nullptr;    // [BT] the diagonal of dA
+  Acc* Ad = nullptr;     // [BT] the diagonal of A (factored path)
 
   static BwdScratch plan(Arena& a, Index BT, Index K, Index V) {
     BwdScratch w;
@@ -177,6 +178,7 @@ struct BwdScratch {
     w.qf = a.take<Acc>(K);
     w.dgl = a.take<Acc>(K);
     w.dAd = a.take<Acc>(BT);
+    w.Ad = a.take<Acc>(BT);
     return w;
   }
 
@@ -211,6 +213,16 @@ struct BwdScratch {
   }
 };
 
+/// What the reverse sweep's step back over a (chunk, head) multiplies by, when the chunk's gradients (chunk_bwd_tile,
+/// run just before it) already formed it: do_ as a product operand, and on the factored path qg = scale · q ⊙ e^{G}
+/// as product operands [L×K] and eG = e^{G} [L×K] (its last row decays dS). Null / empty: the step forms its own.
+template <class Acc, class Op>
+struct StepOperands {
+  const Op* qg = nullptr;
+  const Acc* eG = nullptr;
+  Rows<Op> do_op;
+};
+
 /// The gradients of one chunk of L tokens of GLA, into ws.dq, ws.dk, ws.dg [L×K] and ws.dv [L×V] (dg = ∂L/∂ the
 /// raw per-step gate):
 ///   q, k, g (raw per-step log gate; absent = no decay) [L×K] and v, do_ [L×V]: input rows;
@@ -228,44 +240,60 @@ struct BwdScratch {
 /// float's spacing is 3e-5, and the one-step differences G_t − G_{t−1} that dominate dg would carry that
 /// absolute error as a relative one. The exponents are formed in double and exponentiated in Acc. Products
 /// take Op operands (bf16 for bf16 inputs) with Acc accumulation.
-/// Returns whether the factored path ran; then ws.qg holds scale · q ⊙ e^{G} as product operands and ws.eg holds
-/// e^{G} [L×K]: what the reverse sweep's step back over this chunk needs (StepOperands).
+/// Returns what the reverse sweep's step back over this chunk can reuse (StepOperands): do_ as a product operand and,
+/// when the factored path ran, ws.qg = scale · q ⊙ e^{G} and ws.eg = e^{G}.
 template <class Acc, class Op, class In>
-bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
+StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
                     const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT, Acc floor,
                     const BwdScratch<Acc, Op>& ws) {
-  if (L == 0) return false;
+  if (L == 0) return {};
   using MapA = Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
-  using CMapA = Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
   using MapD = Eigen::Map<RowMat<double>>;
-  const Eigen::OuterStride<> sK(K), sV(V), sBT(BT);
-  // q and k in Acc for the elementwise work; v and do_ as product operands.
-  Rows<Acc> qr, kr;
-  if constexpr (std::is_same_v<In, Acc>) {
-    qr = q_in;
-    kr = k_in;
-  } else {
-    convert_rows(q_in, L, K, ws.qa);
-    convert_rows(k_in, L, K, ws.ka);
-    qr = {ws.qa, K};
-    kr = {ws.ka, K};
-  }
-  const CMapA q(qr.p, L, K, Eigen::OuterStride<>(qr.ld)), k(kr.p, L, K, Eigen::OuterStride<>(kr.ld));
+  const Eigen::OuterStride<> sK(K), sBT(BT);
+  // q and k in Acc for the elementwise work, copied to contiguous tiles where a head's rows are a page or more
+  // apart: the dg loop reads them again last row first, which the hardware prefetchers do not follow across pages
+  // (the copy made the backward 2–4% faster at the prefill shape). v and do_ as product operands.
+  const auto elementwise_rows = [&](Rows<In> src, Acc* buf) -> Rows<Acc> {
+    if constexpr (std::is_same_v<In, Acc>) {
+      if (src.ld * static_cast<Index>(sizeof(In)) < kStridedOperandBytes) return src;
+    }
+    convert_rows(src, L, K, buf);
+    return {buf, K};
+  };
+  const Rows<Acc> qr = elementwise_rows(q_in, ws.qa), kr = elementwise_rows(k_in, ws.ka);
+  const auto q = [&](Index r) { return ConstRowArrMap<Acc>(qr.row(r), K); };
+  const auto k = [&](Index r) { return ConstRowArrMap<Acc>(kr.row(r), K); };
+  const auto row = [K](Acc* base, Index r) { return RowArrMap<Acc>(base + r * K, K); };
   const Rows<Op> vop = as_operand<Op>(v_in, L, V, ws.vop), doop = as_operand<Op>(do_in, L, V, ws.doop);
 
-  // Per-step gates below the floor act as the floor, as in the forward (NaN stays NaN).
-  MapA expg(ws.eg, L, K, sK);
-  for (Index r = 0; r < L; ++r) {
-    if (!g.p) {  // no gate: no decay
-      expg.row(r).setZero();
-      continue;
-    }
-    convert_n(g.row(r), expg.row(r).data(), K);
-    expg.row(r).array() = (expg.row(r).array() < floor).select(floor, expg.row(r).array());
-  }
+  // The gate cumsum G in double, row by row (per-step gates below the floor act as the floor, as in the forward;
+  // NaN stays NaN; no gate: G = 0). While every row so far is within kFactoredDecayBound, the same loop forms the
+  // factored path's operands from the row while it is in L1: e^{G}, e^{−G}, qg = scale · q ⊙ e^{G}, kg = k ⊙ e^{−G}
+  // and A's diagonal; a chunk that leaves the bound takes the sub-chunk path, which forms its own.
   MapD G(ws.Gd, L, K);
-  G.row(0) = expg.row(0).template cast<double>();
-  for (Index r = 1; r < L; ++r) G.row(r) = G.row(r - 1) + expg.row(r).template cast<double>();
+  MapA eG(ws.eg, L, K, sK), eGinv(ws.dec, L, K, sK);
+  RowArrMap<Acc> gate(ws.f, K);
+  bool factored = true;
+  for (Index r = 0; r < L; ++r) {
+    if (g.p) {
+      floored_gate_row(g, r, K, floor, ws.f);
+      if (r == 0)
+        G.row(0) = gate.matrix().template cast<double>();
+      else
+        G.row(r) = G.row(r - 1) + gate.matrix().template cast<double>();
+    } else {
+      G.row(r).setZero();
+    }
+    factored = factored && decay_is_bounded(G.row(r).data(), 1, K);
+    if (!factored) continue;
+    RowArrMap<Acc> e = row(ws.eg, r);
+    e = G.row(r).array().template cast<Acc>();
+    e = e.exp();  // materialised first: Eigen vectorises exp of a plain array, not of a cast expression
+    reciprocal_row(e.data(), ws.dec + r * K, K);
+    store_operand_row(ws.qg + r * K, q(r) * e * scale);
+    store_operand_row(ws.kg + r * K, k(r) * row(ws.dec, r));
+    ws.Ad[r] = scale * (q(r) * k(r)).sum();
+  }
   // out = e^{x − y} for two double gate rows: the difference in double, rounded to Acc, then exponentiated in
   // place (materialising first keeps Eigen's vectorised exp; exp of a cast expression falls back to scalar expf).
   const auto decay_into = [](auto&& out, const auto& x, const auto& y) {
@@ -276,7 +304,6 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   // dA = scale · do_ vᵀ (only the s <= t half is ever read); its diagonal is kept apart for the self terms. On the
   // factored path scale is carried by the decayed queries instead (qg = scale · q ⊙ e^{G}) and by dq's final
   // scaling, which saves a pass over dA and one over A.
-  const bool factored = decay_is_bounded(ws.Gd, L, K);
   // The factored path's triangular products skip the block above the diagonal: rows [0, h) only meet columns
   // [0, h) (lower_product); the sub-chunk path reads dA in its own blocks and takes the whole product.
   const Index h = factored ? triangular_split<Acc, Op>(L) : 0;
@@ -288,41 +315,30 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   MapA dq(ws.dq, L, K, sK), dk(ws.dk, L, K, sK);
   Eigen::Map<RowVec<double>> gn(ws.gn, K);
   Eigen::Map<RowVec<Acc>> f(ws.f, K), qf(ws.qf, K);
-  // e^{G} [L×K] of the factored path (in ws.eg), for the inter-chunk term of dq.
-  MapA eG(ws.eg, L, K, sK);
 
   if (factored) {
     // |G| <= kFactoredDecayBound: the intra-chunk terms as whole-chunk products of scale · q ⊙ e^{G} and k ⊙ e^{−G}
     // (docs/chunk_backward.md), with dA (unscaled here) zero on and above its diagonal (the self terms come after
     // dg).
-    MapA eGinv(ws.dec, L, K, sK);
-    for (Index r = 0; r < L; ++r) {
-      eG.row(r) = G.row(r).template cast<Acc>();
-      eG.row(r).array() = eG.row(r).array().exp();
-      reciprocal_row(eG.row(r).data(), eGinv.row(r).data(), K);  // e^{−G}
-      store_operand_row(ws.qg + r * K, q.row(r).array() * eG.row(r).array() * scale);
-      store_operand_row(ws.kg + r * K, k.row(r).array() * eGinv.row(r).array());
-    }
     lower_product<Op>(h, L, K, ws.qg, K, ws.kg, K, ws.A, BT);
     for (Index r = 0; r < L; ++r) {
-      A(r, r) = scale * q.row(r).dot(k.row(r));
+      A(r, r) = ws.Ad[r];
       A.row(r).tail(L - 1 - r).setZero();
       dA.row(r).tail(L - r).setZero();
     }
     const Op* dAop = ws.dA_operand(L, BT);
     // dq_t = scale e^{G_t} ⊙ (Σ_s dA[t,s] k_s e^{−G_s} + S do_t): the inter-chunk term accumulated into the same
-    // product's output, then one scaling pass.
+    // product's output; the scaling by scale e^{G_t} comes in the pass below (with dk's by e^{−G_s}).
     lower_times<Op>(h, L, K, dAop, BT, ws.kg, K, false, ws.dq, K);
     gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, true, ws.dq, K);
-    dq.array() *= eG.array() * scale;
     lower_transposed_times<Op>(h, L, K, dAop, BT, ws.qg, K, ws.dk, K);  // Σ_t dA[t,s] scale q_t e^{G_t}
-    dk.array() *= eGinv.array();
   } else {
     dq.setZero();
     dk.setZero();
     const Op* dAop = ws.dA_operand(L, BT);
     // e^{g_r}: the factors of the diagonal blocks' running products (from the gate, not a cumsum difference).
-    expg.array() = expg.array().exp();
+    step_decays(g, L, K, floor, ws.eg);
+    MapA expg(ws.eg, L, K, sK);
     for (Index i0 = 0; i0 < L; i0 += kSubChunk) {
       const Index Li = std::min(kSubChunk, L - i0), j1 = i0 + Li, Lr = L - j1;
       if (i0 > 0) {
@@ -332,7 +348,7 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
         MapA dec(ws.dec, i0, K, sK);
         for (Index s = 0; s < i0; ++s) {
           decay_into(dec.row(s), gn, G.row(s));
-          store_operand_row(ws.kg + s * K, k.row(s).array() * dec.row(s).array());
+          store_operand_row(ws.kg + s * K, k(s) * dec.row(s).array());
         }
         gemm<Op>(Trans::N, Trans::N, Li, K, i0, dAop + i0 * BT, BT, ws.kg, K, false, ws.tmp, K);
         MapA tmp(ws.tmp, Li, K, sK);
@@ -348,12 +364,12 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
         gn = G.row(j1 - 1);
         for (Index t = 0; t < Lr; ++t) {
           decay_into(f, G.row(j1 + t), gn);
-          store_operand_row(ws.qg + t * K, q.row(j1 + t).array() * f.array());
+          store_operand_row(ws.qg + t * K, q(j1 + t) * f.array());
         }
         MapA dec(ws.dec, Li, K, sK);  // e^{gn−G_s}, shared by A and dk
         for (Index c = 0; c < Li; ++c) {
           decay_into(dec.row(c), gn, G.row(i0 + c));
-          store_operand_row(ws.kg + c * K, k.row(i0 + c).array() * dec.row(c).array());
+          store_operand_row(ws.kg + c * K, k(i0 + c) * dec.row(c).array());
         }
         gemm<Op>(Trans::N, Trans::T, Lr, Li, K, ws.qg, K, ws.kg, K, false, ws.A + j1 * BT + i0, BT);
         A.block(j1, i0, Lr, Li) *= scale;
@@ -365,47 +381,32 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
       // assigned 0 (never computed, never multiplied by a mask). The r == c terms dA[t,t] k_t (of dq_t) and
       // dA[t,t] q_t (of dk_t) are added after dg (they cancel in it; see below).
       for (Index c = i0; c < j1; ++c) {
-        A(c, c) = scale * q.row(c).dot(k.row(c));
+        A(c, c) = scale * (q(c) * k(c)).sum();
         f.setOnes();
         for (Index r = c + 1; r < j1; ++r) {
           f.array() *= expg.row(r).array();
-          qf = q.row(r).array() * f.array();
-          A(r, c) = scale * (qf.array() * k.row(c).array()).sum();
+          qf = (q(r) * f.array()).matrix();
+          A(r, c) = scale * (qf.array() * k(c)).sum();
           const Acc d = dA(r, c);
           dk.row(c) += d * qf;
-          dq.row(r).array() += d * k.row(c).array() * f.array();
+          dq.row(r).array() += d * k(c) * f.array();
         }
         for (Index r = i0; r < c; ++r) A(r, c) = Acc(0);
       }
     }
-  }
-
-  // Inter-chunk terms. decl = e^{Gl−G_s} (<= 1) decays every key row to the chunk's end.
-  gn = G.row(L - 1);
-  MapA decl(ws.dec, L, K, sK);
-  if (factored) {
-    const RowVec<Acc> el = eG.row(L - 1);                             // e^{Gl}
-    for (Index s = 0; s < L; ++s) decl.row(s).array() *= el.array();  // e^{−G_s} e^{Gl}, in place
-  } else {
-    for (Index s = 0; s < L; ++s) decay_into(decl.row(s), gn, G.row(s));
-  }
-  const Op* Aop = ws.A_operand(L, BT);
-  lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);  // dv = Aᵀ do_
-  for (Index s = 0; s < L; ++s) store_operand_row(ws.kg + s * K, k.row(s).array() * decl.row(s).array());
-  const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
-  gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
-
-  MapA tmp(ws.tmp, L, K, sK);
-  if (!factored) {  // dq_t += scale e^{G_t} ⊙ (S do_t) (the factored path has it already)
+    // dq_t += scale e^{G_t} ⊙ (S do_t), the inter-chunk term (the factored path accumulated it into its product).
     gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, false, ws.tmp, K);
     for (Index t = 0; t < L; ++t) {
       RowArrMap<Acc> e(ws.f, K);
       e = G.row(t).template cast<Acc>().array().exp();
-      dq.row(t).array() += scale * tmp.row(t).array() * e;
+      dq.row(t).array() += scale * row(ws.tmp, t) * e;
     }
   }
-  gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ
-  tmp.array() *= decl.array();                                                      // dk_inter, added to dk after dg
+
+  // Inter-chunk terms of dk and dv: decl = e^{Gl−G_s} (<= 1) decays every key row to the chunk's end;
+  // dk_inter_s = decl_s ⊙ (dH v_s), dv += (k ⊙ decl) dH.
+  const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
+  gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ, decayed below
 
   // dg_t = Σ_{s>=t} ∂L/∂G_s with ∂L/∂G_s = q_s⊙dq_s − k_s⊙dk_s (+ at s = l: e^{Gl}⊙rowsum(S⊙dH) + Σ_s k_s⊙dk_inter_s).
   // Two groups of terms cancel exactly in that sum, and they are left out rather than added and subtracted,
@@ -413,27 +414,48 @@ bool chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Row
   //  * k_s⊙dk_inter_s for s >= t (in the reverse cumsum and in the Gl term): what is left is Σ_{s<t};
   //  * the self terms s == t of the diagonal blocks, q_t⊙dA[t,t]k_t and k_t⊙dA[t,t]q_t (not yet in dq, dk).
   //   dg_t = e^{Gl}⊙rowsum(S⊙dH) + Σ_{s<t} k_s⊙dk_inter_s + Σ_{s>=t} (q_s⊙dq_s − k_s⊙dk_intra_s).
-  MapA dg(ws.dg, L, K, sK);
-  Eigen::Map<RowVec<Acc>> dgl(ws.dgl, K);
+  // Both sums run as row loops that also apply every pending per-row factor, each row's operands in L1.
+  RowArrMap<Acc> dgl(ws.dgl, K);
   {
     const Eigen::Map<const RowMat<Acc>> Sm(S, K, V), dHm(dH, K, V);
-    dgl = gn.template cast<Acc>().array().exp() * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
+    RowArrMap<Acc> el(ws.qf, K);  // e^{Gl}
+    if (factored) {
+      el = row(ws.eg, L - 1);
+    } else {
+      el = G.row(L - 1).array().template cast<Acc>();
+      el = el.exp();
+    }
+    dgl = el * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
   }
-  for (Index t = 0; t < L; ++t) {
-    dg.row(t) = dgl;
-    dgl.array() += k.row(t).array() * tmp.row(t).array();
+  gn = G.row(L - 1);
+  for (Index t = 0; t < L; ++t) {  // forward: the pending scalings, decl, kg = k ⊙ decl, and Σ_{s<t}
+    RowArrMap<Acc> decl = row(ws.dec, t);
+    if (factored) {
+      row(ws.dq, t) *= row(ws.eg, t) * scale;
+      row(ws.dk, t) *= decl;     // decl holds e^{−G_t} here
+      decl *= ConstRowArrMap<Acc>(ws.qf, K);  // e^{−G_t} e^{Gl}
+    } else {
+      decay_into(decl.matrix(), gn, G.row(t));
+    }
+    store_operand_row(ws.kg + t * K, k(t) * decl);
+    RowArrMap<Acc> dki = row(ws.tmp, t);
+    dki *= decl;
+    row(ws.dg, t) = dgl;
+    dgl += k(t) * dki;
   }
+  const Op* Aop = ws.A_operand(L, BT);
+  lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);  // dv = Aᵀ do_
+  gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
   dgl.setZero();
-  for (Index t = L - 1; t >= 0; --t) {
-    dgl.array() += q.row(t).array() * dq.row(t).array() - k.row(t).array() * dk.row(t).array();
-    dg.row(t) += dgl;
+  for (Index t = L - 1; t >= 0; --t) {  // reverse: Σ_{s>=t}, then dk_inter and the self terms
+    RowArrMap<Acc> dqt = row(ws.dq, t), dkt = row(ws.dk, t);
+    dgl += q(t) * dqt - k(t) * dkt;
+    row(ws.dg, t) += dgl;
+    dqt += ws.dAd[t] * k(t);
+    dkt += row(ws.tmp, t) + ws.dAd[t] * q(t);
   }
-  dk += tmp;
-  for (Index t = 0; t < L; ++t) {
-    dq.row(t) += ws.dAd[t] * k.row(t);
-    dk.row(t) += ws.dAd[t] * q.row(t);
-  }
-  return factored;
+  if (!factored) return {nullptr, nullptr, doop};
+  return {ws.qg, ws.eg, doop};
 }
 
 }  // namespace gla::detail

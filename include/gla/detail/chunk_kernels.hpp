@@ -218,19 +218,30 @@ void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
   for (Index r = 0; r < L; ++r) convert_n(src.row(r), dst + r * W, W);
 }
 
-/// A block of input rows as product operands: the input itself when its scalar is the operand's, else a
-/// converted contiguous copy in `scratch`.
+/// Whether as_operand copies a head's strided rows of Op into a contiguous tile: for libxsmm's float kernels, which
+/// read the right operand of our row-major products (their column-major left one) with one vector load per step of
+/// the inner dimension, when the rows are a page or more apart, so that every step lands on another page. In
+/// isolation A·v, kᵀ·v and Aᵀ·do ran 25–30% slower on rows 8 KiB apart than on a copy, which costs a few percent of
+/// one product; in the kernels the copy gained 2–4% at the prefill shape (rows 8 KiB apart) and nothing at the long
+/// one (2 KiB) (docs/PERFORMANCE.md). Eigen packs its operands itself, and bfloat16 operands on AMX tiles are
+/// packed anyway.
+template <class Op>
+inline constexpr bool kCopiesStridedOperands = std::is_same_v<Op, float> && gemm_uses_libxsmm();
+/// The row stride (bytes) from which rows count as strided: a page.
+inline constexpr Index kStridedOperandBytes = 4096;
+
+/// A block of input rows as product operands [L×W]: the input itself when its scalar is the operand's and its rows
+/// are contiguous or less than kStridedOperandBytes apart (or kCopiesStridedOperands is false), else a contiguous
+/// copy, converted to Op, in `scratch`.
 template <class Op, class In>
 Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
   if constexpr (std::is_same_v<Op, In>) {
-    (void)L;
-    (void)W;
-    (void)scratch;
-    return src;
-  } else {
-    convert_rows(src, L, W, scratch);
-    return {scratch, W};
+    if (src.ld == W || src.p == nullptr || !kCopiesStridedOperands<Op> ||
+        src.ld * static_cast<Index>(sizeof(In)) < kStridedOperandBytes)
+      return src;
   }
+  convert_rows(src, L, W, scratch);
+  return {scratch, W};
 }
 
 /// dst ← row r of the per-step gates g in Acc, each below `floor` raised to it (NaN stays NaN: it must show in
@@ -270,8 +281,8 @@ void step_decays(Rows<In> g, Index L, Index K, Acc floor, Acc* eg) {
 }
 
 /// ws.kd = k ⊙ the decay from each row to the chunk's end (e^{G_l − G_s} and/or the scalar gates' part; k itself
-/// with no gate), the state update's left operand: the exponents first, one vectorised exp over the block (left in
-/// ws.tmp), then the product. Gates, gt, k [L×K] as state_update.
+/// with no gate), the state update's left operand, row by row: the exponents, their vectorised exp in place (left
+/// in ws.tmp) and the product while the row is in L1. Gates, gt, k [L×K] as state_update.
 template <unsigned Gates, class Acc, class Op, class In>
 void keys_decayed_to_end(Rows<In> k, const ChunkGates<Acc>& gt, Index L, Index K, const ChunkScratch<Acc, Op>& ws) {
   constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0;
@@ -285,12 +296,9 @@ void keys_decayed_to_end(Rows<In> k, const ChunkGates<Acc>& gt, Index L, Index K
         x = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K) - ConstRowArrMap<Acc>(gt.gk + s * gt.ldgk, K) + sc;
       else
         x.setConstant(sc);
+      x = x.exp();  // materialised first: Eigen vectorises exp of a plain array, not of an expression
+      store_operand_row(ws.kd + s * K, ConstRowArrMap<Acc>(widen_row(k.row(s), ws.e, K), K) * x);
     }
-    Eigen::Map<Eigen::Array<Acc, Eigen::Dynamic, 1>> all(ws.tmp, L * K);
-    all = all.exp();
-    for (Index s = 0; s < L; ++s)
-      store_operand_row(ws.kd + s * K,
-                        ConstRowArrMap<Acc>(widen_row(k.row(s), ws.e, K), K) * RowArrMap<Acc>(ws.tmp + s * K, K));
   } else {
     convert_rows(k, L, K, ws.kd);
   }

@@ -36,8 +36,8 @@
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
-///     direct-mapped thread-local table of kXsmmCacheSlots entries answers repeated calls without locks (libxsmm's
-///     own registry, thread-safe, is asked on a miss). libxsmm_init() runs once, on the first miss of any thread.
+///     thread-local table of kXsmmCacheSets sets of kXsmmCacheWays entries answers repeated calls without locks
+///     (libxsmm's own registry, thread-safe and several times slower, is asked on a miss). libxsmm_init() runs once, on the first miss of any thread.
 ///     A shape libxsmm declines (null kernel) falls back to Eigen.
 ///   Eigen (always available; the only backend without libxsmm, and the one for double): Map products with
 ///     noalias(). Eigen must be single-threaded inside (the parallel engine pins it in its work items). Half and
@@ -227,8 +227,11 @@ void empty_product(Index m, Index n, bool accumulate, S* C, Index ldc) {
 /// Products with any dimension above this go to Eigen: libxsmm's kernels are not cache-blocked, and its float
 /// kernel, ahead of Eigen up to 512³, falls to half of Eigen's rate at 768³ (bench_small_gemm, square/*).
 inline constexpr Index kXsmmMaxDim = 512;
-/// Entries of the per-thread kernel table (a power of two).
-inline constexpr std::size_t kXsmmCacheSlots = 64;
+/// The per-thread kernel table: kXsmmCacheSets sets (a power of two) of kXsmmCacheWays keys each. A chunk kernel
+/// calls some 10–25 distinct products in turn; with one key per set (direct-mapped, 64 sets) two of them shared a
+/// set at the long benchmark shape and evicted each other on every (chunk, head), two registry lookups per item.
+inline constexpr std::size_t kXsmmCacheSets = 64;
+inline constexpr std::size_t kXsmmCacheWays = 4;
 
 enum class Kind : std::int32_t { F32 = 1, BF16 = 2 };
 
@@ -280,14 +283,24 @@ inline libxsmm_xmmfunction xsmm_dispatch(const XsmmKey& k) {
 }
 
 /// The kernel for a key: the thread's table, else libxsmm's registry (which JIT-compiles on its first request).
+/// A hit moves its key to the front of its set and a miss enters at the front, evicting the set's least recently
+/// used key.
 inline libxsmm_xmmfunction xsmm_kernel(const XsmmKey& key) {
-  static thread_local XsmmSlot table[kXsmmCacheSlots];  // zero-initialised: no per-thread constructor
-  XsmmSlot& s = table[xsmm_hash(key) & (kXsmmCacheSlots - 1)];
-  if (s.filled && s.key == key) return s.fn;
-  s.fn = xsmm_dispatch(key);
-  s.key = key;
-  s.filled = true;
-  return s.fn;
+  static thread_local XsmmSlot table[kXsmmCacheSets][kXsmmCacheWays];  // zero-initialised: no per-thread constructor
+  XsmmSlot* const set = table[xsmm_hash(key) & (kXsmmCacheSets - 1)];
+  std::size_t way = 0;
+  while (way < kXsmmCacheWays && set[way].filled && !(set[way].key == key)) ++way;
+  XsmmSlot found;
+  if (way < kXsmmCacheWays && set[way].filled) {
+    if (way == 0) return set[0].fn;
+    found = set[way];
+  } else {
+    found = {key, xsmm_dispatch(key), true};
+    if (way == kXsmmCacheWays) way = kXsmmCacheWays - 1;  // full: the last (least recently used) entry goes
+  }
+  for (; way > 0; --way) set[way] = set[way - 1];
+  set[0] = found;
+  return found.fn;
 }
 
 /// True when every size fits libxsmm_blasint and no dimension exceeds kXsmmMaxDim.
