@@ -269,9 +269,10 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
   const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S, const Acc* dH) {
     const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
     const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const StepOperands<Acc, Op> step = chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
-                                         head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
-                                         head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
+    const StepOperands<Acc, Op> step =
+        chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
+                       head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
+                       head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
     const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
     store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
     store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
@@ -290,10 +291,9 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
       Acc* const hw = pl.h + w * pl.h_per_worker;
       const auto state_at = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
       group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
-      grad_sweep_group(s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr,
-                       sc, [&](Index c, Index j, const Acc* dS) {
-                         return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
-                       });
+      grad_sweep_group(
+          s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr, sc,
+          [&](Index c, Index j, const Acc* dS) { return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS); });
     });
     return;
   }

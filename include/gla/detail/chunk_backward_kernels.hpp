@@ -126,7 +126,7 @@ struct BwdScratch {
   static constexpr bool kLowp = !std::is_same_v<Acc, Op>;
   double* Gd = nullptr;  // [BT×K] gate cumsum in double
   double* gn = nullptr;  // [K]
-  Acc* eg = nullptr;     // [BT×K] floored gates, then e^{g}
+  Acc* eg = nullptr;     // [BT×K] e^{G} (factored path) or e^{g} (sub-chunk path)
   Acc* qa = nullptr;     // [BT×K] q in Acc (low precision or strided inputs)
   Acc* ka = nullptr;     // [BT×K] k in Acc
   Acc* dA = nullptr;     // [BT×BT]
@@ -135,7 +135,7 @@ struct BwdScratch {
   Op* Aop = nullptr;     // [BT×BT]
   Op* qg = nullptr;      // [BT×K] decayed queries (operand)
   Op* kg = nullptr;      // [BT×K] decayed keys (operand)
-  Acc* dec = nullptr;    // [BT×K] decays e^{gn − G_s}
+  Acc* dec = nullptr;    // [BT×K] e^{−G} (factored path) or e^{gn − G_s} (sub-chunk path), then e^{Gl − G_s}
   Acc* tmp = nullptr;    // [BT×K]
   Acc* dq = nullptr;     // [BT×K]
   Acc* dk = nullptr;     // [BT×K]
@@ -243,9 +243,9 @@ struct StepOperands {
 /// Returns what the reverse sweep's step back over this chunk can reuse (StepOperands): do_ as a product operand and,
 /// when the factored path ran, ws.qg = scale · q ⊙ e^{G} and ws.eg = e^{G}.
 template <class Acc, class Op, class In>
-StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in, const Acc* S,
-                    const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT, Acc floor,
-                    const BwdScratch<Acc, Op>& ws) {
+StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in,
+                                     const Acc* S, const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT,
+                                     Acc floor, const BwdScratch<Acc, Op>& ws) {
   if (L == 0) return {};
   using MapA = Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
   using MapD = Eigen::Map<RowMat<double>>;
@@ -432,7 +432,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
     RowArrMap<Acc> decl = row(ws.dec, t);
     if (factored) {
       row(ws.dq, t) *= row(ws.eg, t) * scale;
-      row(ws.dk, t) *= decl;     // decl holds e^{−G_t} here
+      row(ws.dk, t) *= decl;                  // decl holds e^{−G_t} here
       decl *= ConstRowArrMap<Acc>(ws.qf, K);  // e^{−G_t} e^{Gl}
     } else {
       decay_into(decl.matrix(), gn, G.row(t));
@@ -444,7 +444,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
     dgl += k(t) * dki;
   }
   const Op* Aop = ws.A_operand(L, BT);
-  lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);  // dv = Aᵀ do_
+  lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);   // dv = Aᵀ do_
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
   dgl.setZero();
   for (Index t = L - 1; t >= 0; --t) {  // reverse: Σ_{s>=t}, then dk_inter and the self terms

@@ -226,7 +226,7 @@ void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
 /// one (2 KiB) (docs/PERFORMANCE.md). Eigen packs its operands itself, and bfloat16 operands on AMX tiles are
 /// packed anyway.
 template <class Op>
-inline constexpr bool kCopiesStridedOperands = std::is_same_v<Op, float> && gemm_uses_libxsmm();
+inline constexpr bool kCopiesStridedOperands = gemm_uses_libxsmm() && std::is_same_v<Op, float>;
 /// The row stride (bytes) from which rows count as strided: a page.
 inline constexpr Index kStridedOperandBytes = 4096;
 

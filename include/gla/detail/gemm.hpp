@@ -37,8 +37,8 @@
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
 ///     thread-local table of kXsmmCacheSets sets of kXsmmCacheWays entries answers repeated calls without locks
-///     (libxsmm's own registry, thread-safe and several times slower, is asked on a miss). libxsmm_init() runs once, on the first miss of any thread.
-///     A shape libxsmm declines (null kernel) falls back to Eigen.
+///     (libxsmm's own registry, thread-safe but a longer lookup, is asked on a miss). libxsmm_init() runs once,
+///     on the first miss of any thread. A shape libxsmm declines (null kernel) falls back to Eigen.
 ///   Eigen (always available; the only backend without libxsmm, and the one for double): Map products with
 ///     noalias(). Eigen must be single-threaded inside (the parallel engine pins it in its work items). Half and
 ///     bfloat16 tiles are converted to float in per-thread scratch first (never whole tensors).
