@@ -253,14 +253,8 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // q and k in Acc for the elementwise work, copied to contiguous tiles where a head's rows are a page or more
   // apart: the dg loop reads them again last row first, which the hardware prefetchers do not follow across pages
   // (the copy made the backward 2–4% faster at the prefill shape). v and do_ as product operands.
-  const auto elementwise_rows = [&](Rows<In> src, Acc* buf) -> Rows<Acc> {
-    if constexpr (std::is_same_v<In, Acc>) {
-      if (src.ld * static_cast<Index>(sizeof(In)) < kStridedOperandBytes) return src;
-    }
-    convert_rows(src, L, K, buf);
-    return {buf, K};
-  };
-  const Rows<Acc> qr = elementwise_rows(q_in, ws.qa), kr = elementwise_rows(k_in, ws.ka);
+  const Rows<Acc> qr = rows_in<Acc>(q_in, L, K, ws.qa, /*copy_strided=*/true),
+                  kr = rows_in<Acc>(k_in, L, K, ws.ka, /*copy_strided=*/true);
   const auto q = [&](Index r) { return ConstRowArrMap<Acc>(qr.row(r), K); };
   const auto k = [&](Index r) { return ConstRowArrMap<Acc>(kr.row(r), K); };
   const auto row = [K](Acc* base, Index r) { return RowArrMap<Acc>(base + r * K, K); };
@@ -271,7 +265,6 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // factored path's operands from the row while it is in L1: e^{G}, e^{−G}, qg = scale · q ⊙ e^{G}, kg = k ⊙ e^{−G}
   // and A's diagonal; a chunk that leaves the bound takes the sub-chunk path, which forms its own.
   MapD G(ws.Gd, L, K);
-  MapA eG(ws.eg, L, K, sK), eGinv(ws.dec, L, K, sK);
   RowArrMap<Acc> gate(ws.f, K);
   bool factored = true;
   for (Index r = 0; r < L; ++r) {

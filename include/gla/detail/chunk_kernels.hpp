@@ -230,18 +230,24 @@ inline constexpr bool kCopiesStridedOperands = gemm_uses_libxsmm() && std::is_sa
 /// The row stride (bytes) from which rows count as strided: a page.
 inline constexpr Index kStridedOperandBytes = 4096;
 
-/// A block of input rows as product operands [L×W]: the input itself when its scalar is the operand's and its rows
-/// are contiguous or less than kStridedOperandBytes apart (or kCopiesStridedOperands is false), else a contiguous
-/// copy, converted to Op, in `scratch`.
-template <class Op, class In>
-Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
-  if constexpr (std::is_same_v<Op, In>) {
-    if (src.ld == W || src.p == nullptr || !kCopiesStridedOperands<Op> ||
+/// Rows [0, L) × [0, W) of a strided block in scalar To: the block itself when its scalar is To and its rows are
+/// contiguous, or less than kStridedOperandBytes apart, or copy_strided is false; else a contiguous copy, converted
+/// to To, in `scratch` [L×W].
+template <class To, class In>
+Rows<To> rows_in(Rows<In> src, Index L, Index W, To* scratch, bool copy_strided) {
+  if constexpr (std::is_same_v<To, In>) {
+    if (src.ld == W || src.p == nullptr || !copy_strided ||
         src.ld * static_cast<Index>(sizeof(In)) < kStridedOperandBytes)
       return src;
   }
   convert_rows(src, L, W, scratch);
   return {scratch, W};
+}
+
+/// A block of input rows as product operands [L×W] (rows_in, copying strided rows where kCopiesStridedOperands).
+template <class Op, class In>
+Rows<Op> as_operand(Rows<In> src, Index L, Index W, Op* scratch) {
+  return rows_in<Op>(src, L, W, scratch, kCopiesStridedOperands<Op>);
 }
 
 /// dst ← row r of the per-step gates g in Acc, each below `floor` raised to it (NaN stays NaN: it must show in
