@@ -18,7 +18,7 @@
 //     libxsmm route (gemm_impl::kXsmmMaxDim).
 //   kernel_only/QS_64x128x128/<libxsmm_f32|libxsmm_bf16_vnni>: libxsmm's float and bfloat16 kernels alone on
 //     pre-packed operands; isa/<vfmadd231ps_zmm|vdpbf16ps_zmm>: each instruction's peak FLOP/s on one core
-//     (AVX-512 BF16 builds only). Why bfloat16 runs on the float kernels by default (Bf16Kernel).
+//     (AVX-512 BF16 builds only): why the bfloat16 route follows the CPU (default_bf16_kernel).
 //   overhead/<what>: ns per call of a 4×4×4 float product: gemm(), a direct call of the dispatched libxsmm
 //     kernel, libxsmm_smmdispatch + call on every call (a wrapper without the thread-local table), gemm_eigen().
 // Counter: FLOP/s (2·m·n·k per product). bench/small_gemm_table.py turns a JSON run into the table of

@@ -384,8 +384,9 @@ TEST_CASE("chunk backward: bf16 and half inputs within 5e-3", "[chunk][backward]
   }
 }
 
-// bfloat16 inputs (bfloat16 product operands in AMX builds): fla's bar of 4e-3 relative RMS on every gradient,
-// over chunk boundaries, head dims that are not powers of two, strong decay and a varlen batch.
+// bfloat16 inputs (bfloat16 product operands where gla::detail::bf16_operands_faster: AMX builds, or libxsmm on a CPU
+// with full-rate bfloat16 dot products): fla's bar of 4e-3 relative RMS on every gradient, over chunk boundaries,
+// head dims that are not powers of two, strong decay and a varlen batch.
 TEST_CASE("chunk backward: bf16 within 4e-3 around chunk boundaries, strong decay and varlen",
           "[chunk][backward][lowp]") {
   Case c;

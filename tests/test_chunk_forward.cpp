@@ -286,9 +286,10 @@ TEST_CASE("chunk forward: double within 1e-12", "[chunk][forward][double]") {
   CHECK(gla::test::ok(es, 1e-7));
 }
 
-// bfloat16 inputs where the products take bfloat16 operands (AMX builds, gla::detail::operand_t) or widened
-// float ones (elsewhere): fla's own bar, 4e-3 relative RMS against the float64 truth of the same rounded inputs,
-// over chunk boundaries, head dims that are not powers of two, strong decay and a varlen batch.
+// bfloat16 inputs where the products take bfloat16 operands (gla::detail::bf16_operands_faster: AMX builds, or
+// libxsmm on a CPU with full-rate bfloat16 dot products) or widened float ones (elsewhere): fla's own bar, 4e-3
+// relative RMS against the float64 truth of the same rounded inputs, over chunk boundaries, head dims that are not
+// powers of two, strong decay and a varlen batch.
 TEST_CASE("chunk forward: bf16 within 4e-3 around chunk boundaries, strong decay and varlen",
           "[chunk][forward][lowp]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);

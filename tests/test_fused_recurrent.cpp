@@ -88,7 +88,9 @@ TEMPLATE_TEST_CASE("fused_recurrent_gla forward: T sweep around block sizes", "[
 
 TEMPLATE_TEST_CASE("fused_recurrent_gla forward: K, V sweep (K != V)", "[fused_recurrent][forward]", float, double,
                    Eigen::bfloat16, Eigen::half) {
-  const std::array<std::pair<Index, Index>, 6> kv{{{16, 60}, {60, 16}, {64, 100}, {100, 128}, {128, 64}, {60, 64}}};
+  // {32, 300}: value tiles of whole register blocks of the step (128 floats) and a remainder, at any thread count
+  const std::array<std::pair<Index, Index>, 7> kv{
+      {{16, 60}, {60, 16}, {64, 100}, {100, 128}, {128, 64}, {60, 64}, {32, 300}}};
   std::uint64_t salt = 50;
   for (const auto& [K, V] : kv) {
     RecCase c;

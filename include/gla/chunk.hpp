@@ -147,40 +147,42 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     return;
   }
   using Acc = acc_t<T>;
-  using Op = operand_t<T>;
-  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
-  const Acc scale = resolve_scale<Acc>(opts, K);
-  const Acc floor = kChunkGateFloor<Acc>;
-  const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
-  const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
-  const Index work = static_cast<Index>(chunks.size()) * H;
-  Scratch scratch;
-  const ChunkGlaPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
-    return plan_chunk_gla<Acc, Op>(a, s, BT, off.back(), std::max<Index>(work, static_cast<Index>(sweep.size())),
-                                   max_group_heads(sweep));
-  });
-  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+  with_operand_scalar<T>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+    const Acc scale = resolve_scale<Acc>(opts, K);
+    const Acc floor = kChunkGateFloor<Acc>;
+    const std::vector<Index> off = chunk_offsets(s, BT);
+    const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
+    const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
+    const Index work = static_cast<Index>(chunks.size()) * H;
+    Scratch scratch;
+    const ChunkGlaPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
+      return plan_chunk_gla<Acc, Op>(a, s, BT, off.back(), std::max<Index>(work, static_cast<Index>(sweep.size())),
+                                     max_group_heads(sweep));
+    });
+    const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
 
-  // Phase 1: the state before every chunk, per head group.
-  chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
+    // Phase 1: the state before every chunk, per head group.
+    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
 
-  // Phase 2: every (chunk, head) independently.
-  const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
-  parallel_for(work, [&](Index w, int worker) {
-    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
-    const Index hh = w % H;
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
-    const auto gr = head_rows(g, s, sq, hh, c0, K);
-    gate_cumsum(gr, L, K, floor, sc.G);
-    const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
-    const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-    chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
-                 scale, L, K, V, sc, BT);
-    store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
+    // Phase 2: every (chunk, head) independently.
+    const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
+    parallel_for(work, [&](Index w, int worker) {
+      const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+      const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
+      const Index hh = w % H;
+      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+      const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+      const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
+      const auto gr = head_rows(g, s, sq, hh, c0, K);
+      gate_cumsum(gr, L, K, floor, sc.G);
+      const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
+      const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+      chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
+                   scale, L, K, V, sc, BT);
+      store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
+    });
   });
 }
 
@@ -199,9 +201,11 @@ std::size_t chunk_gla_workspace_size(Index B, Index T, Index H, Index K, Index V
   const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
   const Index items =
       std::max<Index>(static_cast<Index>(detail::chunk_list(s, off).size()) * H, static_cast<Index>(sweep.size()));
-  return detail::planned_bytes([&](detail::Arena& a) {
-    return detail::plan_chunk_gla<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), items,
-                                                                            detail::max_group_heads(sweep));
+  return detail::with_operand_scalar<Scalar>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    return detail::planned_bytes([&](detail::Arena& a) {
+      return detail::plan_chunk_gla<acc_t<Scalar>, Op>(a, s, BT, off.back(), items, detail::max_group_heads(sweep));
+    });
   });
 }
 

@@ -248,65 +248,68 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
                              const std::optional<ConstView<float, 4>>& dht, const GLAOptions& opts, T* dq, T* dk, T* dv,
                              T* dg, const std::optional<View<float, 4>>& dh0) {
   using Acc = acc_t<T>;
-  using Op = operand_t<T>;
-  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
-  const Acc scale = resolve_scale<Acc>(opts, K);
-  const std::vector<Index> off = chunk_offsets(s, BT);
-  const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
-  const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
-  const Index work = static_cast<Index>(chunks.size()) * H;
-  Scratch scratch;
-  const ChunkBwdPlan<Acc, Op> pl = scratch.carve(
-      opts.workspace, [&](Arena& a) { return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work); });
-  const float* h0_p = opts.initial_state ? opts.initial_state->data() : nullptr;
-  const float* dht_p = dht ? dht->data() : nullptr;
-  float* dh0_p = dh0 ? dh0->data() : nullptr;
+  with_operand_scalar<T>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+    const Acc scale = resolve_scale<Acc>(opts, K);
+    const std::vector<Index> off = chunk_offsets(s, BT);
+    const std::vector<HeadGroup> sweep = sweep_groups<Acc>(s);
+    const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
+    const Index work = static_cast<Index>(chunks.size()) * H;
+    Scratch scratch;
+    const ChunkBwdPlan<Acc, Op> pl = scratch.carve(
+        opts.workspace, [&](Arena& a) { return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work); });
+    const float* h0_p = opts.initial_state ? opts.initial_state->data() : nullptr;
+    const float* dht_p = dht ? dht->data() : nullptr;
+    float* dh0_p = dh0 ? dh0->data() : nullptr;
 
-  // One chunk's gradients, from the state before it (S, K×V) and the gradient of the state after it (dH, K×V).
-  const Acc floor = kChunkGateFloor<Acc>;
-  const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()),
-                     v_writes = OutputWrites::for_tensor<T>(v.size());
-  const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S, const Acc* dH) {
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
-    const StepOperands<Acc, Op> step =
-        chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
-                       head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
-                       head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
-    const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
-    store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
-    store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
-    store_tile_rows(ws.dv, L, V, dv + row * V, H * V, v_writes);
-    if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K, qk_writes);
-    return step;
-  };
+    // One chunk's gradients, from the state before it (S, K×V) and the gradient of the state after it (dH, K×V).
+    const Acc floor = kChunkGateFloor<Acc>;
+    const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()),
+                       v_writes = OutputWrites::for_tensor<T>(v.size());
+    const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S,
+                                 const Acc* dH) {
+      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+      const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
+      const StepOperands<Acc, Op> step =
+          chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
+                         head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
+                         head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
+      const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
+      store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
+      store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
+      store_tile_rows(ws.dv, L, V, dv + row * V, H * V, v_writes);
+      if (dg) store_tile_rows(ws.dg, L, K, dg + row * K, H * K, qk_writes);
+      return step;
+    };
 
-  if (backward_blocks_in_sweep(s, sweep)) {
-    // dh0 may be the very buffer of dht: a group's reverse sweep reads its dht tiles before it writes those of dh0.
-    parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
+    if (backward_blocks_in_sweep(s, sweep)) {
+      // dh0 may be the very buffer of dht: a group's reverse sweep reads its dht tiles before it writes those of dh0.
+      parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
+        const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+        const HeadGroup& gr = sweep[static_cast<std::size_t>(i)];
+        const ChunkScratch<Acc, Op>& sc = pl.sweep[static_cast<std::size_t>(w)];
+        const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(w)];
+        Acc* const hw = pl.h + w * pl.h_per_worker;
+        const auto state_at = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
+        group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
+        grad_sweep_group(
+            s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr, sc,
+            [&](Index c, Index j, const Acc* dS) { return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS); });
+      });
+      return;
+    }
+    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep,
+                      pl.sweep);
+    // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
+    chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep);
+    parallel_for(work, [&](Index w, int worker) {
       const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-      const HeadGroup& gr = sweep[static_cast<std::size_t>(i)];
-      const ChunkScratch<Acc, Op>& sc = pl.sweep[static_cast<std::size_t>(w)];
-      const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(w)];
-      Acc* const hw = pl.h + w * pl.h_per_worker;
-      const auto state_at = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
-      group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
-      grad_sweep_group(
-          s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr, sc,
-          [&](Index c, Index j, const Acc* dS) { return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS); });
+      const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
+      const Index hh = w % H;
+      const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+      chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, pl.h + state, pl.dh + state);
     });
-    return;
-  }
-  chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep,
-                    pl.sweep);
-  // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
-  chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep);
-  parallel_for(work, [&](Index w, int worker) {
-    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-    const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
-    const Index hh = w % H;
-    const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-    chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, pl.h + state, pl.dh + state);
   });
 }
 
@@ -337,8 +340,11 @@ std::size_t chunk_gla_backward_workspace_size(Index B, Index T, Index H, Index K
   const std::vector<Index> off = detail::chunk_offsets(s, BT);
   const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
   const Index work = static_cast<Index>(detail::chunk_list(s, off).size()) * H;
-  return detail::planned_bytes([&](detail::Arena& a) {
-    return detail::plan_chunk_backward<acc_t<Scalar>, detail::operand_t<Scalar>>(a, s, BT, off.back(), sweep, work);
+  return detail::with_operand_scalar<Scalar>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    return detail::planned_bytes([&](detail::Arena& a) {
+      return detail::plan_chunk_backward<acc_t<Scalar>, Op>(a, s, BT, off.back(), sweep, work);
+    });
   });
 }
 

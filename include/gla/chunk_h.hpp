@@ -117,37 +117,39 @@ void with_gate_set(const FullGates<Acc>& gates, F&& f) {
 template <class Acc, class In, class HOut>
 void chunk_fwd_h_impl(const OpShape& s, Index BT, const In* k, const In* v, const FullGates<Acc>& gates,
                       const float* h0, bool v_first, HOut* h, bool h_v_first, float* ht, Workspace* workspace) {
-  using Op = operand_t<In>;
-  const Index K = s.K, V = s.V, H = s.H;
-  const std::vector<Index> off = chunk_offsets(s, BT);
-  // The sweep has no intra-chunk work to duplicate, so it splits into value tiles freely.
-  const std::vector<HeadTile> items = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
-  const Index n_items = static_cast<Index>(items.size()), Vt = max_tile_width(items);
-  Scratch scratch;
-  const auto ws = scratch.carve(workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
-  with_gate_set(gates, [&](auto bits) {
-    parallel_for(n_items, [&](Index i, int w) {
-      const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-      const HeadTile& it = items[static_cast<std::size_t>(i)];
-      const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
-      const Index n = it.pair / H, hh = it.pair % H;
-      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-      if (h0)
-        load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, v_first);
-      else
-        std::fill_n(sc.S, K * it.width, Acc(0));
-      Index c = 0;
-      for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
-        const Index L = std::min(BT, sq.len - c0);
-        if (h)
-          store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
-                           it.width, h_v_first);
-        ChunkGates<Acc> cg = gates.chunk(s, sq, hh, c0);
-        if (cg.gv) cg.gv += it.v0;
-        state_update<decltype(bits)::value>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K),
-                                            head_rows(v, s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
-      }
-      if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+  with_operand_scalar<In>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    const Index K = s.K, V = s.V, H = s.H;
+    const std::vector<Index> off = chunk_offsets(s, BT);
+    // The sweep has no intra-chunk work to duplicate, so it splits into value tiles freely.
+    const std::vector<HeadTile> items = head_tiles(s, /*target=*/4, /*max_tiles=*/4);
+    const Index n_items = static_cast<Index>(items.size()), Vt = max_tile_width(items);
+    Scratch scratch;
+    const auto ws = scratch.carve(workspace, [&](Arena& a) { return plan_workers<Acc, Op>(a, n_items, BT, K, Vt); });
+    with_gate_set(gates, [&](auto bits) {
+      parallel_for(n_items, [&](Index i, int w) {
+        const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+        const HeadTile& it = items[static_cast<std::size_t>(i)];
+        const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+        const Index n = it.pair / H, hh = it.pair % H;
+        const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+        if (h0)
+          load_state_tile(sc.S, h0 + it.pair * K * V, K, V, it.v0, it.width, v_first);
+        else
+          std::fill_n(sc.S, K * it.width, Acc(0));
+        Index c = 0;
+        for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
+          const Index L = std::min(BT, sq.len - c0);
+          if (h)
+            store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
+                             it.width, h_v_first);
+          ChunkGates<Acc> cg = gates.chunk(s, sq, hh, c0);
+          if (cg.gv) cg.gv += it.v0;
+          state_update<decltype(bits)::value>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K),
+                                              head_rows(v, s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
+        }
+        if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+      });
     });
   });
 }

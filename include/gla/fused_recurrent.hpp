@@ -147,20 +147,83 @@ void panel_dots(const Acc* x, Index ld, const Acc* q, Index K, Index rows, Acc* 
 #pragma GCC diagnostic pop
 #endif
 
+/// The K-first step of recurrent_tile_step from a given state without clamps, o unscaled: columns in blocks of
+/// kBlockPackets packets, each block's o kept in registers over all K rows, so that a row costs one load and one
+/// store of the state besides the arithmetic (a row loop through memory stores each new row, reloads it, and loads
+/// and stores o). The same operations as recurrent_tile_step's on every element.
+template <bool Gk, bool Gv, class Acc>
+void row_block_steps(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, const Acc* q, const Acc* k, const Acc* v,
+                     const Acc* ek, const Acc* ev, Acc* o) {
+  namespace ei = Eigen::internal;
+  using P = typename ei::packet_traits<Acc>::type;
+  constexpr Index PS = ei::packet_traits<Acc>::size;
+  constexpr Index kBlockPackets = 8;  // 8 accumulators, 8 packets of v and 8 of ev: 24 of AVX-512's 32 registers
+  Index c0 = 0;
+  if constexpr (PS > 1) {
+    for (; c0 + kBlockPackets * PS <= Vt; c0 += kBlockPackets * PS) {
+      P acc[kBlockPackets], vb[kBlockPackets], eb[kBlockPackets];
+      for (Index b = 0; b < kBlockPackets; ++b) {
+        acc[b] = ei::pset1<P>(Acc(0));
+        vb[b] = ei::ploadu<P>(v + c0 + b * PS);
+        if constexpr (Gv) eb[b] = ei::ploadu<P>(ev + c0 + b * PS);
+      }
+      for (Index a = 0; a < K; ++a) {
+        const P ka = ei::pset1<P>(k[a]), qa = ei::pset1<P>(q[a]);
+        [[maybe_unused]] const P ea = ei::pset1<P>(Gk ? ek[a] : Acc(1));
+        const Acc* pr = src + a * ld + c0;
+        Acc* xr = dst + a * ld + c0;
+        for (Index b = 0; b < kBlockPackets; ++b) {
+          P x = ei::ploadu<P>(pr + b * PS);
+          if constexpr (Gv) x = ei::pmul(x, eb[b]);
+          if constexpr (Gk) x = ei::pmul(x, ea);
+          x = ei::pmadd(ka, vb[b], x);
+          ei::pstoreu(xr + b * PS, x);
+          acc[b] = ei::pmadd(qa, x, acc[b]);
+        }
+      }
+      for (Index b = 0; b < kBlockPackets; ++b) ei::pstoreu(o + c0 + b * PS, acc[b]);
+    }
+  }
+  // The remaining columns (less than a block) row by row through memory.
+  const Index w = Vt - c0;
+  if (w == 0) return;
+  std::fill_n(o + c0, w, Acc(0));
+  for (Index a = 0; a < K; ++a) {
+    RowArrMap<Acc> x(dst + a * ld + c0, w);
+    const ConstRowArrMap<Acc> p(src + a * ld + c0, w);
+    if constexpr (Gv && Gk)
+      x = p * ConstRowArrMap<Acc>(ev + c0, w) * ek[a];
+    else if constexpr (Gv)
+      x = p * ConstRowArrMap<Acc>(ev + c0, w);
+    else if constexpr (Gk)
+      x = p * ek[a];
+    else
+      x = p;
+    axpy_madd(k[a], v + c0, x.data(), w);
+    axpy_madd(q[a], x.data(), o + c0, w);
+  }
+}
+
 /// One step of the recurrence on a state tile, reading `src` (null: the zero state) and writing `dst` (which
 /// may be src), with the output row computed in the same pass:
 ///   dst = diag(ek) · src · diag(ev) + k vᵀ (then clamped),  o = scale · qᵀ dst.
 /// K-first tiles are K rows of Vt values (row stride ld); V-first tiles are Vt rows of K values (row stride ld).
 /// Gk: rows are scaled by ek (the key gate, gamma folded in); Gv: columns by ev. Both layouts perform the same
-/// operations in the same order on every element (and o accumulates in ascending key order with one madd per
-/// term), so K-first and V-first states give identical bits.
+/// operations in the same order on every element — the decayed state (src · ev) · ek, then k·v added by madd (one
+/// rounding where the build has FMA, written out so that it does not depend on the compiler contracting it) — and o
+/// accumulates in ascending key order with one madd per term, so K-first and V-first states give identical bits.
 template <bool VFirst, bool Gk, bool Gv, class Acc>
 void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, const Acc* q, const Acc* k,
                          const Acc* v, const Acc* ek, const Acc* ev, Acc scale, const std::optional<Acc>& lo,
                          const std::optional<Acc>& hi, Acc* o) {
   if constexpr (!VFirst) {
-    const ConstRowArrMap<Acc> vr(v, Vt);
     RowArrMap<Acc> out(o, Vt);
+    if (src && !lo && !hi) {  // every decode step with a state and no clamp
+      row_block_steps<Gk, Gv>(src, dst, ld, K, Vt, q, k, v, ek, ev, o);
+      out *= scale;
+      return;
+    }
+    const ConstRowArrMap<Acc> vr(v, Vt);
     out.setZero();
     for (Index a = 0; a < K; ++a) {
       RowArrMap<Acc> x(dst + a * ld, Vt);
@@ -169,13 +232,14 @@ void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, 
       } else {
         const ConstRowArrMap<Acc> p(src + a * ld, Vt);
         if constexpr (Gv && Gk)
-          x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a] + k[a] * vr;
+          x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a];
         else if constexpr (Gv)
-          x = p * ConstRowArrMap<Acc>(ev, Vt) + k[a] * vr;
+          x = p * ConstRowArrMap<Acc>(ev, Vt);
         else if constexpr (Gk)
-          x = p * ek[a] + k[a] * vr;
+          x = p * ek[a];
         else
-          x = p + k[a] * vr;
+          x = p;
+        axpy_madd(k[a], v, x.data(), Vt);
       }
       if (lo) x = x.max(*lo);
       if (hi) x = x.min(*hi);
@@ -197,13 +261,14 @@ void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, 
           // The same operations in the same order as the K-first branch, element by element.
           const ConstRowArrMap<Acc> p(src + c * ld, K);
           if constexpr (Gv && Gk)
-            x = p * ev[c] * ConstRowArrMap<Acc>(ek, ekn) + v[c] * kr;
+            x = p * ev[c] * ConstRowArrMap<Acc>(ek, ekn);
           else if constexpr (Gv)
-            x = p * ev[c] + v[c] * kr;
+            x = p * ev[c];
           else if constexpr (Gk)
-            x = p * ConstRowArrMap<Acc>(ek, ekn) + v[c] * kr;
+            x = p * ConstRowArrMap<Acc>(ek, ekn);
           else
-            x = p + v[c] * kr;
+            x = p;
+          axpy_madd(v[c], k, x.data(), K);
         }
         if (lo) x = x.max(*lo);
         if (hi) x = x.min(*hi);

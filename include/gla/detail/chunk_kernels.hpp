@@ -27,17 +27,28 @@ inline constexpr Index kSubChunk = 16;
 template <class Acc>
 inline constexpr Acc kChunkGateFloor = std::is_same_v<Acc, double> ? Acc(-60) : Acc(-30);
 
-/// The scalar of the products' operands. bfloat16 inputs keep bfloat16 operands where gemm() runs them on AMX
-/// tiles (compiled for a target with AMX, gla/detail/gemm_amx.hpp): the products then take bfloat16 operands with
-/// fp32 accumulation, as fla's tl.dot does on a GPU, at several times the float rate. Everywhere else, and for
-/// half, the operands are acc_t<In>: rows are widened once per chunk as they are read (exact) and the products
-/// run on the float kernels, because without AMX (libxsmm 1.17's AVX-512 BF16 kernels) bfloat16 products are
-/// slower than float ones here (bench_small_gemm measures both). With bfloat16 operands the factors q ⊙ e^{G},
-/// k ⊙ e^{−G}, A and the state are rounded to bfloat16 before each product, as on the GPU; the state itself and
-/// every accumulator stay fp32.
-template <class In>
-using operand_t =
-    std::conditional_t<std::is_same_v<In, Eigen::bfloat16> && gemm_compiled_with_amx(), Eigen::bfloat16, acc_t<In>>;
+/// The scalar of the products' operands, chosen per call by with_operand_scalar. bfloat16 inputs keep bfloat16
+/// operands where they make gemm() faster (bf16_operands_faster: AMX tiles compiled in, or libxsmm's bfloat16 kernels
+/// on a CPU whose bfloat16 dot products run at twice the float rate): the products then take bfloat16 operands with
+/// fp32 accumulation, as fla's tl.dot does on a GPU. Everywhere else, and for half, the operands are acc_t<In>: rows
+/// are widened once per chunk as they are read (exact) and the products run on the float kernels, because there
+/// bfloat16 products are no faster than float ones (bench_small_gemm measures both). With bfloat16 operands the
+/// factors q ⊙ e^{G}, k ⊙ e^{−G}, A and the state are rounded to bfloat16 before each product, as on the GPU; the
+/// state itself and every accumulator stay fp32.
+template <class Op>
+struct OperandScalar {
+  using type = Op;
+};
+
+/// Returns f(OperandScalar<Op>{}) with Op the products' operand scalar for inputs of scalar In (see OperandScalar):
+/// every kernel of one call, and its workspace size, takes the same. The choice is fixed for the process.
+template <class In, class F>
+decltype(auto) with_operand_scalar(F&& f) {
+  if constexpr (std::is_same_v<In, Eigen::bfloat16> && (gemm_compiled_with_amx() || gemm_uses_libxsmm())) {
+    if (bf16_operands_faster()) return f(OperandScalar<Eigen::bfloat16>{});
+  }
+  return f(OperandScalar<acc_t<In>>{});
+}
 
 /// The scale of q: opts.scale, else 1/sqrt(K) (fla's default).
 template <class Acc>

@@ -55,7 +55,10 @@ std::vector<ChunkScratch<Acc, Op>> plan_fused_chunk(Arena& a, const OpShape& s, 
 template <class Scalar>
 std::size_t fused_chunk_workspace_bytes(const OpShape& s, Index BT) {
   const std::vector<HeadGroup> groups = fused_chunk_groups<acc_t<Scalar>>(s);
-  return planned_bytes([&](Arena& a) { return plan_fused_chunk<acc_t<Scalar>, operand_t<Scalar>>(a, s, BT, groups); });
+  return with_operand_scalar<Scalar>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    return planned_bytes([&](Arena& a) { return plan_fused_chunk<acc_t<Scalar>, Op>(a, s, BT, groups); });
+  });
 }
 
 /// fused_chunk_gla after validation; g may be null (no decay, plain linear attention). token_fallback: a sequence
@@ -65,74 +68,77 @@ template <class T>
 void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
                      const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht, bool token_fallback) {
   using Acc = acc_t<T>;
-  using Op = operand_t<T>;
-  const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
-  const Acc scale = resolve_scale<Acc>(opts, K);
-  const Acc floor = kChunkGateFloor<Acc>;
-  const std::vector<HeadGroup> groups = fused_chunk_groups<Acc>(s);
-  const Index n_groups = static_cast<Index>(groups.size());
-  Scratch scratch;
-  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
-  const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
-  const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
-  parallel_for(n_groups, [&](Index i, int w) {
-    const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
-    const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
-    const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
-    const Index n = gr.n, Wt = gr.width;
-    const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
-    const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
-    load_group_states(sc.S, gr, h0, H, K, V, opts.state_v_first);
-    T* out = o.data() + gr.v0;
-    if (token_fallback && sq.len <= BT) {
-      for (Index j = 0; j < gr.count && sq.len > 0; ++j) {
-        const Index hh = gr.h0 + j;
-        ChunkScratch<Acc, Op> hs = sc;  // recurrent_rows works on hs.S
-        hs.S = state_of(j);
-        recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
-                       head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K, Wt,
-                       hs);
-        store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V, o_writes);
-      }
-    } else {
-      ChunkGates<Acc> cg;
-      cg.gk = sc.G;
-      cg.ldgk = K;
-      for (Index c0 = 0; c0 < sq.len; c0 += BT) {
-        const Index L = std::min(BT, sq.len - c0);
-        for (Index j = 0; j < gr.count; ++j) {
+  with_operand_scalar<T>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    const Index BT = opts.chunk_size, H = s.H, K = s.K, V = s.V;
+    const Acc scale = resolve_scale<Acc>(opts, K);
+    const Acc floor = kChunkGateFloor<Acc>;
+    const std::vector<HeadGroup> groups = fused_chunk_groups<Acc>(s);
+    const Index n_groups = static_cast<Index>(groups.size());
+    Scratch scratch;
+    const auto ws =
+        scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
+    const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
+    const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
+    parallel_for(n_groups, [&](Index i, int w) {
+      const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
+      const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
+      const ChunkScratch<Acc, Op>& sc = ws[static_cast<std::size_t>(w)];
+      const Index n = gr.n, Wt = gr.width;
+      const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
+      const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
+      load_group_states(sc.S, gr, h0, H, K, V, opts.state_v_first);
+      T* out = o.data() + gr.v0;
+      if (token_fallback && sq.len <= BT) {
+        for (Index j = 0; j < gr.count && sq.len > 0; ++j) {
           const Index hh = gr.h0 + j;
-          Acc* const S = state_of(j);
-          const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
-          const auto vr = head_rows(v.data(), s, sq, hh, c0, V, gr.v0);
-          const auto gt = head_rows(g, s, sq, hh, c0, K);
-          {  // the rows of the group's next (chunk, head), fetched while this one computes
-            const bool last = j + 1 == gr.count;
-            const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
-            if (c1 < sq.len) {
-              const Index L1 = std::min(BT, sq.len - c1);
-              prefetch_rows(head_rows(qv.data(), s, sq, h1, c1, K), L1, K);
-              prefetch_rows(head_rows(k.data(), s, sq, h1, c1, K), L1, K);
-              prefetch_rows(head_rows(v.data(), s, sq, h1, c1, V, gr.v0), L1, Wt);
-              prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
-              if (!o_writes.streaming)  // streamed rows are never read: nothing to fetch
-                prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt,
-                              /*for_write=*/true);
+          ChunkScratch<Acc, Op> hs = sc;  // recurrent_rows works on hs.S
+          hs.S = state_of(j);
+          recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
+                         head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K,
+                         Wt, hs);
+          store_tile_rows(hs.O, sq.len, Wt, out + ((sq.b * s.T + sq.t0) * H + hh) * V, H * V, o_writes);
+        }
+      } else {
+        ChunkGates<Acc> cg;
+        cg.gk = sc.G;
+        cg.ldgk = K;
+        for (Index c0 = 0; c0 < sq.len; c0 += BT) {
+          const Index L = std::min(BT, sq.len - c0);
+          for (Index j = 0; j < gr.count; ++j) {
+            const Index hh = gr.h0 + j;
+            Acc* const S = state_of(j);
+            const auto kr = head_rows(k.data(), s, sq, hh, c0, K);
+            const auto vr = head_rows(v.data(), s, sq, hh, c0, V, gr.v0);
+            const auto gt = head_rows(g, s, sq, hh, c0, K);
+            {  // the rows of the group's next (chunk, head), fetched while this one computes
+              const bool last = j + 1 == gr.count;
+              const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
+              if (c1 < sq.len) {
+                const Index L1 = std::min(BT, sq.len - c1);
+                prefetch_rows(head_rows(qv.data(), s, sq, h1, c1, K), L1, K);
+                prefetch_rows(head_rows(k.data(), s, sq, h1, c1, K), L1, K);
+                prefetch_rows(head_rows(v.data(), s, sq, h1, c1, V, gr.v0), L1, Wt);
+                prefetch_rows(head_rows(g, s, sq, h1, c1, K), L1, K);
+                if (!o_writes.streaming)  // streamed rows are never read: nothing to fetch
+                  prefetch_rows(Rows<T>{out + ((sq.b * s.T + sq.t0 + c1) * H + h1) * V, H * V}, L1, Wt,
+                                /*for_write=*/true);
+              }
             }
+            gate_cumsum(gt, L, K, floor, sc.G);
+            const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
+            const bool factored = chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale,
+                                               L, K, Wt, sc, BT);
+            store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
+            if (factored)
+              state_update_factored(S, Wt, vop, L, K, Wt, sc);
+            else
+              state_update<kGateGk>(S, Wt, kr, vr, cg, L, K, Wt, sc);
           }
-          gate_cumsum(gt, L, K, floor, sc.G);
-          const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
-          const bool factored =
-              chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale, L, K, Wt, sc, BT);
-          store_tile_rows(sc.O, L, Wt, out + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
-          if (factored)
-            state_update_factored(S, Wt, vop, L, K, Wt, sc);
-          else
-            state_update<kGateGk>(S, Wt, kr, vr, cg, L, K, Wt, sc);
         }
       }
-    }
-    if (ht) store_group_states(sc.S, gr, ht, H, K, V, opts.state_v_first);
+      if (ht) store_group_states(sc.S, gr, ht, H, K, V, opts.state_v_first);
+    });
   });
 }
 

@@ -28,11 +28,13 @@
 ///         row; the right operand read in place when ta == N and k and lda are even, else packed m×k' with
 ///         k' = k rounded up to even). Bf16Kernel::ViaF32 converts the tiles to float (exact) in per-thread
 ///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
-///         in float (in different orders). ViaF32 is the default: on the machine docs/PERFORMANCE.md reports
-///         (section "Small products"), vdpbf16ps retires at half the FLOP rate of vfmadd231ps, so libxsmm 1.17's
-///         bfloat16 kernels are slower than its float kernels even before packing (define GLA_GEMM_BF16_VNNI to make
-///         Vnni the default on a CPU where they are faster). Half inputs always take the float kernels on converted
-///         tiles.
+///         in float (in different orders). The default (default_bf16_kernel) follows the CPU: Vnni where VDPBF16PS
+///         retires at the float FMA's instruction rate, so at twice its FLOP rate (bf16_dot_full_rate: AMD's Zen 4
+///         and Zen 5; on Zen 5 libxsmm's bfloat16 kernels ran at about 2x its float ones, packing included);
+///         ViaF32 elsewhere (on the Intel Xeon of docs/PERFORMANCE.md's "Small products" it retires at half the
+///         float FLOP rate, and the bfloat16 kernels lose to the float ones once packing is counted; that CPU runs
+///         bfloat16 on AMX tiles anyway). GLA_GEMM_BF16_VNNI makes Vnni the default everywhere. Half inputs always
+///         take the float kernels on converted tiles.
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
@@ -65,6 +67,10 @@
 #include <string>
 #include <type_traits>
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
+
 #if defined(GLA_HAVE_LIBXSMM) && !defined(GLA_GEMM_FORCE_EIGEN)
 #define GLA_GEMM_WITH_LIBXSMM 1
 #include <libxsmm.h>
@@ -81,11 +87,39 @@ constexpr bool gemm_uses_libxsmm() noexcept { return GLA_GEMM_WITH_LIBXSMM != 0;
 /// How the libxsmm backend runs bfloat16 inputs: converted to float tiles on the float kernels, or on libxsmm's
 /// bfloat16 kernels with VNNI-packed operands (see the top of this file).
 enum class Bf16Kernel { ViaF32, Vnni };
-#ifdef GLA_GEMM_BF16_VNNI
-inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::Vnni;
+
+/// True when this CPU has AVX512-BF16 and its dot-product instruction (VDPBF16PS) retires at the float FMA's
+/// instruction rate, i.e. at twice the float FLOP rate: AMD family 19h with AVX-512 (Zen 4) and later (measured on
+/// Zen 5: 408 against 221 GFLOP/s per core, bench_small_gemm's isa/ rows). Intel's retires at half that rate on the
+/// CPUs measured here (docs/PERFORMANCE.md, "Small products"). Read from CPUID once per process, never from a
+/// timing, so that which kernels run (and so the rounding of bfloat16 results) does not depend on the machine's load.
+inline bool bf16_dot_full_rate() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool full = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    const bool amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned base = (a >> 8) & 0xFu, family = base == 0xFu ? base + ((a >> 20) & 0xFFu) : base;
+    if (family < 0x19u || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+    return ((a >> 5) & 1u) != 0;  // CPUID.(7,1):EAX bit 5 = AVX512_BF16
+  }();
+  return full;
 #else
-inline constexpr Bf16Kernel kBf16KernelDefault = Bf16Kernel::ViaF32;
+  return false;
 #endif
+}
+
+/// gemm()'s route for bfloat16 inputs on libxsmm: Bf16Kernel::Vnni where bf16_dot_full_rate() (or where the build
+/// defines GLA_GEMM_BF16_VNNI), else ViaF32.
+inline Bf16Kernel default_bf16_kernel() {
+#ifdef GLA_GEMM_BF16_VNNI
+  return Bf16Kernel::Vnni;
+#else
+  static const Bf16Kernel kernel = bf16_dot_full_rate() ? Bf16Kernel::Vnni : Bf16Kernel::ViaF32;
+  return kernel;
+#endif
+}
 
 namespace gemm_impl {
 
@@ -144,6 +178,7 @@ struct Scratchpad {
   Scratch<float> conv_a, conv_b;  // A and B converted to float and/or repacked, contiguous
   Scratch<std::uint32_t> vnni_b;  // bfloat16 B in VNNI layout, one pair of k per word
   Scratch<std::uint16_t> pack_a;  // bfloat16 A, contiguous m×k' (k' even)
+  Scratch<std::uint32_t> a_words;  // ta == T: A's rows interleaved into words before their transpose
 };
 
 inline Scratchpad& scratchpad() {
@@ -361,10 +396,14 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
   if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
   const Index kp = k + (k & 1);
   const bool pack_a = ta == Trans::T || (k & 1) != 0 || (lda & 1) != 0;
+  // A packed from its transpose: the vectorised pack transposes whole 16×16 blocks of words, so its scratch has
+  // m rounded up to 16 rows of k rounded up to 32 (the kernel reads the first m rows and kp columns).
+  const bool blocked_transpose = GLA_GEMM_VNNI_PACKS && ta == Trans::T;
+  const Index mp = blocked_transpose ? (m + 15) / 16 * 16 : m, ka = blocked_transpose ? (k + 31) / 32 * 32 : kp;
   const int flags = LIBXSMM_GEMM_FLAG_VNNI_A | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
   const XsmmKey key{static_cast<std::int32_t>(Kind::BF16), static_cast<std::int32_t>(n),
                     static_cast<std::int32_t>(m),          static_cast<std::int32_t>(kp),
-                    static_cast<std::int32_t>(n),          static_cast<std::int32_t>(pack_a ? kp : lda),
+                    static_cast<std::int32_t>(n),          static_cast<std::int32_t>(pack_a ? ka : lda),
                     static_cast<std::int32_t>(ldc),        flags};
   const libxsmm_xmmfunction fn = xsmm_kernel(key);
   if (fn.bsmm == nullptr) return false;
@@ -373,8 +412,11 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
   const auto* b16 = reinterpret_cast<const std::uint16_t*>(B);
 
   // Left operand: op(B) in VNNI layout, word q·n + j = (op(B)(2q, j), op(B)(2q+1, j)), low half first.
-  const Index kh = k / 2;
   std::uint32_t* v = sp.vnni_b.get(static_cast<std::size_t>((kp / 2) * n));
+#if GLA_GEMM_VNNI_PACKS
+  pack_vnni_b(tb, k, n, b16, ldb, kp, n, v);
+#else
+  const Index kh = k / 2;
   if (tb == Trans::N) {  // B is k×n: interleave row pairs
     for (Index q = 0; q < kh; ++q) {
       const std::uint16_t* r0 = b16 + 2 * q * ldb;
@@ -394,11 +436,16 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
       if (k & 1) v[kh * n + j] = r[k - 1];
     }
   }
+#endif
 
   // Right operand: op(A) as row-major m×k (libxsmm's column-major k×m), even row stride, zero-padded to kp.
   const std::uint16_t* right = a16;
   if (pack_a) {
-    std::uint16_t* p = sp.pack_a.get(static_cast<std::size_t>(m * kp));
+    std::uint16_t* p = sp.pack_a.get(static_cast<std::size_t>(mp * ka));
+#if GLA_GEMM_VNNI_PACKS
+    std::uint32_t* w = ta == Trans::T ? sp.a_words.get(static_cast<std::size_t>(ka / 2 * mp)) : nullptr;
+    pack_rows_a(ta, m, k, a16, lda, mp, ka, p, w);
+#else
     if (ta == Trans::N) {
       for (Index i = 0; i < m; ++i) {
         std::memcpy(p + i * kp, a16 + i * lda, static_cast<std::size_t>(k) * sizeof(std::uint16_t));
@@ -411,6 +458,7 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
         if (k & 1) d[k] = 0;
       }
     }
+#endif
     right = p;
   }
   fn.bsmm(reinterpret_cast<const libxsmm_bfloat16*>(v), reinterpret_cast<const libxsmm_bfloat16*>(right), C);
@@ -524,7 +572,7 @@ void gemm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda,
           bool accumulate, acc_t<In>* C, Index ldc) {
   if (gemm_impl::trivial("gla::detail::gemm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
   if (gemm_impl::amx_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return;
-  if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, kBf16KernelDefault)) return;
+  if (gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, default_bf16_kernel())) return;
   gemm_impl::eigen_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
 }
 
@@ -541,7 +589,7 @@ void gemm_eigen(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Inde
 /// here (true). bf16_kernel chooses the bfloat16 route (ignored for other types).
 template <class In>
 bool gemm_libxsmm(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index lda, const In* B, Index ldb,
-                  bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel = kBf16KernelDefault) {
+                  bool accumulate, acc_t<In>* C, Index ldc, Bf16Kernel bf16_kernel = default_bf16_kernel()) {
   if (gemm_impl::trivial("gla::detail::gemm_libxsmm", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
   return gemm_impl::libxsmm_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc, bf16_kernel);
 }
@@ -554,6 +602,14 @@ bool gemm_amx(Trans ta, Trans tb, Index m, Index n, Index k, const In* A, Index 
               bool accumulate, acc_t<In>* C, Index ldc) {
   if (gemm_impl::trivial("gla::detail::gemm_amx", ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc)) return true;
   return gemm_impl::amx_run(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+/// True when bfloat16 operands make gemm() faster than float ones here, so that the chunk kernels keep their
+/// bfloat16 inputs' operands in bfloat16 (with_operand_scalar): the AMX backend is compiled in, or libxsmm is and this
+/// CPU's bfloat16 dot products run at twice the float rate (bf16_dot_full_rate). Fixed for the process.
+inline bool bf16_operands_faster() {
+  if constexpr (gemm_compiled_with_amx()) return true;
+  return gemm_uses_libxsmm() && bf16_dot_full_rate();
 }
 
 /// True when bfloat16 products run on AMX tiles here: compiled in, and this CPU and OS allow it.

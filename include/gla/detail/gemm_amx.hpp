@@ -120,86 +120,6 @@ inline AmxScratch& amx_scratch() {
   return s;
 }
 
-/// v (kp/2 rows of np words) = op(B) in VNNI words, zero padded. b16: B's bfloat16 bits, row stride ldb.
-inline void amx_pack_b(Trans tb, Index k, Index n, const std::uint16_t* b16, Index ldb, Index kp, Index np,
-                       std::uint32_t* v) {
-  const Index kh = k / 2;
-  if (tb == Trans::N) {  // B is k×n: interleave rows 2q and 2q+1
-    // word j of the output = (r0[j], r1[j]): 16-bit lane 2j takes r0[j] (index j), lane 2j+1 takes r1[j]
-    // (index 32 + j); lo covers columns 0..15 of the 32 loaded, hi columns 16..31.
-    alignas(64) static constexpr std::uint16_t idx_lo[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
-                                                             37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
-                                                             11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-    alignas(64) static constexpr std::uint16_t idx_hi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
-                                                             53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
-                                                             27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-    const __m512i lo = _mm512_load_si512(idx_lo), hi = _mm512_load_si512(idx_hi);
-    for (Index q = 0; q < kh; ++q) {
-      const std::uint16_t* r0 = b16 + 2 * q * ldb;
-      const std::uint16_t* r1 = r0 + ldb;
-      std::uint32_t* d = v + q * np;
-      Index j = 0;
-      for (; j + 32 <= n; j += 32) {
-        const __m512i x0 = _mm512_loadu_si512(r0 + j), x1 = _mm512_loadu_si512(r1 + j);
-        _mm512_storeu_si512(d + j, _mm512_permutex2var_epi16(x0, lo, x1));
-        _mm512_storeu_si512(d + j + 16, _mm512_permutex2var_epi16(x0, hi, x1));
-      }
-      for (; j < n; ++j) d[j] = std::uint32_t{r0[j]} | (std::uint32_t{r1[j]} << 16);
-      for (; j < np; ++j) d[j] = 0;
-    }
-    if (k & 1) {
-      const std::uint16_t* r0 = b16 + (k - 1) * ldb;
-      std::uint32_t* d = v + kh * np;
-      for (Index j = 0; j < n; ++j) d[j] = r0[j];
-      for (Index j = n; j < np; ++j) d[j] = 0;
-    }
-  } else {  // B is n×k: row j's consecutive pairs are the words of column j, so Bv is a 32-bit transpose
-    Index j0 = 0;
-    if ((ldb & 1) == 0 && (reinterpret_cast<std::uintptr_t>(b16) & 3u) == 0) {  // words aligned: 16×16 blocks
-      const auto* w = reinterpret_cast<const float*>(b16);                      // bit patterns only, no arithmetic
-      const Index ldw = ldb / 2;
-      for (; j0 + 16 <= n; j0 += 16) {
-        Index q0 = 0;
-        for (; q0 + 16 <= kh; q0 += 16)
-          transpose16x16(w + j0 * ldw + q0, ldw, reinterpret_cast<float*>(v + q0 * np + j0), np);
-        for (Index q = q0; q < kh; ++q)
-          for (Index j = j0; j < j0 + 16; ++j)
-            v[q * np + j] = std::uint32_t{b16[j * ldb + 2 * q]} | (std::uint32_t{b16[j * ldb + 2 * q + 1]} << 16);
-      }
-    }
-    for (Index q = 0; q < kh; ++q)
-      for (Index j = j0; j < n; ++j)
-        v[q * np + j] = std::uint32_t{b16[j * ldb + 2 * q]} | (std::uint32_t{b16[j * ldb + 2 * q + 1]} << 16);
-    if (k & 1)
-      for (Index j = 0; j < n; ++j) v[kh * np + j] = b16[j * ldb + k - 1];
-    for (Index q = 0; q < (k + 1) / 2; ++q)
-      for (Index j = n; j < np; ++j) v[q * np + j] = 0;
-  }
-  for (Index q = (k + 1) / 2; q < kp / 2; ++q) std::memset(v + q * np, 0, static_cast<std::size_t>(np) * 4);
-}
-
-/// p (mp × kp, row-major) = op(A), zero padded. a16: A's bfloat16 bits, row stride lda. For ta == T (A stored
-/// k×m) the rows 2q and 2q+1 are first interleaved into words (amx_pack_b's layout, kp/2 × mp words in w), whose
-/// 32-bit transpose is op(A) row-major: word (i, q) = (A(2q, i), A(2q+1, i)) = op(A)(i, 2q), op(A)(i, 2q+1).
-inline void amx_pack_a(Trans ta, Index m, Index k, const std::uint16_t* a16, Index lda, Index mp, Index kp,
-                       std::uint16_t* p, std::uint32_t* w) {
-  if (ta == Trans::N) {
-    for (Index i = 0; i < m; ++i) {
-      std::uint16_t* d = p + i * kp;
-      std::memcpy(d, a16 + i * lda, static_cast<std::size_t>(k) * 2);
-      std::memset(d + k, 0, static_cast<std::size_t>(kp - k) * 2);
-    }
-    for (Index i = m; i < mp; ++i) std::memset(p + i * kp, 0, static_cast<std::size_t>(kp) * 2);
-    return;
-  }
-  amx_pack_b(Trans::N, k, m, a16, lda, kp, mp, w);  // kp/2 × mp words, zero padded
-  auto* pw = reinterpret_cast<float*>(p);           // mp × kp/2 words; bit patterns only
-  const auto* ww = reinterpret_cast<const float*>(w);
-  const Index kh = kp / 2;
-  for (Index q0 = 0; q0 < kh; q0 += 16)
-    for (Index i0 = 0; i0 < mp; i0 += 16) transpose16x16(ww + q0 * mp + i0, mp, pw + i0 * kh + q0, kh);
-}
-
 /// GCC's tile load/store intrinsics are asm statements without a memory clobber, so the compiler does not know
 /// they read or write memory: this barrier orders ordinary stores (packs, edge tiles) before a tile load and a
 /// tile store before ordinary loads of what it wrote.
@@ -286,13 +206,13 @@ inline bool amx_bf16(Trans ta, Trans tb, Index m, Index n, Index k, const Eigen:
   const auto* a16 = reinterpret_cast<const std::uint16_t*>(A);
   const auto* b16 = reinterpret_cast<const std::uint16_t*>(B);
   std::uint32_t* v = s.vnni.get(static_cast<std::size_t>(kp / 2 * np));
-  amx_pack_b(tb, k, n, b16, ldb, kp, np, v);
+  pack_vnni_b(tb, k, n, b16, ldb, kp, np, v);
   const std::uint16_t* a = a16;
   Index lda_bytes = lda * 2;
   if (!(ta == Trans::N && k == kp && m == mp)) {
     std::uint16_t* p = s.a.get(static_cast<std::size_t>(mp * kp));
     std::uint32_t* w = ta == Trans::T ? s.a_words.get(static_cast<std::size_t>(kp / 2 * mp)) : nullptr;
-    amx_pack_a(ta, m, k, a16, lda, mp, kp, p, w);
+    pack_rows_a(ta, m, k, a16, lda, mp, kp, p, w);
     a = p;
     lda_bytes = kp * 2;
   }
