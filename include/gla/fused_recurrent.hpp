@@ -147,60 +147,110 @@ void panel_dots(const Acc* x, Index ld, const Acc* q, Index K, Index rows, Acc* 
 #pragma GCC diagnostic pop
 #endif
 
-/// The K-first step of recurrent_tile_step from a given state without clamps, o unscaled: columns in blocks of
-/// kBlockPackets packets, each block's o kept in registers over all K rows, so that a row costs one load and one
-/// store of the state besides the arithmetic (a row loop through memory stores each new row, reloads it, and loads
-/// and stores o). The same operations as recurrent_tile_step's on every element.
-template <bool Gk, bool Gv, class Acc>
-void row_block_steps(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, const Acc* q, const Acc* k, const Acc* v,
-                     const Acc* ek, const Acc* ev, Acc* o) {
+/// Columns of the K-first step of recurrent_tile_step from a given state without clamps, o unscaled: NP packets
+/// from column c0, packet b at c0 + b·PS, except that with Overlap the last one starts at c0 + last (a tile's last
+/// PS columns when its width is not a multiple of PS: it shares columns with the packet before it, and both
+/// compute the same values there). The block's o stays in NP registers over all K rows, so a row costs one load
+/// and one store of the state besides the arithmetic (a row loop through memory stores each new row, reloads it,
+/// and loads and stores o). The same operations as recurrent_tile_step's on every element.
+template <int NP, bool Overlap, bool Gk, bool Gv, class Acc>
+void row_block_step(const Acc* src, Acc* dst, Index ld, Index K, Index c0, const Acc* q, const Acc* k, const Acc* v,
+                    const Acc* ek, const Acc* ev, Acc* o, [[maybe_unused]] Index last) {
   namespace ei = Eigen::internal;
   using P = typename ei::packet_traits<Acc>::type;
   constexpr Index PS = ei::packet_traits<Acc>::size;
-  constexpr Index kBlockPackets = 8;  // 8 accumulators, 8 packets of v and 8 of ev: 24 of AVX-512's 32 registers
-  Index c0 = 0;
-  if constexpr (PS > 1) {
-    for (; c0 + kBlockPackets * PS <= Vt; c0 += kBlockPackets * PS) {
-      P acc[kBlockPackets], vb[kBlockPackets], eb[kBlockPackets];
-      for (Index b = 0; b < kBlockPackets; ++b) {
-        acc[b] = ei::pset1<P>(Acc(0));
-        vb[b] = ei::ploadu<P>(v + c0 + b * PS);
-        if constexpr (Gv) eb[b] = ei::ploadu<P>(ev + c0 + b * PS);
-      }
-      for (Index a = 0; a < K; ++a) {
-        const P ka = ei::pset1<P>(k[a]), qa = ei::pset1<P>(q[a]);
-        [[maybe_unused]] const P ea = ei::pset1<P>(Gk ? ek[a] : Acc(1));
-        const Acc* pr = src + a * ld + c0;
-        Acc* xr = dst + a * ld + c0;
-        for (Index b = 0; b < kBlockPackets; ++b) {
-          P x = ei::ploadu<P>(pr + b * PS);
-          if constexpr (Gv) x = ei::pmul(x, eb[b]);
-          if constexpr (Gk) x = ei::pmul(x, ea);
-          x = ei::pmadd(ka, vb[b], x);
-          ei::pstoreu(xr + b * PS, x);
-          acc[b] = ei::pmadd(qa, x, acc[b]);
-        }
-      }
-      for (Index b = 0; b < kBlockPackets; ++b) ei::pstoreu(o + c0 + b * PS, acc[b]);
+  static_assert(!Overlap || NP >= 2, "an overlapping packet needs a packet before it");
+  const auto at = [&](int b) { return c0 + ((Overlap && b == NP - 1) ? last : b * PS); };
+  P acc[NP], vb[NP], eb[NP];
+  for (int b = 0; b < NP; ++b) {
+    acc[b] = ei::pset1<P>(Acc(0));
+    vb[b] = ei::ploadu<P>(v + at(b));
+    if constexpr (Gv) eb[b] = ei::ploadu<P>(ev + at(b));
+  }
+  for (Index a = 0; a < K; ++a) {
+    const P ka = ei::pset1<P>(k[a]), qa = ei::pset1<P>(q[a]);
+    [[maybe_unused]] const P ea = ei::pset1<P>(Gk ? ek[a] : Acc(1));
+    const Acc* pr = src + a * ld;
+    Acc* xr = dst + a * ld;
+    const auto step = [&](int b) {
+      P x = ei::ploadu<P>(pr + at(b));
+      if constexpr (Gv) x = ei::pmul(x, eb[b]);
+      if constexpr (Gk) x = ei::pmul(x, ea);
+      return ei::pmadd(ka, vb[b], x);
+    };
+    constexpr int kAlone = Overlap ? NP - 2 : NP;  // packets that share no column with another
+    for (int b = 0; b < kAlone; ++b) {
+      const P x = step(b);
+      ei::pstoreu(xr + at(b), x);
+      acc[b] = ei::pmadd(qa, x, acc[b]);
+    }
+    if constexpr (Overlap) {  // both loaded before either is stored: with src == dst the second must read old values
+      const P x0 = step(NP - 2), x1 = step(NP - 1);
+      ei::pstoreu(xr + at(NP - 2), x0);
+      ei::pstoreu(xr + at(NP - 1), x1);
+      acc[NP - 2] = ei::pmadd(qa, x0, acc[NP - 2]);
+      acc[NP - 1] = ei::pmadd(qa, x1, acc[NP - 1]);
     }
   }
-  // The remaining columns (less than a block) row by row through memory.
-  const Index w = Vt - c0;
-  if (w == 0) return;
-  std::fill_n(o + c0, w, Acc(0));
+  for (int b = 0; b < NP; ++b) ei::pstoreu(o + at(b), acc[b]);  // shared columns: the same value twice
+}
+
+/// row_block_step over `packets` (1 to NP) packets from c0 (Overlap: the last at c0 + last): one instantiation per
+/// count.
+template <int NP, bool Overlap, bool Gk, bool Gv, class Acc>
+void row_block_rest(Index packets, const Acc* src, Acc* dst, Index ld, Index K, Index c0, const Acc* q, const Acc* k,
+                    const Acc* v, const Acc* ek, const Acc* ev, Acc* o, Index last) {
+  if constexpr (NP > (Overlap ? 1 : 0)) {
+    if (packets == NP)
+      row_block_step<NP, Overlap, Gk, Gv>(src, dst, ld, K, c0, q, k, v, ek, ev, o, last);
+    else
+      row_block_rest<NP - 1, Overlap, Gk, Gv>(packets, src, dst, ld, K, c0, q, k, v, ek, ev, o, last);
+  }
+}
+
+/// The K-first step of recurrent_tile_step from a given state without clamps, o unscaled, in register blocks of up
+/// to kMaxBlockPackets packets (row_block_step). A width that is not a multiple of the packet ends in a packet that
+/// overlaps the one before it (so the last block has at least two packets); a tile narrower than one packet runs
+/// row by row.
+template <bool Gk, bool Gv, class Acc>
+void row_block_steps(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, const Acc* q, const Acc* k, const Acc* v,
+                     const Acc* ek, const Acc* ev, Acc* o) {
+  constexpr Index PS = Eigen::internal::packet_traits<Acc>::size;
+  constexpr int kMaxBlockPackets = 8;  // 8 accumulators, 8 packets of v and 8 of ev: 24 of AVX-512's 32 registers
+  if (PS > 1 && Vt >= PS) {
+    const Index packets = (Vt + PS - 1) / PS;
+    const bool overlap = Vt % PS != 0;
+    Index tail = packets % kMaxBlockPackets;  // the last block's packets
+    if (tail == 0) tail = kMaxBlockPackets;
+    if (overlap && tail == 1) tail = kMaxBlockPackets + 1;  // split below as 7 + 2
+    Index c0 = 0;
+    for (; c0 + tail * PS < packets * PS; c0 += kMaxBlockPackets * PS)
+      row_block_step<kMaxBlockPackets, false, Gk, Gv>(src, dst, ld, K, c0, q, k, v, ek, ev, o, 0);
+    if (tail > kMaxBlockPackets) {
+      row_block_step<kMaxBlockPackets - 1, false, Gk, Gv>(src, dst, ld, K, c0, q, k, v, ek, ev, o, 0);
+      c0 += (kMaxBlockPackets - 1) * PS;
+      tail = 2;
+    }
+    if (overlap)
+      row_block_rest<kMaxBlockPackets, true, Gk, Gv>(tail, src, dst, ld, K, c0, q, k, v, ek, ev, o, Vt - PS - c0);
+    else
+      row_block_rest<kMaxBlockPackets, false, Gk, Gv>(tail, src, dst, ld, K, c0, q, k, v, ek, ev, o, 0);
+    return;
+  }
+  std::fill_n(o, Vt, Acc(0));  // a tile narrower than one packet (or no vectorisation)
   for (Index a = 0; a < K; ++a) {
-    RowArrMap<Acc> x(dst + a * ld + c0, w);
-    const ConstRowArrMap<Acc> p(src + a * ld + c0, w);
+    RowArrMap<Acc> x(dst + a * ld, Vt);
+    const ConstRowArrMap<Acc> p(src + a * ld, Vt);
     if constexpr (Gv && Gk)
-      x = p * ConstRowArrMap<Acc>(ev + c0, w) * ek[a];
+      x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a];
     else if constexpr (Gv)
-      x = p * ConstRowArrMap<Acc>(ev + c0, w);
+      x = p * ConstRowArrMap<Acc>(ev, Vt);
     else if constexpr (Gk)
       x = p * ek[a];
     else
       x = p;
-    axpy_madd(k[a], v + c0, x.data(), w);
-    axpy_madd(q[a], x.data(), o + c0, w);
+    axpy_madd(k[a], v, x.data(), Vt);
+    axpy_madd(q[a], x.data(), o, Vt);
   }
 }
 
