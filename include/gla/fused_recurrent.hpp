@@ -147,6 +147,22 @@ void panel_dots(const Acc* x, Index ld, const Acc* q, Index K, Index rows, Acc* 
 #pragma GCC diagnostic pop
 #endif
 
+/// x[0, w) = the decayed row p of a K-first state tile, (p ⊙ ev) · ek_a as two products (Gv, Gk: which gates
+/// apply), before k·v is added: the operations of recurrent_tile_step on every element. x may be p.
+template <bool Gk, bool Gv, class Acc>
+void decayed_row(const Acc* p, const Acc* ev, Acc ek_a, Acc* x, Index w) {
+  const ConstRowArrMap<Acc> pr(p, w);
+  RowArrMap<Acc> xr(x, w);
+  if constexpr (Gv && Gk)
+    xr = pr * ConstRowArrMap<Acc>(ev, w) * ek_a;
+  else if constexpr (Gv)
+    xr = pr * ConstRowArrMap<Acc>(ev, w);
+  else if constexpr (Gk)
+    xr = pr * ek_a;
+  else
+    xr = pr;
+}
+
 /// Columns of the K-first step of recurrent_tile_step from a given state without clamps, o unscaled: NP packets
 /// from column c0, packet b at c0 + b·PS, except that with Overlap the last one starts at c0 + last (a tile's last
 /// PS columns when its width is not a multiple of PS: it shares columns with the packet before it, and both
@@ -239,18 +255,10 @@ void row_block_steps(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, cons
   }
   std::fill_n(o, Vt, Acc(0));  // a tile narrower than one packet (or no vectorisation)
   for (Index a = 0; a < K; ++a) {
-    RowArrMap<Acc> x(dst + a * ld, Vt);
-    const ConstRowArrMap<Acc> p(src + a * ld, Vt);
-    if constexpr (Gv && Gk)
-      x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a];
-    else if constexpr (Gv)
-      x = p * ConstRowArrMap<Acc>(ev, Vt);
-    else if constexpr (Gk)
-      x = p * ek[a];
-    else
-      x = p;
-    axpy_madd(k[a], v, x.data(), Vt);
-    axpy_madd(q[a], x.data(), o, Vt);
+    Acc* const x = dst + a * ld;
+    decayed_row<Gk, Gv>(src + a * ld, ev, Gk ? ek[a] : Acc(1), x, Vt);
+    axpy_madd(k[a], v, x, Vt);
+    axpy_madd(q[a], x, o, Vt);
   }
 }
 
@@ -268,7 +276,7 @@ void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, 
                          const std::optional<Acc>& hi, Acc* o) {
   if constexpr (!VFirst) {
     RowArrMap<Acc> out(o, Vt);
-    if (src && !lo && !hi) {  // every decode step with a state and no clamp
+    if (src && !lo && !hi) {  // a step from a state without clamps: each decode step, every step after a first
       row_block_steps<Gk, Gv>(src, dst, ld, K, Vt, q, k, v, ek, ev, o);
       out *= scale;
       return;
@@ -280,15 +288,7 @@ void recurrent_tile_step(const Acc* src, Acc* dst, Index ld, Index K, Index Vt, 
       if (!src) {
         x = k[a] * vr;
       } else {
-        const ConstRowArrMap<Acc> p(src + a * ld, Vt);
-        if constexpr (Gv && Gk)
-          x = p * ConstRowArrMap<Acc>(ev, Vt) * ek[a];
-        else if constexpr (Gv)
-          x = p * ConstRowArrMap<Acc>(ev, Vt);
-        else if constexpr (Gk)
-          x = p * ek[a];
-        else
-          x = p;
+        decayed_row<Gk, Gv>(src + a * ld, ev, Gk ? ek[a] : Acc(1), x.data(), Vt);
         axpy_madd(k[a], v, x.data(), Vt);
       }
       if (lo) x = x.max(*lo);
