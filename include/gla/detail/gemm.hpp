@@ -396,10 +396,10 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
   if (!xsmm_fits(m, n, k, lda, ldb, ldc)) return false;
   const Index kp = k + (k & 1);
   const bool pack_a = ta == Trans::T || (k & 1) != 0 || (lda & 1) != 0;
-  // A packed from its transpose: the vectorised pack transposes whole 16×16 blocks of words, so its scratch has
-  // m rounded up to 16 rows of k rounded up to 32 (the kernel reads the first m rows and kp columns).
-  const bool blocked_transpose = GLA_GEMM_VNNI_PACKS && ta == Trans::T;
-  const Index mp = blocked_transpose ? (m + 15) / 16 * 16 : m, ka = blocked_transpose ? (k + 31) / 32 * 32 : kp;
+  // A packed from its transpose: pack_rows_a transposes whole 16×16 blocks of words, so its scratch has m rounded
+  // up to 16 rows of k rounded up to 32 (the kernel reads the first m rows and kp columns).
+  const bool transpose_a = ta == Trans::T;
+  const Index mp = transpose_a ? (m + 15) / 16 * 16 : m, ka = transpose_a ? (k + 31) / 32 * 32 : kp;
   const int flags = LIBXSMM_GEMM_FLAG_VNNI_A | (accumulate ? 0 : LIBXSMM_GEMM_FLAG_BETA_0);
   const XsmmKey key{static_cast<std::int32_t>(Kind::BF16), static_cast<std::int32_t>(n),
                     static_cast<std::int32_t>(m),          static_cast<std::int32_t>(kp),
@@ -413,52 +413,14 @@ inline bool xsmm_bf16_vnni(Trans ta, Trans tb, Index m, Index n, Index k, const 
 
   // Left operand: op(B) in VNNI layout, word q·n + j = (op(B)(2q, j), op(B)(2q+1, j)), low half first.
   std::uint32_t* v = sp.vnni_b.get(static_cast<std::size_t>((kp / 2) * n));
-#if GLA_GEMM_VNNI_PACKS
   pack_vnni_b(tb, k, n, b16, ldb, kp, n, v);
-#else
-  const Index kh = k / 2;
-  if (tb == Trans::N) {  // B is k×n: interleave row pairs
-    for (Index q = 0; q < kh; ++q) {
-      const std::uint16_t* r0 = b16 + 2 * q * ldb;
-      const std::uint16_t* r1 = r0 + ldb;
-      std::uint32_t* d = v + q * n;
-      for (Index j = 0; j < n; ++j) d[j] = std::uint32_t{r0[j]} | (std::uint32_t{r1[j]} << 16);
-    }
-    if (k & 1) {
-      const std::uint16_t* r0 = b16 + (k - 1) * ldb;
-      std::uint32_t* d = v + kh * n;
-      for (Index j = 0; j < n; ++j) d[j] = r0[j];
-    }
-  } else {  // B is n×k: each row j holds column j of op(B); its consecutive pairs are already VNNI words
-    for (Index j = 0; j < n; ++j) {
-      const std::uint16_t* r = b16 + j * ldb;
-      for (Index q = 0; q < kh; ++q) v[q * n + j] = std::uint32_t{r[2 * q]} | (std::uint32_t{r[2 * q + 1]} << 16);
-      if (k & 1) v[kh * n + j] = r[k - 1];
-    }
-  }
-#endif
 
   // Right operand: op(A) as row-major m×k (libxsmm's column-major k×m), even row stride, zero-padded to kp.
   const std::uint16_t* right = a16;
   if (pack_a) {
     std::uint16_t* p = sp.pack_a.get(static_cast<std::size_t>(mp * ka));
-#if GLA_GEMM_VNNI_PACKS
-    std::uint32_t* w = ta == Trans::T ? sp.a_words.get(static_cast<std::size_t>(ka / 2 * mp)) : nullptr;
+    std::uint32_t* w = transpose_a ? sp.a_words.get(static_cast<std::size_t>(ka / 2 * mp)) : nullptr;
     pack_rows_a(ta, m, k, a16, lda, mp, ka, p, w);
-#else
-    if (ta == Trans::N) {
-      for (Index i = 0; i < m; ++i) {
-        std::memcpy(p + i * kp, a16 + i * lda, static_cast<std::size_t>(k) * sizeof(std::uint16_t));
-        if (k & 1) p[i * kp + k] = 0;
-      }
-    } else {  // A is k×m
-      for (Index i = 0; i < m; ++i) {
-        std::uint16_t* d = p + i * kp;
-        for (Index q = 0; q < k; ++q) d[q] = a16[q * lda + i];
-        if (k & 1) d[k] = 0;
-      }
-    }
-#endif
     right = p;
   }
   fn.bsmm(reinterpret_cast<const libxsmm_bfloat16*>(v), reinterpret_cast<const libxsmm_bfloat16*>(right), C);
