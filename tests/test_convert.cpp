@@ -2,7 +2,8 @@
 // on every kind of float (ties, NaN of both signs, infinities, denormals, the largest finite values) and every
 // length (the vectorised body and the scalar tail); convert_operand_n and store_operand_row narrow product
 // operands the same way except for what the AMX products ignore (denormals); reciprocal_row's accuracy;
-// convert_n_streaming (non-temporal stores) writes exactly what convert_n writes.
+// convert_n_streaming (non-temporal stores) writes exactly what convert_n writes; factored_operands (the
+// forward's fused pass over a chunk's rows) gives the separate passes' results bit for bit.
 
 #include <gla/detail/chunk_kernels.hpp>
 #include <gla/detail/convert.hpp>
@@ -236,4 +237,81 @@ TEST_CASE("only float and bfloat16 outputs of float accumulators stream, and onl
   CHECK_FALSE(gla::detail::OutputWrites::for_tensor<double>(Index(1) << 24).streaming);
   CHECK(gla::detail::OutputWrites::for_tensor<float>(Index(1) << 24).streaming == avx512);
   CHECK_FALSE(gla::detail::OutputWrites::for_tensor<float>(Index(1) << 10).streaming);
+}
+
+namespace {
+
+/// factored_operands against the separate passes it fuses, for inputs of scalar In and operands of scalar Op:
+/// G, qg, kd (when bounded), the last row of e^{G} and the bound answer, bit for bit.
+template <class In, class Op>
+void check_factored_operands(Index L, Index K, const std::string& gates, std::uint64_t salt) {
+  using gla::detail::Rows;
+  std::mt19937_64 g = gla::test::rng(salt);
+  std::uniform_real_distribution<float> sym(-1.f, 1.f), unit(0.f, 1.f);
+  std::vector<In> q(static_cast<std::size_t>(L * K)), k(q.size()), gt(q.size());
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    q[i] = In(sym(g));
+    k[i] = In(sym(g));
+    const float logsig = -std::log1p(std::exp(-unit(g)));
+    gt[i] = In(gates == "strong" ? -5.f * unit(g) : logsig / 16.f);
+  }
+  if (gates == "nan") gt[static_cast<std::size_t>(L * K / 2)] = In(std::numeric_limits<float>::quiet_NaN());
+  if (gates == "floor") gt[0] = In(-std::numeric_limits<float>::infinity());
+  const Rows<In> qr{q.data(), K}, kr{k.data(), K}, gr{gates == "none" ? nullptr : gt.data(), K};
+  const float floor = gla::detail::kChunkGateFloor<float>, scale = 0.125f;
+
+  std::vector<float> G(q.size()), el(static_cast<std::size_t>(K));
+  std::vector<Op> qg(q.size()), kd(q.size());
+  bool bounded = false;
+  const bool ran = gla::detail::factored_operands(qr, kr, gr, floor, scale, L, K, G.data(), qg.data(), kd.data(),
+                                                  el.data(), bounded);
+  INFO("L=" << L << " K=" << K << " gates=" << gates);
+  REQUIRE(ran == (gla::detail::kFusesFactoredOperands<float, Op> && K % 16 == 0));
+  if (!ran) return;
+
+  // The separate passes: gate_cumsum, decay_is_bounded, Eigen's exp, the operand rows, reciprocal_row. Their
+  // rows are 64-byte aligned, as a workspace's are: on an unaligned row Eigen exponentiates the first elements
+  // one at a time, with another rounding than its packet exp.
+  std::vector<float, Eigen::aligned_allocator<float>> Gw(q.size()), e(q.size()), inv(q.size());
+  std::vector<float> row(static_cast<std::size_t>(K));
+  std::vector<Op> qgw(q.size()), kdw(q.size());
+  gla::detail::gate_cumsum(gr, L, K, floor, Gw.data());
+  const bool bounded_want = gla::detail::decay_is_bounded(Gw.data(), L, K);
+  using Arr = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>;
+  using CArr = Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>;
+  for (Index r = 0; r < L; ++r) {
+    Arr er(e.data() + r * K, K);
+    er = CArr(Gw.data() + r * K, K).exp();
+    gla::detail::convert_n(qr.row(r), row.data(), K);
+    gla::detail::store_operand_row(qgw.data() + r * K, CArr(row.data(), K) * er * scale);
+    gla::detail::reciprocal_row(e.data() + r * K, inv.data() + r * K, K);
+    gla::detail::convert_n(kr.row(r), row.data(), K);
+    gla::detail::store_operand_row(kdw.data() + r * K, CArr(row.data(), K) * CArr(inv.data() + r * K, K));
+  }
+  CHECK(bounded == bounded_want);
+  if (gates == "mild" || gates == "none") CHECK(bounded);
+  if (gates == "nan" || gates == "floor" || (gates == "strong" && L >= 17)) CHECK(!bounded);
+  const auto same = [](const auto& a, const auto& b, std::size_t n) {
+    return std::memcmp(a.data(), b.data(), n * sizeof(a[0])) == 0;
+  };
+  CHECK(same(G, Gw, G.size()));
+  CHECK(same(qg, qgw, qg.size()));
+  if (bounded) {
+    CHECK(same(kd, kdw, kd.size()));
+    CHECK(std::memcmp(el.data(), e.data() + (L - 1) * K, static_cast<std::size_t>(K) * sizeof(float)) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("factored_operands gives the separate passes' G, operands and bound bit for bit", "[convert]") {
+  std::uint64_t salt = 500;
+  for (const Index L : {1, 17, 64})
+    for (const Index K : {16, 60, 64, 128})
+      for (const std::string gates : {"mild", "strong", "nan", "floor", "none"}) {
+        check_factored_operands<float, float>(L, K, gates, ++salt);
+        check_factored_operands<Eigen::half, float>(L, K, gates, ++salt);
+        check_factored_operands<bf16, float>(L, K, gates, ++salt);
+        check_factored_operands<bf16, bf16>(L, K, gates, ++salt);
+      }
 }

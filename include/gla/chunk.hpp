@@ -176,7 +176,6 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
       const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
       const auto gr = head_rows(g, s, sq, hh, c0, K);
-      gate_cumsum(gr, L, K, floor, sc.G);
       const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
       const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
       chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,

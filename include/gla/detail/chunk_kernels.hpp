@@ -297,6 +297,79 @@ void step_decays(Rows<In> g, Index L, Index K, Acc floor, Acc* eg) {
   all = all.exp();
 }
 
+/// Whether factored_operands runs: float accumulation, AVX-512 intrinsics and Eigen's AVX-512 packets (its
+/// exponential, so the results are those of the separate passes bit for bit), and bfloat16 operands narrowed by
+/// the CPU's instruction (convert_operand_n's rounding).
+template <class Acc, class Op>
+inline constexpr bool kFusesFactoredOperands =
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+    std::is_same_v<Acc, float> &&
+    (std::is_same_v<Op, float> || (std::is_same_v<Op, Eigen::bfloat16> && kNarrowsOperandsInHardware));
+#else
+    false;
+#endif
+
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+/// 16 floats as operands: stored as they are, or narrowed to bfloat16 as convert_operand_n narrows.
+template <class Op>
+inline void store16_operand(Op* dst, __m512 x) {
+  if constexpr (std::is_same_v<Op, float>) {
+    _mm512_storeu_ps(dst, x);
+  } else {
+#if GLA_CONVERT_AVX512BF16
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x));
+#endif
+  }
+}
+#endif
+
+/// The chunk's gate cumsum and the factored path's operands in one pass over its rows, for K a multiple of 16
+/// (kFusesFactoredOperands; false, with nothing written, otherwise): per row r, 16 columns at a time and while
+/// they are in registers, G_r = G_{r−1} + floored g_r (into G), e^{G_r}, qg_r = scale q_r ⊙ e^{G_r} and
+/// kd_r = k_r ⊙ e^{−G_r} (e^{−G} as reciprocal_row forms it), and the last row's e^{G} into `el`. Each step is
+/// the same operation, in the same order, as gate_cumsum, decay_is_bounded, the exponentials and the operand rows
+/// of chunk_output's separate passes, so the results are identical; what is saved is the passes' loads, stores
+/// and loop overheads (with K = 64 they cost more than the exponentials). `bounded` is decay_is_bounded's answer;
+/// when it is false, kd is not the factored path's operand (its factors may overflow) but G and qg are still
+/// right for the sub-chunk path, which forms its own.
+template <class Acc, class Op, class In>
+bool factored_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale, Index L, Index K, Acc* G, Op* qg,
+                       Op* kd, Acc* el, bool& bounded) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (kFusesFactoredOperands<Acc, Op>) {
+    if (K % 16 != 0) return false;
+    using gemm_impl::load16_as_float;
+    const __m512 vfloor = _mm512_set1_ps(floor), vscale = _mm512_set1_ps(scale), one = _mm512_set1_ps(1.0f);
+    const __m512 bound = _mm512_set1_ps(static_cast<float>(kFactoredDecayBound));
+    __mmask16 within = 0xFFFF;
+    for (Index r = 0; r < L; ++r) {
+      Acc* Gr = G + r * K;
+      for (Index j = 0; j < K; j += 16) {
+        __m512 x = _mm512_setzero_ps();
+        if (g.p) {
+          x = load16_as_float(g.row(r) + j);
+          x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vfloor, _CMP_LT_OQ), x, vfloor);  // NaN stays NaN
+        }
+        if (r > 0) x = _mm512_add_ps(x, _mm512_loadu_ps(Gr - K + j));
+        _mm512_storeu_ps(Gr + j, x);
+        within &= _mm512_cmp_ps_mask(_mm512_abs_ps(x), bound, _CMP_LE_OQ);  // NaN fails
+        const __m512 e = Eigen::internal::pexp<Eigen::internal::Packet16f>(x);
+        if (r == L - 1) _mm512_storeu_ps(el + j, e);
+        store16_operand(qg + r * K + j, _mm512_mul_ps(_mm512_mul_ps(load16_as_float(q.row(r) + j), e), vscale));
+        const __m512 rcp = _mm512_rcp14_ps(e);  // reciprocal_row's refinement
+        const __m512 inv = _mm512_fmadd_ps(rcp, _mm512_fnmadd_ps(e, rcp, one), rcp);
+        store16_operand(kd + r * K + j, _mm512_mul_ps(load16_as_float(k.row(r) + j), inv));
+      }
+    }
+    bounded = within == 0xFFFF;
+    return true;
+  }
+#endif
+  (void)q, (void)k, (void)g, (void)floor, (void)scale, (void)L, (void)K, (void)G, (void)qg, (void)kd, (void)el;
+  (void)bounded;
+  return false;
+}
+
 /// ws.kd = k ⊙ the decay from each row to the chunk's end (e^{G_l − G_s} and/or the scalar gates' part; k itself
 /// with no gate), the state update's left operand, row by row: the exponents, their vectorised exp in place (left
 /// in ws.tmp) and the product while the row is in L1. Gates, gt, k [L×K] as state_update.
@@ -418,11 +491,12 @@ void lower_transposed_times(Index h, Index L, Index n, const Op* M, Index ldm, c
 
 /// The output of one chunk of L tokens for one value tile, into ws.O [L×Vt]:
 ///   o_t = scale (q_t ⊙ e^{G_t}) S + Σ_{s ≤ t in chunk} A[t,s] v_s,  A[t,s] = scale Σ_k q_t k_s e^{G_t − G_s}
-/// with S [K×Vt] (row stride ldS) the state before the chunk, ws.G [L×K] the chunk-local gate cumsum
-/// (gate_cumsum) and g the chunk's raw gate rows. v is the value tile as an operand. Two paths
-/// (docs/chunk_algorithm.md):
+/// with S [K×Vt] (row stride ldS) the state before the chunk, g the chunk's raw gate rows and G their chunk-local
+/// cumsum, which it forms into ws.G (as gate_cumsum does) and leaves there. v is the value tile as an operand. Two
+/// paths (docs/chunk_algorithm.md):
 ///  * factored, when |G| <= kFactoredDecayBound everywhere: A = tril((scale q ⊙ e^{G})(k ⊙ e^{−G})ᵀ) as one
-///    product. Leaves ws.tmp = e^{G} and ws.kd = k ⊙ e^{−G} for state_update_factored; returns true.
+///    product. Leaves the last row of e^{G} in ws.tmp (row L−1) and ws.kd = k ⊙ e^{−G} for
+///    state_update_factored; returns true.
 ///  * sub-chunk, otherwise: off-diagonal 16×16 blocks use a reference point at the query sub-chunk's first row
 ///    (both factors ≤ 1); diagonal blocks use e^{G_t − G_s} as a running product of e^{g} (every factor ≤ 1).
 ///    Returns false.
@@ -431,13 +505,21 @@ template <class Acc, class Op, class In>
 bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, const Acc* S, Index ldS, Acc scale,
                   Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws, Index BT) {
   if (L == 0) return false;
+  // The gate cumsum, and where possible the factored path's operands with it (factored_operands).
+  bool factored = false;
+  const bool fused = factored_operands(q, k, g, floor, scale, L, K, ws.G, ws.qg, ws.kd, ws.tmp + (L - 1) * K, factored);
+  if (!fused) {
+    gate_cumsum(g, L, K, floor, ws.G);
+    factored = decay_is_bounded(ws.G, L, K);
+  }
   const Acc* G = ws.G;
-  // Rows of q and k in Acc (for float/double inputs, the input rows themselves).
+  // Rows of q and k in Acc (for float/double inputs, the input rows themselves; only the separate passes read
+  // them on the factored path).
   Rows<Acc> qa, ka;
   if constexpr (std::is_same_v<In, Acc>) {
     qa = q;
     ka = k;
-  } else {
+  } else if (!(fused && factored)) {
     convert_rows(q, L, K, ws.qa);
     convert_rows(k, L, K, ws.ka);
     qa = {ws.qa, K};
@@ -457,19 +539,20 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
   const auto zero_upper = [&](Index r0, Index r1) {  // A[r, c] = 0 for c > r, rows [r0, r1)
     for (Index r = r0; r < r1; ++r) std::fill(A + r * BT + r + 1, A + r * BT + L, Acc(0));
   };
-  const bool factored = decay_is_bounded(G, L, K);
-  // O = (scale q ⊙ e^{G}) · S: the inter-chunk term; e^{G} stays in ws.tmp.
-  for (Index r = 0; r < L; ++r) {
-    RowArrMap<Acc> e(ws.tmp + r * K, K);
-    e = ConstRowArrMap<Acc>(G + r * K, K).exp();
-    store_operand_row(ws.qg + r * K, ConstRowArrMap<Acc>(qa.row(r), K) * e * scale);
+  // O = (scale q ⊙ e^{G}) · S: the inter-chunk term; e^{G} stays in ws.tmp (its last row only when fused).
+  if (!fused) {
+    for (Index r = 0; r < L; ++r) {
+      RowArrMap<Acc> e(ws.tmp + r * K, K);
+      e = ConstRowArrMap<Acc>(G + r * K, K).exp();
+      store_operand_row(ws.qg + r * K, ConstRowArrMap<Acc>(qa.row(r), K) * e * scale);
+    }
   }
   gemm<Op>(Trans::N, Trans::N, L, Vt, K, ws.qg, K, Sop, ldSop, /*accumulate=*/false, ws.O, Vt);
 
   if (factored) {
     // kd = k ⊙ e^{−G} (factors ≤ e^{bound}), e^{−G} as the reciprocal of e^{G} (ws.tmp); A = qg · kdᵀ, its upper
     // triangle then set to 0.
-    for (Index r = 0; r < L; ++r) {
+    for (Index r = 0; r < L && !fused; ++r) {
       reciprocal_row(ws.tmp + r * K, ws.eg + r * K, K);
       store_operand_row(ws.kd + r * K, ConstRowArrMap<Acc>(ka.row(r), K) * ConstRowArrMap<Acc>(ws.eg + r * K, K));
     }
@@ -520,8 +603,8 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
   return factored;
 }
 
-/// The state update after chunk_output's factored path, from what it left in the scratch (ws.tmp = e^{G},
-/// ws.kd = k ⊙ e^{−G}): S ← diag(e^{Gl}) S + (kd ⊙ e^{Gl})ᵀ v = diag(e^{Gl}) (S + kdᵀ v), the same update as
+/// The state update after chunk_output's factored path, from what it left in the scratch (ws.tmp row L−1 =
+/// e^{Gl}, ws.kd = k ⊙ e^{−G}): S ← diag(e^{Gl}) S + (kd ⊙ e^{Gl})ᵀ v = diag(e^{Gl}) (S + kdᵀ v), the same update as
 /// state_update<kGateGk> without forming the exponentials again, and with kd as chunk_output left it (no pass to
 /// decay it, and for bfloat16 operands one rounding of k ⊙ e^{−G} instead of two). Both terms are scaled by the
 /// same e^{Gl}, so the rounding of their sum is the same relative to the result; kd's factors are at most e^{8}

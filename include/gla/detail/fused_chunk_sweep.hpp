@@ -125,7 +125,6 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
                                 /*for_write=*/true);
               }
             }
-            gate_cumsum(gt, L, K, floor, sc.G);
             const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
             const bool factored = chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale,
                                                L, K, Wt, sc, BT);
