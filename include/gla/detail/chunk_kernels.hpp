@@ -197,22 +197,26 @@ std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT,
   return w;
 }
 
-/// Asks for rows [0, L) × [0, W) of a strided block to be brought into L2 ahead of their use (for_write: rows about
-/// to be stored). A head's rows lie H·D elements apart, more than a page for fla's shapes, and the hardware
-/// prefetchers stop at page boundaries, so without this every row's first touch waits on memory (a third of
-/// fused_chunk_gla's time at prefill in a profile). A hint only: no effect on results.
+/// Asks for rows [0, L) × [0, W) of a strided block to be brought into the cache ahead of their use (for_write:
+/// rows about to be stored). A head's rows lie H·D elements apart, more than a page for fla's shapes, and the
+/// hardware prefetchers stop at page boundaries, so without this every row's first touch waits on memory (a third
+/// of fused_chunk_gla's time at prefill in a profile). Rows of 2-byte scalars (bfloat16, half) are asked into L1
+/// (prefetcht0), others into L2 (prefetcht1): on Zen 5, prefetcht0 made the bf16 fused_chunk_gla 4–6% faster at
+/// 2 threads and changed neither fp32 (whose next rows are twice the bytes) nor the backward beyond the noise
+/// (docs/PERFORMANCE.md). A hint only: no effect on results.
 template <class T>
 void prefetch_rows(Rows<T> rows, Index L, Index W, bool for_write = false) {
 #if defined(__GNUC__) || defined(__clang__)
   if (!rows.p) return;
+  constexpr int kLocality = sizeof(T) <= 2 ? 3 : 2;  // __builtin_prefetch: 3 = prefetcht0, 2 = prefetcht1
   const Index bytes = W * static_cast<Index>(sizeof(T));
   for (Index r = 0; r < L; ++r) {
     const char* p = reinterpret_cast<const char*>(rows.row(r));
     for (Index b = 0; b < bytes; b += 64) {
       if (for_write)
-        __builtin_prefetch(p + b, 1, 2);
+        __builtin_prefetch(p + b, 1, kLocality);
       else
-        __builtin_prefetch(p + b, 0, 2);
+        __builtin_prefetch(p + b, 0, kLocality);
     }
   }
 #else
