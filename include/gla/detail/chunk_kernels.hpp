@@ -75,6 +75,15 @@ bool decay_is_bounded(const Acc* G, Index L, Index K) {
   return outside == 0;
 }
 
+#if GLA_CONVERT_AVX512
+/// 1 / v for 16 positive normal floats: the 14-bit estimate VRCP14PS refined by one Newton step,
+/// r ← r + r (1 − v r), which takes the relative error ε of r to about ε² (reciprocal_row's arithmetic).
+inline __m512 reciprocal16(__m512 v) {
+  const __m512 r = _mm512_rcp14_ps(v);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f)), r);
+}
+#endif
+
 /// y[0, n) = 1 / x[0, n) for positive normal x, e.g. e^{−G} from e^{G} at a fraction of another exponential's
 /// cost. float where the including code targets AVX-512: the 14-bit estimate VRCP14PS (specified bit for bit, so
 /// the same on every AVX-512 CPU) refined by one Newton step, within 2 ulp of the quotient; otherwise the
@@ -84,15 +93,10 @@ void reciprocal_row(const Acc* x, Acc* y, Index n) {
   Index i = 0;
 #if GLA_CONVERT_AVX512
   if constexpr (std::is_same_v<Acc, float>) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const auto refine = [&](__m512 v) {  // r ← r + r (1 − v r): the relative error ε of r becomes about ε²
-      const __m512 r = _mm512_rcp14_ps(v);
-      return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(v, r, one), r);
-    };
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, refine(_mm512_loadu_ps(x + i)));
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, reciprocal16(_mm512_loadu_ps(x + i)));
     if (i < n) {
       const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
-      _mm512_mask_storeu_ps(y + i, m, refine(_mm512_mask_loadu_ps(one, m, x + i)));
+      _mm512_mask_storeu_ps(y + i, m, reciprocal16(_mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), m, x + i)));
     }
     return;
   }
@@ -314,14 +318,15 @@ inline constexpr bool kFusesFactoredOperands =
 #endif
 
 #if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
-/// 16 floats as operands: stored as they are, or narrowed to bfloat16 as convert_operand_n narrows.
+/// 16 floats as operands: stored as they are, or narrowed to bfloat16 as convert_operand_n narrows
+/// (narrow16_operand).
 template <class Op>
 inline void store16_operand(Op* dst, __m512 x) {
   if constexpr (std::is_same_v<Op, float>) {
     _mm512_storeu_ps(dst, x);
   } else {
 #if GLA_CONVERT_AVX512BF16
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), narrow16_operand(x));
 #endif
   }
 }
@@ -343,7 +348,7 @@ bool factored_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale,
   if constexpr (kFusesFactoredOperands<Acc, Op>) {
     if (K % 16 != 0) return false;
     using gemm_impl::load16_as_float;
-    const __m512 vfloor = _mm512_set1_ps(floor), vscale = _mm512_set1_ps(scale), one = _mm512_set1_ps(1.0f);
+    const __m512 vfloor = _mm512_set1_ps(floor), vscale = _mm512_set1_ps(scale);
     const __m512 bound = _mm512_set1_ps(static_cast<float>(kFactoredDecayBound));
     __mmask16 within = 0xFFFF;
     for (Index r = 0; r < L; ++r) {
@@ -360,9 +365,7 @@ bool factored_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale,
         const __m512 e = Eigen::internal::pexp<Eigen::internal::Packet16f>(x);
         if (r == L - 1) _mm512_storeu_ps(el + j, e);
         store16_operand(qg + r * K + j, _mm512_mul_ps(_mm512_mul_ps(load16_as_float(q.row(r) + j), e), vscale));
-        const __m512 rcp = _mm512_rcp14_ps(e);  // reciprocal_row's refinement
-        const __m512 inv = _mm512_fmadd_ps(rcp, _mm512_fnmadd_ps(e, rcp, one), rcp);
-        store16_operand(kd + r * K + j, _mm512_mul_ps(load16_as_float(k.row(r) + j), inv));
+        store16_operand(kd + r * K + j, _mm512_mul_ps(load16_as_float(k.row(r) + j), reciprocal16(e)));
       }
     }
     bounded = within == 0xFFFF;
@@ -556,9 +559,11 @@ bool chunk_output(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Rows<Op> v, con
   if (factored) {
     // kd = k ⊙ e^{−G} (factors ≤ e^{bound}), e^{−G} as the reciprocal of e^{G} (ws.tmp); A = qg · kdᵀ, its upper
     // triangle then set to 0.
-    for (Index r = 0; r < L && !fused; ++r) {
-      reciprocal_row(ws.tmp + r * K, ws.eg + r * K, K);
-      store_operand_row(ws.kd + r * K, ConstRowArrMap<Acc>(ka.row(r), K) * ConstRowArrMap<Acc>(ws.eg + r * K, K));
+    if (!fused) {  // factored_operands formed kd already
+      for (Index r = 0; r < L; ++r) {
+        reciprocal_row(ws.tmp + r * K, ws.eg + r * K, K);
+        store_operand_row(ws.kd + r * K, ConstRowArrMap<Acc>(ka.row(r), K) * ConstRowArrMap<Acc>(ws.eg + r * K, K));
+      }
     }
     lower_product<Op>(triangular_split<Acc, Op>(L), L, K, ws.qg, K, ws.kd, K, A, BT);
     zero_upper(0, L);
@@ -680,8 +685,10 @@ struct HeadTile {
 
 /// The work items of a sweep over (sequence, head) pairs, each split into value tiles when the pairs alone are
 /// too few to keep threads busy: a pair holding more than 1/target of all tokens gets up to `max_tiles` tiles of
-/// at least 32 columns (rounded to 16). The split depends on the shape only — never on the thread count — so
-/// results are identical for any thread count. Items are ordered by work, largest first.
+/// at least 32 columns (rounded to 16). The split depends on the shape and `target` only. The chunked sweeps pass a
+/// fixed target, so their results are identical for any thread count; fused_recurrent_gla passes the thread count,
+/// which it may, because its value columns evolve independently and no split changes its results. Items are
+/// ordered by work, largest first.
 inline std::vector<HeadTile> head_tiles(const OpShape& s, Index target, Index max_tiles) {
   Index total = 0;
   for (const Seq& sq : s.seqs) total += sq.len;

@@ -72,6 +72,11 @@ inline void convert_n(const From* src, To* dst, Index n) {
 /// Whether convert_operand_n<Eigen::bfloat16> narrows with the CPU's instruction (VCVTNEPS2BF16).
 inline constexpr bool kNarrowsOperandsInHardware = GLA_CONVERT_AVX512BF16 != 0;
 
+#if GLA_CONVERT_AVX512BF16
+/// 16 floats narrowed to bfloat16 operands with the CPU's conversion (VCVTNEPS2BF16), as convert_operand_n does.
+inline __m256i narrow16_operand(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+#endif
+
 /// dst[0, n) = Op(src[0, n)) for values about to be a product's operands: convert_n, except that float to
 /// bfloat16 uses the CPU's conversion (AVX512-BF16: one instruction per 16 values instead of the bit-level
 /// rounding's eight) where the including code targets it. It rounds to nearest even as convert_n does; it differs
@@ -85,10 +90,10 @@ inline void convert_operand_n(const From* src, Op* dst, Index n) {
     auto* d = reinterpret_cast<std::uint16_t*>(dst);
     Index i = 0;
     for (; i + 16 <= n; i += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), narrow16_operand(_mm512_loadu_ps(src + i)));
     if (i < n) {  // the tail through masks, so every element is narrowed the same way
       const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
-      _mm256_mask_storeu_epi16(d + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+      _mm256_mask_storeu_epi16(d + i, m, narrow16_operand(_mm512_maskz_loadu_ps(m, src + i)));
     }
     return;
   }
