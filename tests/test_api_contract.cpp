@@ -1,8 +1,9 @@
 // Regression tests of the public contract every operator shares: views with value semantics (the decode loop),
 // the aliasing rule of the `*_into` forms, the output contract (an optional output is given iff its flag is),
 // bounded chunk sizes, exceptions carried out of the parallel engine, bit-identical results for any thread count,
-// non-finite gates on the chunk paths, and overflow-safe varlen helpers. Each case failed before the fix, except
-// the workspace sizes, which hold the *_workspace_size functions to what the calls carve on every path.
+// workers that find no free core leaving the job to the caller, non-finite gates on the chunk paths, and
+// overflow-safe varlen helpers. Each case failed before the fix, except the workspace sizes, which hold the
+// *_workspace_size functions to what the calls carve on every path.
 
 #include <gla/gla.hpp>
 
@@ -15,6 +16,11 @@
 #include <limits>
 #include <new>
 #include <stdexcept>
+#include <thread>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 using namespace gla;
 using gla::test::compare;
@@ -438,6 +444,45 @@ TEST_CASE("parallel engine: results are bit-identical for 1 to 4 threads with un
     }
   }
 }
+
+#if defined(__linux__)
+TEST_CASE("parallel engine: workers that share the caller's only CPU leave the job to the caller", "[api][engine]") {
+  // Every thread of the pool confined to the caller's CPU, as when another process keeps the other cores busy: a
+  // worker woken there would take the caller's place and could be preempted in the middle of an item, so it must
+  // claim nothing. Items yield the CPU, which gives a worker every chance to run and claim one.
+  ThreadCountGuard guard;
+  cpu_set_t saved;
+  const int cpu = sched_getcpu();
+  if (cpu < 0 || sched_getaffinity(0, sizeof saved, &saved) != 0) {
+    WARN("sched_getcpu/sched_getaffinity unavailable: skipped");
+    return;
+  }
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+  // Workers inherit the affinity of the thread that starts them: grow the pool so that it starts new ones.
+  const auto pool_size = [] {
+    detail::Engine& e = detail::Engine::get();
+    std::lock_guard<std::mutex> lock(e.mutex);
+    return e.pool ? e.pool->size() : 1;
+  };
+  const int threads = pool_size() + 1;
+  gla::set_num_threads(threads);
+  for (int job = 0; job < 6; ++job) {
+    std::vector<int> ran_on(64, -1);
+    detail::parallel_for(64, [&](Index i, int w) {
+      std::this_thread::yield();
+      ran_on[static_cast<std::size_t>(i)] = w;
+    });
+    INFO("job " << job);
+    for (int w : ran_on) CHECK(w == 0);
+  }
+  REQUIRE(sched_setaffinity(0, sizeof saved, &saved) == 0);
+  gla::set_num_threads(pool_size() + 1);  // new workers with the restored affinity for the tests that follow
+  detail::parallel_for(2, [](Index, int) {});
+}
+#endif
 
 TEST_CASE("non-finite and extreme gates on the chunk paths: a hard reset (g = -inf) stays finite", "[api][gates]") {
   const Index B = 1, T = 256, H = 2, K = 16, V = 8;

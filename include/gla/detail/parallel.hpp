@@ -23,6 +23,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace gla {
 namespace detail {
 
@@ -56,6 +60,15 @@ inline int default_num_threads() {
 #endif
 }
 
+/// The CPU the calling thread is running on, or -1 where the system does not say (sched_getcpu is Linux's).
+inline int current_cpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
 /// True on a thread that is running a work item (nested parallel_for calls then run serially).
 inline bool& in_parallel_item() {
   thread_local bool flag = false;
@@ -69,6 +82,15 @@ inline bool& in_parallel_item() {
 /// job; and it touches the job's function only after claiming an item, which the caller waits for. The caller
 /// waits for *items*, never for workers to arrive, so a worker that is descheduled (another process on its
 /// core) delays nothing it has not started.
+///
+/// A worker that wakes on the caller's own CPU stands aside for that job. The scheduler puts a woken thread there
+/// when no other CPU is free (another process busy on the rest): the two would then share one core, the worker
+/// taking the caller's place and being preempted in the middle of items, which the caller must wait for. On a
+/// two-core machine with one core busy that made the decode step 1.15–1.3× slower on 2 threads than on 1
+/// (docs/PERFORMANCE.md). Waking it costs the caller a context switch all the same, so after a job a worker stood
+/// aside for, the next jobs run on the caller without waking anyone: 2, then 4, ... up to 16 jobs while workers keep
+/// standing aside, every window ending with a job that wakes them again to see whether a core has come free. Which
+/// thread runs an item never changes its result.
 class ThreadPool {
  public:
   explicit ThreadPool(int threads) { resize(threads); }
@@ -95,7 +117,7 @@ class ThreadPool {
     if (count <= 0) return;
     std::unique_lock<std::mutex> job_lock(job_mutex_, std::try_to_lock);
     const int helpers = job_lock.owns_lock() ? std::min<int>(threads, size()) - 1 : 0;
-    if (helpers <= 0 || count == 1 || count >= (Index(1) << 31)) {
+    if (helpers <= 0 || count == 1 || count >= (Index(1) << 31) || skip_crowded_job()) {
       run_serial(count, fn);
       return;
     }
@@ -103,6 +125,7 @@ class ThreadPool {
     job.count = count;
     job.call = [](void* f, Index i, int w) { (*static_cast<std::remove_reference_t<F>*>(f))(i, w); };
     job.fn = &fn;
+    job.caller_cpu = current_cpu();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++generation_;
@@ -131,11 +154,28 @@ class ThreadPool {
     Index count = 0;
     void (*call)(void*, Index, int) = nullptr;
     void* fn = nullptr;
+    int caller_cpu = -1;  // where the caller runs (-1: unknown); a worker woken there stands aside
     std::atomic<Index> finished{0};
     std::atomic<bool> failed{false};
     std::exception_ptr error;
     std::mutex error_mutex;
   };
+
+  /// Whether this job runs on the caller alone because workers found no free core lately (the backoff above).
+  /// Called with job_mutex_ held.
+  bool skip_crowded_job() {
+    const unsigned crowded = crowded_.load(std::memory_order_relaxed);
+    if (crowded == 0) {
+      skipped_ = 0;
+      return false;
+    }
+    if (skipped_ < (1u << std::min(crowded, 4u))) {
+      ++skipped_;
+      return true;
+    }
+    skipped_ = 0;  // the window is over: wake the workers for this job
+    return false;
+  }
 
   template <class F>
   static void run_serial(Index count, F& fn) {
@@ -196,6 +236,7 @@ class ThreadPool {
     for (;;) {
       Job* job;
       std::uint32_t gen;
+      int caller_cpu;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stop_ || (job_ != nullptr && generation_ != seen); });
@@ -203,7 +244,13 @@ class ThreadPool {
         seen = gen = generation_;
         if (worker > max_worker_) continue;  // this job needs fewer threads
         job = job_;
+        caller_cpu = job->caller_cpu;
       }
+      if (caller_cpu >= 0 && current_cpu() == caller_cpu) {  // no free core: leave the job to the caller
+        crowded_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      crowded_.store(0, std::memory_order_relaxed);
       execute(*job, gen, worker);
     }
   }
@@ -228,6 +275,8 @@ class ThreadPool {
   std::atomic<Index> count_{0};
   std::atomic<std::uint64_t> claim_{0};
   bool stop_ = false;
+  std::atomic<unsigned> crowded_{0};  // jobs in a row that a worker stood aside for (no free core)
+  unsigned skipped_ = 0;              // jobs run on the caller alone in the current backoff window (job_mutex_)
 };
 
 /// The process-wide engine state: the thread count and the pool (started on first parallel use).
