@@ -199,15 +199,17 @@ TEST_CASE("chunk backward: float against the float64 backward around chunk bound
 // sub-chunks (docs/chunk_backward.md); this sequence crosses the bound both ways.
 TEST_CASE("chunk backward: factored and sub-chunk intra-chunk paths in one sequence", "[chunk][backward]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);
+  // K = 64: the rows' per-chunk work in the fused passes (AVX-512), K = 100 in the separate loops.
+  const Index K = GENERATE(100, 64);
   Case c;
   c.T = 5 * 64 + 17;
   c.H = 2;
-  c.K = 100;
+  c.K = K;
   c.V = 60;
   c.chunk_gate = gla::test::kGatesAcrossFactoredBound;
   const GradDiffs df = check_case<float>(op, c);
-  report(std::string(op_name(op)) + " float mixed paths", df);
-  INFO(op_name(op) << " float" << df.str());
+  report(std::string(op_name(op)) + " float mixed paths K=" + std::to_string(K), df);
+  INFO(op_name(op) << " float K=" << K << df.str());
   CHECK(df.ok(kFloatTol, kFloatTol));
   const GradDiffs dd = check_case<double>(op, c);
   report(std::string(op_name(op)) + " double mixed paths", dd);
@@ -259,16 +261,17 @@ TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) again
 TEST_CASE("chunk backward: strong decay (per-step log gate near -5) stays finite and accurate", "[chunk][backward]") {
   const Index T = GENERATE(16, 64, 65, 300);
   const int chunk = GENERATE(16, 64, 128);
+  const Index K = GENERATE(60, 64);  // the separate row loops and the fused passes
   Case c;
   c.T = T;
-  c.K = 60;
+  c.K = K;
   c.V = 32;
   c.H = 2;
   c.gate_norm = -1;
   c.chunk_size = chunk;
   const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float strong T=" + std::to_string(T) + " chunk=" + std::to_string(chunk), d);
-  INFO("T=" << T << " chunk=" << chunk << d.str());
+  report("float strong T=" + std::to_string(T) + " K=" + std::to_string(K) + " chunk=" + std::to_string(chunk), d);
+  INFO("T=" << T << " K=" << K << " chunk=" << chunk << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 

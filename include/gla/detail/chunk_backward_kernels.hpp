@@ -223,6 +223,120 @@ struct StepOperands {
   Rows<Op> do_op;
 };
 
+/// chunk_bwd_tile's first pass over the chunk's rows, fused, for K a multiple of 16 (kFusesFactoredOperands; false,
+/// with nothing written, otherwise): per row r, 16 columns at a time and while they are in registers, the gate
+/// cumsum G_r = G_{r−1} + floored g_r in double (ws.Gd), its bound check, e^{G_r} (exponentiated in Acc from G
+/// rounded to Acc, ws.eg) and its reciprocal (ws.dec), qg_r = scale q_r ⊙ e^{G_r}, kg_r = k_r ⊙ e^{−G_r} and A's
+/// diagonal scale q_r·k_r (ws.Ad); and q_r, k_r copied into qa, ka where those are not null (the contiguous tiles
+/// rows_in would make). Each value but A's diagonal (summed in another order) is the separate loop's, operation for
+/// operation. `bounded`: decay_is_bounded over the whole chunk; when false, the factored operands are not to be used
+/// (their factors may overflow) but G and the copies are right for the sub-chunk path.
+template <class Acc, class Op, class In>
+bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale, Index L, Index K, Acc* qa, Acc* ka,
+                           const BwdScratch<Acc, Op>& ws, bool& bounded) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (kFusesFactoredOperands<Acc, Op>) {
+    if (K % 16 != 0) return false;
+    using gemm_impl::load16_as_float;
+    const __m512 vfloor = _mm512_set1_ps(floor), vscale = _mm512_set1_ps(scale);
+    const __m512d bound = _mm512_set1_pd(kFactoredDecayBound);
+    __mmask8 within = 0xFF;
+    for (Index r = 0; r < L; ++r) {
+      double* Gr = ws.Gd + r * K;
+      __m512 diag = _mm512_setzero_ps();
+      for (Index j = 0; j < K; j += 16) {
+        __m512 x = _mm512_setzero_ps();
+        if (g.p) {
+          x = load16_as_float(g.row(r) + j);
+          x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vfloor, _CMP_LT_OQ), x, vfloor);  // NaN stays NaN
+        }
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+        if (r > 0) {
+          lo = _mm512_add_pd(lo, _mm512_loadu_pd(Gr - K + j));
+          hi = _mm512_add_pd(hi, _mm512_loadu_pd(Gr - K + j + 8));
+        }
+        _mm512_storeu_pd(Gr + j, lo);
+        _mm512_storeu_pd(Gr + j + 8, hi);
+        within &= _mm512_cmp_pd_mask(_mm512_abs_pd(lo), bound, _CMP_LE_OQ);  // NaN fails
+        within &= _mm512_cmp_pd_mask(_mm512_abs_pd(hi), bound, _CMP_LE_OQ);
+        const __m512 Gf = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+        const __m512 e = Eigen::internal::pexp<Eigen::internal::Packet16f>(Gf), d = reciprocal16(e);
+        _mm512_storeu_ps(ws.eg + r * K + j, e);
+        _mm512_storeu_ps(ws.dec + r * K + j, d);
+        const __m512 qv = load16_as_float(q.row(r) + j), kv = load16_as_float(k.row(r) + j);
+        if (qa) _mm512_storeu_ps(qa + r * K + j, qv);
+        if (ka) _mm512_storeu_ps(ka + r * K + j, kv);
+        store16_operand(ws.qg + r * K + j, _mm512_mul_ps(_mm512_mul_ps(qv, e), vscale));
+        store16_operand(ws.kg + r * K + j, _mm512_mul_ps(kv, d));
+        diag = _mm512_fmadd_ps(qv, kv, diag);
+      }
+      ws.Ad[r] = scale * _mm512_reduce_add_ps(diag);
+    }
+    bounded = within == 0xFF;
+    return true;
+  }
+#endif
+  (void)q, (void)k, (void)g, (void)floor, (void)scale, (void)L, (void)K, (void)qa, (void)ka, (void)ws, (void)bounded;
+  return false;
+}
+
+/// The factored path's row loops of chunk_bwd_tile after its products, fused for K a multiple of 16 (the cases of
+/// backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
+/// dgl = e^{Gl} ⊙ rowsum(S⊙dH) on entry (ws.qf, ws.dgl): dq_t ← dq_t ⊙ e^{G_t} scale, dk_t ← dk_t ⊙ e^{−G_t},
+/// decl = e^{−G_t} ⊙ el, kg_t = k_t ⊙ decl (operand), tmp_t ← tmp_t ⊙ decl (dk's inter-chunk term), dg_t = dgl,
+/// dgl += k_t ⊙ tmp_t. Then last row first: dgl += q_t⊙dq_t − k_t⊙dk_t, dg_t += dgl, dq_t += dA[t,t] k_t,
+/// dk_t += tmp_t + dA[t,t] q_t. The reverse loop needs dv's products to have read kg first: it runs from
+/// `reverse` = true, after them. qr, kr [L×K] rows in Acc.
+template <class Acc, class Op>
+bool backward_row_updates(Rows<Acc> qr, Rows<Acc> kr, Acc scale, Index L, Index K, const BwdScratch<Acc, Op>& ws,
+                          bool reverse) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (kFusesFactoredOperands<Acc, Op>) {
+    if (K % 16 != 0) return false;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    if (!reverse) {
+      for (Index t = 0; t < L; ++t) {
+        const Index o = t * K;
+        for (Index j = 0; j < K; j += 16) {
+          const __m512 dec = _mm512_loadu_ps(ws.dec + o + j), kv = _mm512_loadu_ps(kr.row(t) + j);
+          _mm512_storeu_ps(ws.dq + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dq + o + j),
+                                                        _mm512_mul_ps(_mm512_loadu_ps(ws.eg + o + j), vscale)));
+          _mm512_storeu_ps(ws.dk + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dk + o + j), dec));
+          const __m512 decl = _mm512_mul_ps(dec, _mm512_loadu_ps(ws.qf + j));
+          store16_operand(ws.kg + o + j, _mm512_mul_ps(kv, decl));
+          const __m512 dki = _mm512_mul_ps(_mm512_loadu_ps(ws.tmp + o + j), decl);
+          _mm512_storeu_ps(ws.tmp + o + j, dki);
+          const __m512 dgl = _mm512_loadu_ps(ws.dgl + j);
+          _mm512_storeu_ps(ws.dg + o + j, dgl);
+          _mm512_storeu_ps(ws.dgl + j, _mm512_add_ps(dgl, _mm512_mul_ps(kv, dki)));
+        }
+      }
+      return true;
+    }
+    std::fill_n(ws.dgl, K, Acc(0));
+    for (Index t = L - 1; t >= 0; --t) {
+      const Index o = t * K;
+      const __m512 dAd = _mm512_set1_ps(ws.dAd[t]);
+      for (Index j = 0; j < K; j += 16) {
+        const __m512 qv = _mm512_loadu_ps(qr.row(t) + j), kv = _mm512_loadu_ps(kr.row(t) + j);
+        const __m512 dq = _mm512_loadu_ps(ws.dq + o + j), dk = _mm512_loadu_ps(ws.dk + o + j);
+        const __m512 dgl =
+            _mm512_add_ps(_mm512_loadu_ps(ws.dgl + j), _mm512_sub_ps(_mm512_mul_ps(qv, dq), _mm512_mul_ps(kv, dk)));
+        _mm512_storeu_ps(ws.dgl + j, dgl);
+        _mm512_storeu_ps(ws.dg + o + j, _mm512_add_ps(_mm512_loadu_ps(ws.dg + o + j), dgl));
+        _mm512_storeu_ps(ws.dq + o + j, _mm512_add_ps(dq, _mm512_mul_ps(dAd, kv)));
+        _mm512_storeu_ps(ws.dk + o + j,
+                         _mm512_add_ps(dk, _mm512_add_ps(_mm512_loadu_ps(ws.tmp + o + j), _mm512_mul_ps(dAd, qv))));
+      }
+    }
+    return true;
+  }
+#endif
+  (void)qr, (void)kr, (void)scale, (void)L, (void)K, (void)ws, (void)reverse;
+  return false;
+}
+
 /// The gradients of one chunk of L tokens of GLA, into ws.dq, ws.dk, ws.dg [L×K] and ws.dv [L×V] (dg = ∂L/∂ the
 /// raw per-step gate):
 ///   q, k, g (raw per-step log gate; absent = no decay) [L×K] and v, do_ [L×V]: input rows;
@@ -253,8 +367,19 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // q and k in Acc for the elementwise work, copied to contiguous tiles where a head's rows are a page or more
   // apart: the dg loop reads them again last row first, which the hardware prefetchers do not follow across pages
   // (the copy made the backward 2–4% faster at the prefill shape). v and do_ as product operands.
-  const Rows<Acc> qr = rows_in<Acc>(q_in, L, K, ws.qa, /*copy_strided=*/true),
-                  kr = rows_in<Acc>(k_in, L, K, ws.ka, /*copy_strided=*/true);
+  const bool copy_q = rows_in_copies<Acc>(q_in, K, /*copy_strided=*/true),
+             copy_k = rows_in_copies<Acc>(k_in, K, /*copy_strided=*/true);
+  bool factored = true;
+  const bool fused = backward_row_operands(q_in, k_in, g, floor, scale, L, K, copy_q ? ws.qa : nullptr,
+                                           copy_k ? ws.ka : nullptr, ws, factored);
+  const auto acc_rows = [&](Rows<In> src, Acc* copy, bool copied) -> Rows<Acc> {
+    if (!fused) return rows_in<Acc>(src, L, K, copy, /*copy_strided=*/true);
+    if constexpr (std::is_same_v<In, Acc>) {
+      if (!copied) return src;
+    }
+    return {copy, K};
+  };
+  const Rows<Acc> qr = acc_rows(q_in, ws.qa, copy_q), kr = acc_rows(k_in, ws.ka, copy_k);
   const auto q = [&](Index r) { return ConstRowArrMap<Acc>(qr.row(r), K); };
   const auto k = [&](Index r) { return ConstRowArrMap<Acc>(kr.row(r), K); };
   const auto row = [K](Acc* base, Index r) { return RowArrMap<Acc>(base + r * K, K); };
@@ -264,10 +389,10 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // NaN stays NaN; no gate: G = 0). While every row so far is within kFactoredDecayBound, the same loop forms the
   // factored path's operands from the row while it is in L1: e^{G}, e^{−G}, qg = scale · q ⊙ e^{G}, kg = k ⊙ e^{−G}
   // and A's diagonal; a chunk that leaves the bound takes the sub-chunk path, which forms its own.
+  // backward_row_operands did all this in one pass where it runs.
   MapD G(ws.Gd, L, K);
   RowArrMap<Acc> gate(ws.f, K);
-  bool factored = true;
-  for (Index r = 0; r < L; ++r) {
+  for (Index r = 0; r < L && !fused; ++r) {
     if (g.p) {
       floored_gate_row(g, r, K, floor, ws.f);
       if (r == 0)
@@ -421,7 +546,8 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
     dgl = el * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
   }
   gn = G.row(L - 1);
-  for (Index t = 0; t < L; ++t) {  // forward: the pending scalings, decl, kg = k ⊙ decl, and Σ_{s<t}
+  const bool fused_rows = factored && backward_row_updates(qr, kr, scale, L, K, ws, /*reverse=*/false);
+  for (Index t = 0; t < L && !fused_rows; ++t) {  // forward: the pending scalings, decl, kg = k ⊙ decl, and Σ_{s<t}
     RowArrMap<Acc> decl = row(ws.dec, t);
     if (factored) {
       row(ws.dq, t) *= row(ws.eg, t) * scale;
@@ -439,6 +565,10 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   const Op* Aop = ws.A_operand(L, BT);
   lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);   // dv = Aᵀ do_
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
+  if (fused_rows) {
+    backward_row_updates(qr, kr, scale, L, K, ws, /*reverse=*/true);
+    return {ws.qg, ws.eg, doop};
+  }
   dgl.setZero();
   for (Index t = L - 1; t >= 0; --t) {  // reverse: Σ_{s>=t}, then dk_inter and the self terms
     RowArrMap<Acc> dqt = row(ws.dq, t), dkt = row(ws.dk, t);

@@ -252,12 +252,20 @@ inline constexpr Index kStridedOperandBytes = 4096;
 /// Rows [0, L) × [0, W) of a strided block in scalar To: the block itself when its scalar is To and its rows are
 /// contiguous, or less than kStridedOperandBytes apart, or copy_strided is false; else a contiguous copy, converted
 /// to To, in `scratch` [L×W].
+/// Whether rows_in copies these rows (else it returns them as they are).
+template <class To, class In>
+bool rows_in_copies(Rows<In> src, Index W, bool copy_strided) {
+  if constexpr (std::is_same_v<To, In>)
+    return src.p != nullptr && src.ld != W && copy_strided &&
+           src.ld * static_cast<Index>(sizeof(In)) >= kStridedOperandBytes;
+  else
+    return true;
+}
+
 template <class To, class In>
 Rows<To> rows_in(Rows<In> src, Index L, Index W, To* scratch, bool copy_strided) {
   if constexpr (std::is_same_v<To, In>) {
-    if (src.ld == W || src.p == nullptr || !copy_strided ||
-        src.ld * static_cast<Index>(sizeof(In)) < kStridedOperandBytes)
-      return src;
+    if (!rows_in_copies<To>(src, W, copy_strided)) return src;
   }
   convert_rows(src, L, W, scratch);
   return {scratch, W};
