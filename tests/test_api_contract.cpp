@@ -448,8 +448,8 @@ TEST_CASE("parallel engine: results are bit-identical for 1 to 4 threads with un
 #if defined(__linux__)
 TEST_CASE("parallel engine: workers that share the caller's only CPU leave the job to the caller", "[api][engine]") {
   // Every thread of the pool confined to the caller's CPU, as when another process keeps the other cores busy: a
-  // worker woken there would take the caller's place and could be preempted in the middle of an item, so it must
-  // claim nothing. Items yield the CPU, which gives a worker every chance to run and claim one.
+  // worker woken there would take the caller's place and could be preempted in the middle of an item, so in a short
+  // job it must claim nothing. Items yield the CPU, which gives a worker every chance to run and claim one.
   ThreadCountGuard guard;
   cpu_set_t saved;
   const int cpu = sched_getcpu();
@@ -469,6 +469,8 @@ TEST_CASE("parallel engine: workers that share the caller's only CPU leave the j
   };
   const int threads = pool_size() + 1;
   gla::set_num_threads(threads);
+  // A job that is short: workers share long ones (the scheduler has time to move them to another CPU).
+  detail::parallel_for(2, [](Index, int) {});
   for (int job = 0; job < 6; ++job) {
     std::vector<int> ran_on(64, -1);
     detail::parallel_for(64, [&](Index i, int w) {

@@ -229,8 +229,10 @@ struct StepOperands {
 /// rounded to Acc, ws.eg) and its reciprocal (ws.dec), qg_r = scale q_r ⊙ e^{G_r}, kg_r = k_r ⊙ e^{−G_r} and A's
 /// diagonal scale q_r·k_r (ws.Ad); and q_r, k_r copied into qa, ka where those are not null (the contiguous tiles
 /// rows_in would make). Each value but A's diagonal (summed in another order) is the separate loop's, operation for
-/// operation. `bounded`: decay_is_bounded over the whole chunk; when false, the factored operands are not to be used
-/// (their factors may overflow) but G and the copies are right for the sub-chunk path.
+/// operation: against the separate loops, float dq, dk and dg came out bit-identical and dv differed in its last bits
+/// (through A's diagonal); bfloat16 outputs were identical. `bounded`: decay_is_bounded over the whole chunk; when
+/// false, the factored operands are not to be used (their factors may overflow) but G and the copies are right for
+/// the sub-chunk path.
 template <class Acc, class Op, class In>
 bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale, Index L, Index K, Acc* qa, Acc* ka,
                            const BwdScratch<Acc, Op>& ws, bool& bounded) {
@@ -285,9 +287,9 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
 /// backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
 /// dgl = e^{Gl} ⊙ rowsum(S⊙dH) on entry (ws.qf, ws.dgl): dq_t ← dq_t ⊙ e^{G_t} scale, dk_t ← dk_t ⊙ e^{−G_t},
 /// decl = e^{−G_t} ⊙ el, kg_t = k_t ⊙ decl (operand), tmp_t ← tmp_t ⊙ decl (dk's inter-chunk term), dg_t = dgl,
-/// dgl += k_t ⊙ tmp_t. Then last row first: dgl += q_t⊙dq_t − k_t⊙dk_t, dg_t += dgl, dq_t += dA[t,t] k_t,
-/// dk_t += tmp_t + dA[t,t] q_t. The reverse loop needs dv's products to have read kg first: it runs from
-/// `reverse` = true, after them. qr, kr [L×K] rows in Acc.
+/// dgl += k_t ⊙ tmp_t. Then, in a second call (`reverse` = true, where the separate loop runs: after dv's products),
+/// last row first: dgl += q_t⊙dq_t − k_t⊙dk_t, dg_t += dgl, dq_t += dA[t,t] k_t, dk_t += tmp_t + dA[t,t] q_t.
+/// qr, kr [L×K] rows in Acc.
 template <class Acc, class Op>
 bool backward_row_updates(Rows<Acc> qr, Rows<Acc> kr, Acc scale, Index L, Index K, const BwdScratch<Acc, Op>& ws,
                           bool reverse) {
