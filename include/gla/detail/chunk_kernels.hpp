@@ -249,9 +249,6 @@ inline constexpr bool kCopiesStridedOperands = gemm_uses_libxsmm() && std::is_sa
 /// The row stride (bytes) from which rows count as strided: a page.
 inline constexpr Index kStridedOperandBytes = 4096;
 
-/// Rows [0, L) × [0, W) of a strided block in scalar To: the block itself when its scalar is To and its rows are
-/// contiguous, or less than kStridedOperandBytes apart, or copy_strided is false; else a contiguous copy, converted
-/// to To, in `scratch` [L×W].
 /// Whether rows_in copies these rows (else it returns them as they are).
 template <class To, class In>
 bool rows_in_copies(Rows<In> src, Index W, bool copy_strided) {
@@ -262,6 +259,9 @@ bool rows_in_copies(Rows<In> src, Index W, bool copy_strided) {
     return true;
 }
 
+/// Rows [0, L) × [0, W) of a strided block in scalar To: the block itself when its scalar is To and its rows are
+/// contiguous, or less than kStridedOperandBytes apart, or copy_strided is false; else a contiguous copy, converted
+/// to To, in `scratch` [L×W].
 template <class To, class In>
 Rows<To> rows_in(Rows<In> src, Index L, Index W, To* scratch, bool copy_strided) {
   if constexpr (std::is_same_v<To, In>) {
