@@ -247,11 +247,7 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
       double* Gr = ws.Gd + r * K;
       __m512 diag = _mm512_setzero_ps();
       for (Index j = 0; j < K; j += 16) {
-        __m512 x = _mm512_setzero_ps();
-        if (g.p) {
-          x = load16_as_float(g.row(r) + j);
-          x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vfloor, _CMP_LT_OQ), x, vfloor);  // NaN stays NaN
-        }
+        const __m512 x = g.p ? floored_gate16(g.row(r) + j, vfloor) : _mm512_setzero_ps();
         __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
         __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
         if (r > 0) {
@@ -283,39 +279,48 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
   return false;
 }
 
-/// The factored path's row loops of chunk_bwd_tile after its products, fused for K a multiple of 16 (the cases of
-/// backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
+/// The factored path's first row loop of chunk_bwd_tile after its products, fused for K a multiple of 16 (the cases
+/// of backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
 /// dgl = e^{Gl} ⊙ rowsum(S⊙dH) on entry (ws.qf, ws.dgl): dq_t ← dq_t ⊙ e^{G_t} scale, dk_t ← dk_t ⊙ e^{−G_t},
 /// decl = e^{−G_t} ⊙ el, kg_t = k_t ⊙ decl (operand), tmp_t ← tmp_t ⊙ decl (dk's inter-chunk term), dg_t = dgl,
-/// dgl += k_t ⊙ tmp_t. Then, in a second call (`reverse` = true, where the separate loop runs: after dv's products),
-/// last row first: dgl += q_t⊙dq_t − k_t⊙dk_t, dg_t += dgl, dq_t += dA[t,t] k_t, dk_t += tmp_t + dA[t,t] q_t.
-/// qr, kr [L×K] rows in Acc.
+/// dgl += k_t ⊙ tmp_t. kr [L×K] rows in Acc.
 template <class Acc, class Op>
-bool backward_row_updates(Rows<Acc> qr, Rows<Acc> kr, Acc scale, Index L, Index K, const BwdScratch<Acc, Op>& ws,
-                          bool reverse) {
+bool backward_row_scalings(Rows<Acc> kr, Acc scale, Index L, Index K, const BwdScratch<Acc, Op>& ws) {
 #if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (kFusesFactoredOperands<Acc, Op>) {
     if (K % 16 != 0) return false;
     const __m512 vscale = _mm512_set1_ps(scale);
-    if (!reverse) {
-      for (Index t = 0; t < L; ++t) {
-        const Index o = t * K;
-        for (Index j = 0; j < K; j += 16) {
-          const __m512 dec = _mm512_loadu_ps(ws.dec + o + j), kv = _mm512_loadu_ps(kr.row(t) + j);
-          _mm512_storeu_ps(ws.dq + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dq + o + j),
-                                                        _mm512_mul_ps(_mm512_loadu_ps(ws.eg + o + j), vscale)));
-          _mm512_storeu_ps(ws.dk + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dk + o + j), dec));
-          const __m512 decl = _mm512_mul_ps(dec, _mm512_loadu_ps(ws.qf + j));
-          store16_operand(ws.kg + o + j, _mm512_mul_ps(kv, decl));
-          const __m512 dki = _mm512_mul_ps(_mm512_loadu_ps(ws.tmp + o + j), decl);
-          _mm512_storeu_ps(ws.tmp + o + j, dki);
-          const __m512 dgl = _mm512_loadu_ps(ws.dgl + j);
-          _mm512_storeu_ps(ws.dg + o + j, dgl);
-          _mm512_storeu_ps(ws.dgl + j, _mm512_add_ps(dgl, _mm512_mul_ps(kv, dki)));
-        }
+    for (Index t = 0; t < L; ++t) {
+      const Index o = t * K;
+      for (Index j = 0; j < K; j += 16) {
+        const __m512 dec = _mm512_loadu_ps(ws.dec + o + j), kv = _mm512_loadu_ps(kr.row(t) + j);
+        _mm512_storeu_ps(ws.dq + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dq + o + j),
+                                                      _mm512_mul_ps(_mm512_loadu_ps(ws.eg + o + j), vscale)));
+        _mm512_storeu_ps(ws.dk + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dk + o + j), dec));
+        const __m512 decl = _mm512_mul_ps(dec, _mm512_loadu_ps(ws.qf + j));
+        store16_operand(ws.kg + o + j, _mm512_mul_ps(kv, decl));
+        const __m512 dki = _mm512_mul_ps(_mm512_loadu_ps(ws.tmp + o + j), decl);
+        _mm512_storeu_ps(ws.tmp + o + j, dki);
+        const __m512 dgl = _mm512_loadu_ps(ws.dgl + j);
+        _mm512_storeu_ps(ws.dg + o + j, dgl);
+        _mm512_storeu_ps(ws.dgl + j, _mm512_add_ps(dgl, _mm512_mul_ps(kv, dki)));
       }
-      return true;
     }
+    return true;
+  }
+#endif
+  (void)kr, (void)scale, (void)L, (void)K, (void)ws;
+  return false;
+}
+
+/// The factored path's last row loop of chunk_bwd_tile, where the separate loop runs (after dv's products), for the
+/// cases of backward_row_scalings (false, with nothing done, otherwise). Last row first: dgl += q_t⊙dq_t − k_t⊙dk_t,
+/// dg_t += dgl, dq_t += dA[t,t] k_t, dk_t += tmp_t + dA[t,t] q_t. qr, kr [L×K] rows in Acc.
+template <class Acc, class Op>
+bool backward_row_sums(Rows<Acc> qr, Rows<Acc> kr, Index L, Index K, const BwdScratch<Acc, Op>& ws) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (kFusesFactoredOperands<Acc, Op>) {
+    if (K % 16 != 0) return false;
     std::fill_n(ws.dgl, K, Acc(0));
     for (Index t = L - 1; t >= 0; --t) {
       const Index o = t * K;
@@ -335,7 +340,7 @@ bool backward_row_updates(Rows<Acc> qr, Rows<Acc> kr, Acc scale, Index L, Index 
     return true;
   }
 #endif
-  (void)qr, (void)kr, (void)scale, (void)L, (void)K, (void)ws, (void)reverse;
+  (void)qr, (void)kr, (void)L, (void)K, (void)ws;
   return false;
 }
 
@@ -548,7 +553,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
     dgl = el * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
   }
   gn = G.row(L - 1);
-  const bool fused_rows = factored && backward_row_updates(qr, kr, scale, L, K, ws, /*reverse=*/false);
+  const bool fused_rows = factored && backward_row_scalings(kr, scale, L, K, ws);
   for (Index t = 0; t < L && !fused_rows; ++t) {  // forward: the pending scalings, decl, kg = k ⊙ decl, and Σ_{s<t}
     RowArrMap<Acc> decl = row(ws.dec, t);
     if (factored) {
@@ -568,7 +573,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   lower_transposed_times<Op>(h, L, V, Aop, BT, doop.p, doop.ld, ws.dv, V);   // dv = Aᵀ do_
   gemm<Op>(Trans::N, Trans::N, L, V, K, ws.kg, K, dHop, V, true, ws.dv, V);  // dv += (k ⊙ decl) dH
   if (fused_rows) {
-    backward_row_updates(qr, kr, scale, L, K, ws, /*reverse=*/true);
+    backward_row_sums(qr, kr, L, K, ws);
     return {ws.qg, ws.eg, doop};
   }
   dgl.setZero();

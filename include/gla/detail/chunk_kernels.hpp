@@ -340,6 +340,16 @@ inline void store16_operand(Op* dst, __m512 x) {
 }
 #endif
 
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+/// 16 per-step gates from g_row (float or a 16-bit scalar) as floats, each below `vfloor` raised to it:
+/// floored_gate_row on one vector (a compare and blend rather than max, so that NaN stays NaN).
+template <class In>
+inline __m512 floored_gate16(const In* g_row, __m512 vfloor) {
+  const __m512 x = gemm_impl::load16_as_float(g_row);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vfloor, _CMP_LT_OQ), x, vfloor);
+}
+#endif
+
 /// The chunk's gate cumsum and the factored path's operands in one pass over its rows, for K a multiple of 16
 /// (kFusesFactoredOperands; false, with nothing written, otherwise): per row r, 16 columns at a time and while
 /// they are in registers, G_r = G_{r−1} + floored g_r (into G), e^{G_r}, qg_r = scale q_r ⊙ e^{G_r} and
@@ -362,11 +372,7 @@ bool factored_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale,
     for (Index r = 0; r < L; ++r) {
       Acc* Gr = G + r * K;
       for (Index j = 0; j < K; j += 16) {
-        __m512 x = _mm512_setzero_ps();
-        if (g.p) {
-          x = load16_as_float(g.row(r) + j);
-          x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vfloor, _CMP_LT_OQ), x, vfloor);  // NaN stays NaN
-        }
+        __m512 x = g.p ? floored_gate16(g.row(r) + j, vfloor) : _mm512_setzero_ps();
         if (r > 0) x = _mm512_add_ps(x, _mm512_loadu_ps(Gr - K + j));
         _mm512_storeu_ps(Gr + j, x);
         within &= _mm512_cmp_ps_mask(_mm512_abs_ps(x), bound, _CMP_LE_OQ);  // NaN fails
