@@ -49,11 +49,7 @@ bool bit_equal(const TA& a, const TB& b) {
   return true;
 }
 
-/// Restores the engine's thread count when a test changes it.
-struct ThreadCountGuard {
-  int saved = gla::get_num_threads();
-  ~ThreadCountGuard() { gla::set_num_threads(saved); }
-};
+using gla::test::ThreadCountGuard;
 
 }  // namespace
 

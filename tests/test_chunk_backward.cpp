@@ -13,10 +13,6 @@
 #include <cstdlib>
 #include <iostream>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 using namespace gla;
 using gla::test::compare;
 using gla::test::Diff;
@@ -517,7 +513,6 @@ TEST_CASE("chunk backward: varlen equals per-sequence calls", "[chunk][backward]
   }
 }
 
-#ifdef _OPENMP
 TEST_CASE("chunk backward: results do not depend on the thread count", "[chunk][backward]") {
   Case c;
   c.T = 300;
@@ -529,19 +524,17 @@ TEST_CASE("chunk backward: results do not depend on the thread count", "[chunk][
   const GLAOptions o = options(c, in);
   const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>(),
                          do_ = in.do_.cast<float>();
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
+  gla::test::ThreadCountGuard guard;
+  gla::set_num_threads(1);
   const auto one = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
-  omp_set_num_threads(3);
+  gla::set_num_threads(3);
   const auto three = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
-  omp_set_num_threads(saved);
   CHECK(tensors_equal(one.dq, three.dq));
   CHECK(tensors_equal(one.dk, three.dk));
   CHECK(tensors_equal(one.dv, three.dv));
   CHECK(tensors_equal(one.dg, three.dg));
   CHECK(tensors_equal(one.dh0, three.dh0));
 }
-#endif
 
 namespace {
 

@@ -8,10 +8,6 @@
 #include "support/catch.hpp"
 #include "support/test_utils.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 using namespace gla;
 using gla::test::compare;
 
@@ -110,22 +106,17 @@ TEST_CASE("chunk equivalence: state_v_first is the transpose", "[chunk]") {
 }
 
 TEST_CASE("chunk equivalence: results do not depend on the thread count", "[chunk][threads]") {
-#ifdef _OPENMP
   const bool fused = GENERATE(false, true);
   const Data d = make(2, 300, 3, 32, 16, 2, 14);
   GLAOptions o;
   o.output_final_state = true;
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
+  gla::test::ThreadCountGuard guard;
+  gla::set_num_threads(1);
   const auto one = run(fused, d, o);
-  omp_set_num_threads(2);
+  gla::set_num_threads(2);
   const auto two = run(fused, d, o);
-  omp_set_num_threads(saved);
   CHECK(compare(one.o, two.o).max_abs == 0.0);
   CHECK(compare(*one.final_state, *two.final_state).max_abs == 0.0);
-#else
-  SUCCEED("built without OpenMP: single-threaded by construction");
-#endif
 }
 
 TEST_CASE("chunk errors: every bad argument raises gla::Error and leaves outputs untouched", "[chunk][errors]") {

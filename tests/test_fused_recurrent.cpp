@@ -13,10 +13,6 @@
 #include <array>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 using namespace gla;
 using test::RecCase;
 using test::RecInputs;
@@ -354,19 +350,51 @@ TEST_CASE("fused_recurrent_gla forward: results do not depend on the thread coun
   const auto run = [&] {
     return fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(c), in.gv_view(c), in.opts);
   };
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
+  test::ThreadCountGuard guard;
+  set_num_threads(1);
   const auto a = run();
-  omp_set_num_threads(2);
+  set_num_threads(2);
   const auto b = run();
-  omp_set_num_threads(saved);
-#else
-  const auto a = run();
-  const auto b = run();
-#endif
   CHECK(test::compare(a.o, b.o).max_abs == 0);
   CHECK(test::compare(*a.final_state, *b.final_state).max_abs == 0);
+}
+
+// An o of 4 MiB and more is written with non-temporal stores (kStreamingOutputBytes), by every value tile of a
+// head when a head splits over threads. B1 H1 T8192 K=V=128: one head in value tiles; V=100: tiles that start
+// mid-line; bf16: 4 MiB of bf16 output.
+TEST_CASE("fused_recurrent_gla forward: outputs of 4 MiB and more (non-temporal stores) against the float64 reference",
+          "[fused_recurrent][forward]") {
+  test::ThreadCountGuard guard;
+  RecCase one_head;
+  one_head.T = 8192;
+  one_head.K = one_head.V = 128;
+  one_head.gates = test::kGkOnly;
+  one_head.h0 = false;
+  RecCase mid_line;
+  mid_line.T = 2700;
+  mid_line.H = 4;
+  mid_line.K = 60;
+  mid_line.V = 100;
+  for (const int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    INFO("threads " << threads);
+    check_forward<float>(one_head, 470);
+    check_forward<float>(mid_line, 471);
+  }
+  RecCase bf16 = one_head;
+  bf16.T = 16384;
+  bf16.K = 64;
+  set_num_threads(2);
+  check_forward<Eigen::bfloat16>(bf16, 472);
+
+  RecInputs<float> in;
+  test::make_rec_inputs(in, one_head, 473);
+  const auto run = [&] { return fused_recurrent_gla(view(in.q), view(in.k), view(in.v), in.gk_view(one_head)); };
+  set_num_threads(1);
+  const auto a = run();
+  set_num_threads(2);
+  const auto b = run();
+  CHECK(test::compare(a.o, b.o).max_abs == 0);
 }
 
 TEMPLATE_TEST_CASE("fused_recurrent_gla forward: extras gamma and state clamps match the reference",

@@ -13,10 +13,6 @@
 #include <array>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 using namespace gla;
 using test::RecCase;
 using test::RecInputs;
@@ -355,17 +351,14 @@ TEST_CASE("fused_recurrent_gla_backward: convenience API, absent gradients, dh0 
   CHECK(test::compare(b.dk, a.dk).max_abs == 0);  // dk, dv do not depend on the states
   CHECK(test::compare(b.dv, a.dv).max_abs == 0);
 
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
+  test::ThreadCountGuard guard;
+  set_num_threads(1);
   const auto t1 = run();
-  omp_set_num_threads(2);
+  set_num_threads(2);
   const auto t2 = run();
-  omp_set_num_threads(saved);
   CHECK(test::compare(t1.dq, t2.dq).max_abs == 0);
   CHECK(test::compare(*t1.dgk, *t2.dgk).max_abs == 0);
   CHECK(test::compare(*t1.dh0, *t2.dh0).max_abs == 0);
-#endif
 }
 
 namespace {

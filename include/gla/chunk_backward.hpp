@@ -181,7 +181,7 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
 template <class Acc, class Op>
 struct ChunkBwdPlan {
   // The states before the chunks: [ΣNT,H,K,V] for the separate pass; with the gradients in the reverse sweep,
-  // per worker the states of one head group, [chunk][head of the group][K×V] (h_per_worker accumulators each).
+  // per worker the states of one head group, [chunk][head of the group][K×V] (h_per_worker accumulators apart).
   Acc* h = nullptr;
   Index h_per_worker = 0;
   Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk (separate pass only)
@@ -215,7 +215,8 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
   const bool in_sweep = backward_blocks_in_sweep(s, sweep);
   const int sweepers = parallel_workers(static_cast<Index>(sweep.size()));
   if (in_sweep) {
-    p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V;
+    // Each worker's states start Arena::kWorkerGap bytes past the previous worker's (see Arena::worker_gap).
+    p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V + static_cast<Index>(Arena::kWorkerGap / sizeof(Acc));
     p.h = a.take<Acc>(sweepers * p.h_per_worker);
   } else {
     p.h = a.take<Acc>(states * s.H * s.K * s.V);
@@ -224,7 +225,10 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
   p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
                                   max_group_heads(sweep));
   const int blocks = in_sweep ? sweepers : parallel_workers(block_items);
-  for (int i = 0; i < blocks; ++i) p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
+  for (int i = 0; i < blocks; ++i) {
+    a.worker_gap();  // also apart from the last sweep worker's scratch
+    p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
+  }
   return p;
 }
 

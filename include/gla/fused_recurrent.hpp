@@ -364,13 +364,22 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
   Scratch scratch;
   const auto ws = scratch.carve(opts.workspace, [&](Arena& a) {
     std::vector<RecurrentScratch<Acc>> w;
-    for (int i = 0; i < parallel_workers(n_items); ++i) w.push_back(RecurrentScratch<Acc>::plan(a, K, Vmax));
+    for (int i = 0; i < parallel_workers(n_items); ++i) {
+      if (i > 0) a.worker_gap();
+      w.push_back(RecurrentScratch<Acc>::plan(a, K, Vmax));
+    }
+    a.worker_gap();
     return w;
   });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
   const bool v_first = opts.state_v_first;
   const bool in_place = std::is_same_v<Acc, float> && ht != nullptr;
   const bool any_gk = gk.has_value() || !opts.gamma.empty();
+  // A large o streams past the cache as in the chunked kernels. Here it also keeps apart the cores that share a
+  // head: each writes its value tile's part of every o row, next to the other's, and plain stores (each line read
+  // for ownership, the lines around it prefetched) passed lines between the cores at every token (B1 H1 T8192 on
+  // 2 threads: 1.47x the 1-thread speed with plain stores, 1.65x streaming; docs/PERFORMANCE.md).
+  const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
 
   const auto run = [&](auto vfirst_c, auto gk_c, auto gv_c) {
     constexpr bool VFirst = decltype(vfirst_c)::value, Gk = decltype(gk_c)::value, Gv = decltype(gv_c)::value;
@@ -406,9 +415,22 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
           src = nullptr;
         }
       }
+      // A head's rows of consecutive tokens lie H·K (H·V) elements apart: a page or more at fla's shapes, where the
+      // hardware prefetchers stop, so the rows kRowsAhead tokens on are asked for while this token computes.
+      constexpr Index kRowsAhead = 4;
+      const auto prefetch_token = [&](Index i) {
+        const Index t = recurrent_step_time(sq, i, opts.reverse);
+        const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
+        prefetch_rows(Rows<T>{q.data() + rowk, 0}, 1, K);
+        prefetch_rows(Rows<T>{k.data() + rowk, 0}, 1, K);
+        prefetch_rows(Rows<T>{v.data() + rowv, 0}, 1, Vt);
+        if (gk) prefetch_rows(Rows<T>{gk->data() + rowk, 0}, 1, K);
+        if (gv) prefetch_rows(Rows<T>{gv->data() + rowv, 0}, 1, Vt);
+      };
       for (Index i = 0; i < sq.len; ++i) {
         const Index t = recurrent_step_time(sq, i, opts.reverse);
         const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
+        if (i + kRowsAhead < sq.len) prefetch_token(i + kRowsAhead);
         convert_n(q.data() + rowk, w.q, K);
         convert_n(k.data() + rowk, w.k, K);
         convert_n(v.data() + rowv, w.v, Vt);
@@ -427,8 +449,12 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
         }
         recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, w.q, w.k, w.v, w.ek, w.ev, scale, lo, hi, w.o);
         src = dst;
-        convert_n(w.o, o.data() + rowv, Vt);
+        if (o_writes.streaming)
+          convert_n_streaming(w.o, o.data() + rowv, Vt);
+        else
+          convert_n(w.o, o.data() + rowv, Vt);
       }
+      if (o_writes.streaming) stream_fence();
       if (in_place) {
         if (sq.len == 0) {  // nothing ran: the final state is the initial state (or zero)
           for (Index r = 0; r < (VFirst ? Vt : K); ++r) {

@@ -3,6 +3,7 @@
 // and overridable with GLA_TEST_SEED), NaN-filled outputs, and fla-style gate generators.
 
 #include <gla/core.hpp>
+#include <gla/detail/parallel.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -15,6 +16,13 @@
 #include <vector>
 
 namespace gla::test {
+
+/// Restores the engine's thread count (gla::set_num_threads) when a test that changes it ends. OpenMP's own
+/// setting (omp_set_num_threads) does not change the engine's count once the engine has started.
+struct ThreadCountGuard {
+  int saved = gla::get_num_threads();
+  ~ThreadCountGuard() { gla::set_num_threads(saved); }
+};
 
 /// What compare() measured: relative RMS error (RMS(a−b) / (RMS(ref) + 1e-30)), max abs error,
 /// the flat index of the worst element and the count of non-finite values in the tested tensor.

@@ -197,7 +197,10 @@ template <class Acc, class Op>
 std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT, Index K, Index Vt, Index states = 1) {
   std::vector<ChunkScratch<Acc, Op>> w;
   const int n = parallel_workers(items);
-  for (int i = 0; i < n; ++i) w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt, states));
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) a.worker_gap();
+    w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt, states));
+  }
   return w;
 }
 
