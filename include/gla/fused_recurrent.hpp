@@ -431,23 +431,40 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
         const Index t = recurrent_step_time(sq, i, opts.reverse);
         const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
         if (i + kRowsAhead < sq.len) prefetch_token(i + kRowsAhead);
-        convert_n(q.data() + rowk, w.q, K);
-        convert_n(k.data() + rowk, w.k, K);
-        convert_n(v.data() + rowv, w.v, Vt);
+        // The token's rows in Acc: read in place when the inputs are Acc already, else converted into scratch.
+        const Acc *qr = w.q, *kr = w.k, *vr = w.v;
+        if constexpr (std::is_same_v<T, Acc>) {
+          qr = q.data() + rowk;
+          kr = k.data() + rowk;
+          vr = v.data() + rowv;
+        } else {
+          convert_n(q.data() + rowk, w.q, K);
+          convert_n(k.data() + rowk, w.k, K);
+          convert_n(v.data() + rowv, w.v, Vt);
+        }
         if constexpr (Gk) {
           RowArrMap<Acc> ek(w.ek, K);
           if (gk) {
-            convert_n(gk->data() + rowk, w.ek, K);
-            ek = ek.exp() * gam;
+            if constexpr (std::is_same_v<T, Acc>) {
+              ek = ConstRowArrMap<Acc>(gk->data() + rowk, K).exp() * gam;
+            } else {
+              convert_n(gk->data() + rowk, w.ek, K);
+              ek = ek.exp() * gam;
+            }
           } else {
             ek.setConstant(gam);
           }
         }
         if constexpr (Gv) {
-          convert_n(gv->data() + rowv, w.ev, Vt);
-          RowArrMap<Acc>(w.ev, Vt) = RowArrMap<Acc>(w.ev, Vt).exp();
+          RowArrMap<Acc> ev(w.ev, Vt);
+          if constexpr (std::is_same_v<T, Acc>) {
+            ev = ConstRowArrMap<Acc>(gv->data() + rowv, Vt).exp();
+          } else {
+            convert_n(gv->data() + rowv, w.ev, Vt);
+            ev = ev.exp();
+          }
         }
-        recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, w.q, w.k, w.v, w.ek, w.ev, scale, lo, hi, w.o);
+        recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, qr, kr, vr, w.ek, w.ev, scale, lo, hi, w.o);
         src = dst;
         if (o_writes.streaming)
           convert_n_streaming(w.o, o.data() + rowv, Vt);
