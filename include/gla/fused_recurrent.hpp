@@ -356,9 +356,9 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
   std::optional<Acc> lo, hi;
   if (opts.state_clamp_min) lo = static_cast<Acc>(*opts.state_clamp_min);
   if (opts.state_clamp_max) hi = static_cast<Acc>(*opts.state_clamp_max);
-  // Value tiles only where threads would idle: every tile repeats a token's per-row work (the rows' conversion,
-  // the gate's exponential), so a head splits into no more tiles than threads. Columns evolve independently, so the
-  // split does not change any result.
+  // Value tiles only where threads would idle: every tile repeats a token's per-row work (the gate's exponential,
+  // the rows' conversion from bf16 or half), so a head splits into no more tiles than threads. Columns evolve
+  // independently, so the split does not change any result.
   const std::vector<HeadTile> items = head_tiles(s, /*target=*/std::max(1, get_num_threads()), /*max_tiles=*/4);
   const Index n_items = static_cast<Index>(items.size()), Vmax = max_tile_width(items);
   Scratch scratch;
