@@ -340,6 +340,28 @@ struct RecurrentScratch {
   }
 };
 
+/// The recurrent forward's work items, (sequence, head, value tile): value tiles only where threads would idle,
+/// since every tile repeats a token's per-row work (the gate's exponential, the rows' conversion from bf16 or
+/// half), so a head splits into no more tiles than threads. Columns evolve independently, so the split does not
+/// change any result.
+inline std::vector<HeadTile> recurrent_items(const OpShape& s) {
+  return head_tiles(s, /*target=*/std::max(1, get_num_threads()), /*max_tiles=*/4);
+}
+
+/// One RecurrentScratch per worker of a parallel_for over `items`, each kWorkerGap apart from the next and from
+/// whatever follows the workspace (Arena::worker_gap).
+template <class Acc>
+std::vector<RecurrentScratch<Acc>> plan_recurrent(Arena& a, Index K, const std::vector<HeadTile>& items) {
+  std::vector<RecurrentScratch<Acc>> w;
+  const int workers = parallel_workers(static_cast<Index>(items.size()));
+  for (int i = 0; i < workers; ++i) {
+    if (i > 0) a.worker_gap();
+    w.push_back(RecurrentScratch<Acc>::plan(a, K, max_tile_width(items)));
+  }
+  a.worker_gap();
+  return w;
+}
+
 /// The recurrent forward after validation. Work items are (sequence, head, value tile) — value columns evolve
 /// independently, so a long sequence splits across threads with no extra work. With float accumulation and a
 /// final_state output, the state is updated directly in the final_state buffer in its own layout (K- or
@@ -356,21 +378,10 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
   std::optional<Acc> lo, hi;
   if (opts.state_clamp_min) lo = static_cast<Acc>(*opts.state_clamp_min);
   if (opts.state_clamp_max) hi = static_cast<Acc>(*opts.state_clamp_max);
-  // Value tiles only where threads would idle: every tile repeats a token's per-row work (the gate's exponential,
-  // the rows' conversion from bf16 or half), so a head splits into no more tiles than threads. Columns evolve
-  // independently, so the split does not change any result.
-  const std::vector<HeadTile> items = head_tiles(s, /*target=*/std::max(1, get_num_threads()), /*max_tiles=*/4);
-  const Index n_items = static_cast<Index>(items.size()), Vmax = max_tile_width(items);
+  const std::vector<HeadTile> items = recurrent_items(s);
+  const Index n_items = static_cast<Index>(items.size());
   Scratch scratch;
-  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) {
-    std::vector<RecurrentScratch<Acc>> w;
-    for (int i = 0; i < parallel_workers(n_items); ++i) {
-      if (i > 0) a.worker_gap();
-      w.push_back(RecurrentScratch<Acc>::plan(a, K, Vmax));
-    }
-    a.worker_gap();
-    return w;
-  });
+  const auto ws = scratch.carve(opts.workspace, [&](Arena& a) { return plan_recurrent<Acc>(a, K, items); });
   const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
   const bool v_first = opts.state_v_first;
   const bool in_place = std::is_same_v<Acc, float> && ht != nullptr;
@@ -534,6 +545,21 @@ inline void apply_gamma_decay(View<float, 4> states, const std::vector<float>& g
     }
 }
 
+/// Bytes of scratch fused_recurrent_gla needs for inputs of the given scalar and shape (see Workspace): one
+/// state tile and a token's rows per thread, so it depends on the thread count. chunk_size is ignored here as by
+/// the operator.
+template <class Scalar = float>
+std::size_t fused_recurrent_gla_workspace_size(Index B, Index T, Index H, Index K, Index V,
+                                               const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<Scalar>, "fused_recurrent_gla_workspace_size: unsupported scalar type");
+  GLAOptions o = opts;
+  o.initial_state.reset();
+  o.chunk_size = GLAOptions{}.chunk_size;
+  const detail::OpShape s = detail::shape_of("fused_recurrent_gla_workspace_size", B, T, H, K, V, o);
+  const std::vector<detail::HeadTile> items = detail::recurrent_items(s);
+  return detail::planned_bytes([&](detail::Arena& a) { return detail::plan_recurrent<acc_t<Scalar>>(a, K, items); });
+}
+
 /// fused_recurrent_gla core: writes o and the final states into caller-provided views.
 ///   S_t = diag(exp(gk_t)) · S_{t-1} · diag(exp(gv_t)) · gamma + k_t v_tᵀ  (then clamped), o_t = scale · q_tᵀ S_t
 /// per (sequence, head), S_0 = initial_state (or 0), time running backwards with opts.reverse.
@@ -549,8 +575,8 @@ inline void apply_gamma_decay(View<float, 4> states, const std::vector<float>& g
 /// and arithmetic are in acc_t<T>. With a final_state output (and float accumulation) the state is updated in
 /// that buffer in its own layout, so a one-token step (decoding) reads and writes each state element once.
 /// Threads: the parallel engine over (sequence, head, value tile), longest sequences first; deterministic.
-/// Scratch from opts.workspace (or allocated for the call), before any thread starts. Throws gla::Error before
-/// writing anything.
+/// Scratch (fused_recurrent_gla_workspace_size) from opts.workspace (or allocated for the call), before any thread
+/// starts. An o of 4 MiB or more is written with non-temporal stores. Throws gla::Error before writing anything.
 template <class Q>
 void fused_recurrent_gla_into(const Q& q_in, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
                               std::optional<ConstViewOf<Q, 4>> gk, std::optional<ConstViewOf<Q, 4>> gv,

@@ -104,6 +104,10 @@ class ThreadPool {
   /// Total threads including the caller.
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
+  /// A job at least this long (judged by the previous one) lasts long enough for the scheduler to move a worker
+  /// that woke on the caller's CPU to another one, where it adds throughput even beside another process.
+  static constexpr std::int64_t kLongJobNs = 2'000'000;
+
   /// Changes the number of threads (>= 1). Waits for a running job to finish.
   void resize(int threads) {
     std::lock_guard<std::mutex> job_lock(job_mutex_);
@@ -288,9 +292,6 @@ class ThreadPool {
   std::atomic<Index> count_{0};
   std::atomic<std::uint64_t> claim_{0};
   bool stop_ = false;
-  // A job at least this long (judged by the previous one) lasts long enough for the scheduler to move a worker
-  // that woke on the caller's CPU to another one, where it adds throughput even beside another process.
-  static constexpr std::int64_t kLongJobNs = 2'000'000;
   std::atomic<std::int64_t> last_job_ns_{0};  // how long the previous job took
   std::atomic<unsigned> crowded_{0};          // jobs in a row that a worker stood aside for (no free core)
   unsigned skipped_ = 0;              // jobs run on the caller alone in the current backoff window (job_mutex_)
