@@ -215,7 +215,7 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
   const bool in_sweep = backward_blocks_in_sweep(s, sweep);
   const int sweepers = parallel_workers(static_cast<Index>(sweep.size()));
   if (in_sweep) {
-    // Each worker's states start Arena::kWorkerGap bytes past the previous worker's (see Arena::worker_gap).
+    // Each worker's states start Arena::kWorkerGap bytes past the previous worker's (see Arena::worker_plans).
     p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V + static_cast<Index>(Arena::kWorkerGap / sizeof(Acc));
     p.h = a.take<Acc>(sweepers * p.h_per_worker);
   } else {
@@ -225,10 +225,7 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
   p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
                                   max_group_heads(sweep));
   const int blocks = in_sweep ? sweepers : parallel_workers(block_items);
-  for (int i = 0; i < blocks; ++i) {
-    a.worker_gap();  // also apart from the last sweep worker's scratch
-    p.block.push_back(BwdScratch<Acc, Op>::plan(a, BT, s.K, s.V));
-  }
+  p.block = a.worker_plans(blocks, [&](Arena& arena) { return BwdScratch<Acc, Op>::plan(arena, BT, s.K, s.V); });
   return p;
 }
 

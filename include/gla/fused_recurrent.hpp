@@ -348,18 +348,12 @@ inline std::vector<HeadTile> recurrent_items(const OpShape& s) {
   return head_tiles(s, /*target=*/std::max(1, get_num_threads()), /*max_tiles=*/4);
 }
 
-/// One RecurrentScratch per worker of a parallel_for over `items`, each kWorkerGap apart from the next and from
-/// whatever follows the workspace (Arena::worker_gap).
+/// One RecurrentScratch per worker of a parallel_for over `items` (Arena::worker_plans).
 template <class Acc>
 std::vector<RecurrentScratch<Acc>> plan_recurrent(Arena& a, Index K, const std::vector<HeadTile>& items) {
-  std::vector<RecurrentScratch<Acc>> w;
-  const int workers = parallel_workers(static_cast<Index>(items.size()));
-  for (int i = 0; i < workers; ++i) {
-    if (i > 0) a.worker_gap();
-    w.push_back(RecurrentScratch<Acc>::plan(a, K, max_tile_width(items)));
-  }
-  a.worker_gap();
-  return w;
+  const Index width = max_tile_width(items);
+  return a.worker_plans(parallel_workers(static_cast<Index>(items.size())),
+                        [&](Arena& arena) { return RecurrentScratch<Acc>::plan(arena, K, width); });
 }
 
 /// The recurrent forward after validation. Work items are (sequence, head, value tile) — value columns evolve
@@ -438,43 +432,24 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
         if (gk) prefetch_rows(Rows<T>{gk->data() + rowk, 0}, 1, K);
         if (gv) prefetch_rows(Rows<T>{gv->data() + rowv, 0}, 1, Vt);
       };
+      // A token's row in Acc: read in place when the inputs are Acc already, else converted into the scratch.
+      const auto row = [](const T* in, Index width, Acc* buffer) {
+        return rows_in<Acc>(Rows<T>{in, width}, 1, width, buffer, /*copy_strided=*/false).p;
+      };
       for (Index i = 0; i < sq.len; ++i) {
         const Index t = recurrent_step_time(sq, i, opts.reverse);
         const Index rowk = ((sq.b * T_ + t) * H + h) * K, rowv = ((sq.b * T_ + t) * H + h) * V + it.v0;
         if (i + kRowsAhead < sq.len) prefetch_token(i + kRowsAhead);
-        // The token's rows in Acc: read in place when the inputs are Acc already, else converted into scratch.
-        const Acc *qr = w.q, *kr = w.k, *vr = w.v;
-        if constexpr (std::is_same_v<T, Acc>) {
-          qr = q.data() + rowk;
-          kr = k.data() + rowk;
-          vr = v.data() + rowv;
-        } else {
-          convert_n(q.data() + rowk, w.q, K);
-          convert_n(k.data() + rowk, w.k, K);
-          convert_n(v.data() + rowv, w.v, Vt);
-        }
+        const Acc *qr = row(q.data() + rowk, K, w.q), *kr = row(k.data() + rowk, K, w.k),
+                  *vr = row(v.data() + rowv, Vt, w.v);
         if constexpr (Gk) {
           RowArrMap<Acc> ek(w.ek, K);
-          if (gk) {
-            if constexpr (std::is_same_v<T, Acc>) {
-              ek = ConstRowArrMap<Acc>(gk->data() + rowk, K).exp() * gam;
-            } else {
-              convert_n(gk->data() + rowk, w.ek, K);
-              ek = ek.exp() * gam;
-            }
-          } else {
+          if (gk)
+            ek = ConstRowArrMap<Acc>(row(gk->data() + rowk, K, w.ek), K).exp() * gam;
+          else
             ek.setConstant(gam);
-          }
         }
-        if constexpr (Gv) {
-          RowArrMap<Acc> ev(w.ev, Vt);
-          if constexpr (std::is_same_v<T, Acc>) {
-            ev = ConstRowArrMap<Acc>(gv->data() + rowv, Vt).exp();
-          } else {
-            convert_n(gv->data() + rowv, w.ev, Vt);
-            ev = ev.exp();
-          }
-        }
+        if constexpr (Gv) RowArrMap<Acc>(w.ev, Vt) = ConstRowArrMap<Acc>(row(gv->data() + rowv, Vt, w.ev), Vt).exp();
         recurrent_tile_step<VFirst, Gk, Gv>(src, dst, ld, K, Vt, qr, kr, vr, w.ek, w.ev, scale, lo, hi, w.o);
         src = dst;
         if (o_writes.streaming)

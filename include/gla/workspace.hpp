@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <vector>
 
 namespace gla {
 
@@ -88,12 +89,22 @@ class Arena {
   std::size_t used() const { return used_; }
   bool counting() const { return base_ == nullptr; }
 
-  /// Leaves kWorkerGap bytes unused before the next buffer: called between two workers' scratch so that what one
-  /// core writes at every step never lies within a prefetch of what another writes. The cores' prefetchers fetch
-  /// lines near the ones they touch, several lines ahead; two workers' scratch that met at a line boundary passed
-  /// such lines back and forth between the cores (fused_recurrent_gla at B1 H1 T8192: 2 threads 1.23x faster than
-  /// 1 without the gap, 1.47x with it; a gap of 128 bytes changed nothing, 512 most of it; docs/PERFORMANCE.md).
-  void worker_gap() { used_ += kWorkerGap; }
+  /// plan(*this) once per worker, each worker's buffers kWorkerGap bytes away from the next worker's and from
+  /// whatever is laid out after them, so that what one core writes at every step never lies within a prefetch of
+  /// what another writes. The cores' prefetchers fetch lines near the ones they touch, several lines ahead; two
+  /// workers' scratch that met at a line boundary passed such lines back and forth between the cores
+  /// (fused_recurrent_gla at B1 H1 T8192: 2 threads 1.23x faster than 1 without the gap, 1.47x with it; a gap of
+  /// 128 bytes changed nothing, 512 most of it; docs/PERFORMANCE.md).
+  template <class Plan>
+  auto worker_plans(int workers, Plan&& plan) {
+    std::vector<decltype(plan(*this))> w;
+    for (int i = 0; i < workers; ++i) {
+      if (i > 0) used_ += kWorkerGap;
+      w.push_back(plan(*this));
+    }
+    used_ += kWorkerGap;
+    return w;
+  }
   static constexpr std::size_t kWorkerGap = 4096;
 
  private:

@@ -195,13 +195,8 @@ struct ChunkScratch {
 /// One scratch per worker of a parallel_for over `items` items.
 template <class Acc, class Op>
 std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT, Index K, Index Vt, Index states = 1) {
-  std::vector<ChunkScratch<Acc, Op>> w;
-  const int n = parallel_workers(items);
-  for (int i = 0; i < n; ++i) {
-    if (i > 0) a.worker_gap();
-    w.push_back(ChunkScratch<Acc, Op>::plan(a, BT, K, Vt, states));
-  }
-  return w;
+  return a.worker_plans(parallel_workers(items),
+                        [&](Arena& arena) { return ChunkScratch<Acc, Op>::plan(arena, BT, K, Vt, states); });
 }
 
 /// Asks for rows [0, L) × [0, W) of a strided block to be brought into the cache ahead of their use (for_write:
