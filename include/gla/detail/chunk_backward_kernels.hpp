@@ -245,6 +245,7 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
     __mmask8 within = 0xFF;
     for (Index r = 0; r < L; ++r) {
       double* Gr = ws.Gd + r * K;
+      for (const Rows<In>& rows : {g, q, k}) prefetch_row_ahead(rows, r, L, K);
       __m512 diag = _mm512_setzero_ps();
       for (Index j = 0; j < K; j += 16) {
         const __m512 x = g.p ? floored_gate16(g.row(r) + j, vfloor) : _mm512_setzero_ps();

@@ -11,6 +11,7 @@
 #include <gla/detail/parallel.hpp>
 #include <gla/workspace.hpp>
 
+#include <initializer_list>
 #include <memory>
 #include <numeric>
 
@@ -199,18 +200,24 @@ std::vector<ChunkScratch<Acc, Op>> plan_workers(Arena& a, Index items, Index BT,
                         [&](Arena& arena) { return ChunkScratch<Acc, Op>::plan(arena, BT, K, Vt, states); });
 }
 
+/// Which cache a software prefetch asks for: L2 for rows wanted one work item ahead, L1 for rows wanted a few
+/// rows ahead inside a loop.
+enum class CacheLevel { L1, L2 };
+
 /// Asks for rows [0, L) × [0, W) of a strided block to be brought into the cache ahead of their use (for_write:
 /// rows about to be stored). A head's rows lie H·D elements apart, more than a page for fla's shapes, and the
 /// hardware prefetchers stop at page boundaries, so without this every row's first touch waits on memory (a third
-/// of fused_chunk_gla's time at prefill in a profile). Rows of 2-byte scalars (bfloat16, half) are asked into L1
-/// (prefetcht0), others into L2 (prefetcht1): on Zen 5, prefetcht0 made the bf16 fused_chunk_gla 4–6% faster at
-/// 2 threads and changed neither fp32 (whose next rows are twice the bytes) nor the backward beyond the noise
-/// (docs/PERFORMANCE.md). A hint only: no effect on results.
-template <class T>
+/// of fused_chunk_gla's time at prefill in a profile). The kernels ask for the next (chunk, head)'s rows into L2
+/// (prefetcht1), and the row loops that read them (prefetch_row_ahead) ask for each row a few rows ahead into L1
+/// (prefetcht0): rows asked into L1 a whole item ahead are evicted by the item's own tiles before their use on a
+/// 32 KiB L1 (Zen 4), and rows left in L2 until the loop reaches them stall each row's first loads: the bf16
+/// chunked forwards ran 1.15–1.4× faster with both than with one-item-ahead prefetcht0 (docs/PERFORMANCE.md). A
+/// hint only: no effect on results.
+template <CacheLevel Level = CacheLevel::L2, class T>
 void prefetch_rows(Rows<T> rows, Index L, Index W, bool for_write = false) {
 #if defined(__GNUC__) || defined(__clang__)
   if (!rows.p) return;
-  constexpr int kLocality = sizeof(T) <= 2 ? 3 : 2;  // __builtin_prefetch: 3 = prefetcht0, 2 = prefetcht1
+  constexpr int kLocality = Level == CacheLevel::L1 ? 3 : 2;  // __builtin_prefetch: 3 = prefetcht0, 2 = prefetcht1
   const Index bytes = W * static_cast<Index>(sizeof(T));
   for (Index r = 0; r < L; ++r) {
     const char* p = reinterpret_cast<const char*>(rows.row(r));
@@ -229,10 +236,23 @@ void prefetch_rows(Rows<T> rows, Index L, Index W, bool for_write = false) {
 #endif
 }
 
+/// How many rows ahead the row loops ask for their input rows into L1 (prefetch_row_ahead): 2–8 measured alike.
+inline constexpr Index kRowsAheadIntoL1 = 4;
+
+/// For a loop over rows [0, L) of `rows` about to read row r: asks for row r + kRowsAheadIntoL1 ([0, W)) into L1.
+template <class T>
+void prefetch_row_ahead(Rows<T> rows, Index r, Index L, Index W) {
+  if (rows.p && r + kRowsAheadIntoL1 < L)
+    prefetch_rows<CacheLevel::L1>(Rows<T>{rows.row(r + kRowsAheadIntoL1), 0}, 1, W);
+}
+
 /// Rows [0, L) × [0, W) of a strided block in another scalar, into a contiguous [L×W] tile.
 template <class To, class From>
 void convert_rows(Rows<From> src, Index L, Index W, To* dst) {
-  for (Index r = 0; r < L; ++r) convert_n(src.row(r), dst + r * W, W);
+  for (Index r = 0; r < L; ++r) {
+    prefetch_row_ahead(src, r, L, W);
+    convert_n(src.row(r), dst + r * W, W);
+  }
 }
 
 /// Whether as_operand copies a head's strided rows of Op into a contiguous tile: for libxsmm's float kernels, which
@@ -293,6 +313,7 @@ void gate_cumsum(Rows<In> g, Index L, Index K, Acc floor, Acc* G) {
     return;
   }
   for (Index r = 0; r < L; ++r) {
+    prefetch_row_ahead(g, r, L, K);
     floored_gate_row(g, r, K, floor, G + r * K);
     if (r > 0) RowArrMap<Acc>(G + r * K, K) += RowArrMap<Acc>(G + (r - 1) * K, K);
   }
@@ -369,6 +390,7 @@ bool factored_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale,
     __mmask16 within = 0xFFFF;
     for (Index r = 0; r < L; ++r) {
       Acc* Gr = G + r * K;
+      for (const Rows<In>& rows : {g, q, k}) prefetch_row_ahead(rows, r, L, K);
       for (Index j = 0; j < K; j += 16) {
         __m512 x = g.p ? floored_gate16(g.row(r) + j, vfloor) : _mm512_setzero_ps();
         if (r > 0) x = _mm512_add_ps(x, _mm512_loadu_ps(Gr - K + j));
@@ -397,6 +419,7 @@ void keys_decayed_to_end(Rows<In> k, const ChunkGates<Acc>& gt, Index L, Index K
   constexpr bool kG = (Gates & kGateG) != 0, kGamma = (Gates & kGateGamma) != 0, kGk = (Gates & kGateGk) != 0;
   if constexpr (kGk || kG || kGamma) {
     for (Index s = 0; s < L; ++s) {
+      prefetch_row_ahead(k, s, L, K);
       Acc sc = 0;  // scalar log decay from token s to the chunk end
       if constexpr (kG) sc += gt.g[(L - 1) * gt.ldg] - gt.g[s * gt.ldg];
       if constexpr (kGamma) sc += *gt.gamma * static_cast<Acc>(L - 1 - s);
@@ -475,12 +498,13 @@ void state_update_into(const Acc* S_in, Acc* S_out, Index ldS, Rows<In> k, Rows<
 /// Where a chunk's L rows are split for its lower-triangular L×L products (A, the backward's dA and their
 /// products): rows [0, h) only meet columns [0, h), so the block above the diagonal, a quarter of the work at
 /// h = L/2, is never computed. h = L/2 rounded down to a multiple of 16 (0: no split, for L < 32). Not for
-/// bfloat16 operands on AMX tiles (Op ≠ Acc), where each product's fixed cost (packing op(B) into VNNI pairs,
-/// the tile loads) outweighs the saved quarter: 1.5–3% slower there at the benchmark shapes, 3–4% faster with
-/// float products.
+/// bfloat16 operands on AMX tiles (Op ≠ Acc and amx_available()), where each product's fixed cost (packing op(B)
+/// into VNNI pairs, the tile loads) outweighs the saved quarter: 1.5–3% slower there at the benchmark shapes, 3–4%
+/// faster with float products, and 3–7% faster with bfloat16 operands on libxsmm's kernels (Zen 4; forwards and
+/// backward, docs/PERFORMANCE.md).
 template <class Acc, class Op>
 Index triangular_split(Index L) {
-  return std::is_same_v<Acc, Op> ? L / 32 * 16 : 0;
+  return std::is_same_v<Acc, Op> || !amx_available() ? L / 32 * 16 : 0;
 }
 
 /// C [L×L] (row stride ldc) = X Yᵀ for X, Y [L×n], except the block C[0:h, h:L] above the diagonal, which is not
