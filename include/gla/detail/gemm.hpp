@@ -30,11 +30,11 @@
 ///         scratch and runs the float kernel instead. Both give the exact products of the bfloat16 values summed
 ///         in float (in different orders). The default (default_bf16_kernel) follows the CPU: Vnni where VDPBF16PS
 ///         retires at the float FMA's instruction rate, so at twice its FLOP rate (bf16_dot_full_rate: AMD's Zen 4
-///         and Zen 5; on Zen 5 libxsmm's bfloat16 kernels ran at about 2x its float ones, packing included);
-///         ViaF32 elsewhere (on the Intel Xeon of docs/PERFORMANCE.md's "Small products" it retires at half the
-///         float FLOP rate, and the bfloat16 kernels lose to the float ones once packing is counted; that CPU runs
-///         bfloat16 on AMX tiles anyway). GLA_GEMM_BF16_VNNI makes Vnni the default everywhere. Half inputs always
-///         take the float kernels on converted tiles.
+///         and Zen 5; there libxsmm's bfloat16 kernels ran at 1.85x (Zen 4) and about 2x (Zen 5) its float ones,
+///         packing included); ViaF32 elsewhere (on the Intel Xeon of docs/PERFORMANCE.md's "Small products" it
+///         retires at half the float FLOP rate, and the bfloat16 kernels lose to the float ones once packing is
+///         counted; that CPU runs bfloat16 on AMX tiles anyway). GLA_GEMM_BF16_VNNI makes Vnni the default
+///         everywhere. Half inputs always take the float kernels on converted tiles.
 ///       - dimensions up to INT_MAX (32-bit libxsmm_blasint); products with a dimension above
 ///         kXsmmMaxDim go to Eigen, whose cache-blocked GEMM is faster there.
 ///     Kernels are dispatched once per thread and (type, m, n, k, strides, transposes, accumulate): a
@@ -89,10 +89,11 @@ constexpr bool gemm_uses_libxsmm() noexcept { return GLA_GEMM_WITH_LIBXSMM != 0;
 enum class Bf16Kernel { ViaF32, Vnni };
 
 /// True when this CPU has AVX512-BF16 and its dot-product instruction (VDPBF16PS) retires at the float FMA's
-/// instruction rate, i.e. at twice the float FLOP rate: AMD family 19h with AVX-512 (Zen 4) and later (measured on
-/// Zen 5: 408 against 221 GFLOP/s per core, bench_small_gemm's isa/ rows). Intel's retires at half that rate on the
-/// CPUs measured here (docs/PERFORMANCE.md, "Small products"). Read from CPUID once per process, never from a
-/// timing, so that which kernels run (and so the rounding of bfloat16 results) does not depend on the machine's load.
+/// instruction rate, i.e. at twice the float FLOP rate: AMD family 19h with AVX-512 (Zen 4) and later (measured per
+/// core, bench_small_gemm's isa/ rows: Zen 4 231 against 117 GFLOP/s, Zen 5 408 against 221). Intel's retires at half
+/// that rate on the CPUs measured here (docs/PERFORMANCE.md, "Small products"). Read from CPUID once per process, never
+/// from a timing, so that which kernels run (and so the rounding of bfloat16 results) does not depend on the machine's
+/// load.
 inline bool bf16_dot_full_rate() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   static const bool full = [] {
