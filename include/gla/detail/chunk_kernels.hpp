@@ -211,7 +211,7 @@ enum class CacheLevel { L1, L2 };
 /// (prefetcht1), and the row loops that read them (prefetch_row_ahead) ask for each row a few rows ahead into L1
 /// (prefetcht0): rows asked into L1 a whole item ahead are evicted by the item's own tiles before their use on a
 /// 32 KiB L1 (Zen 4), and rows left in L2 until the loop reaches them stall each row's first loads: the bf16
-/// chunked forwards ran 1.15–1.4× faster with both than with one-item-ahead prefetcht0 (docs/PERFORMANCE.md). A
+/// chunked forwards ran 1.13–1.47× faster with both than with one-item-ahead prefetcht0 (docs/PERFORMANCE.md). A
 /// hint only: no effect on results.
 template <CacheLevel Level = CacheLevel::L2, class T>
 void prefetch_rows(Rows<T> rows, Index L, Index W, bool for_write = false) {
