@@ -62,14 +62,14 @@ inline std::vector<std::array<Index, 2>> chunk_list(const OpShape& s, const std:
   return chunks;
 }
 
-/// The state before every chunk (h [ΣNT,H,K,V] in Acc, K-first) and the final state (ht, float, in the
-/// options' layout; may be null) of the gk-gated recurrence, per head group (sweep_groups: consecutive heads of
-/// one sequence over one value tile, advancing chunk by chunk together); the gate cumsums are formed per chunk
-/// from the raw gates g. h0 float (state layout) or null. One scratch per worker, with a state tile per head of
-/// the largest group.
+/// The state before every chunk (h [ΣNT,H,K,V] in Acc, K-first; [ΣNT,H,V,K] with h_v_first) and the final state
+/// (ht, float, in the options' layout; may be null) of the gk-gated recurrence, per head group (sweep_groups:
+/// consecutive heads of one sequence over one value tile, advancing chunk by chunk together); the gate cumsums are
+/// formed per chunk from the raw gates g. h0 float (state layout) or null. One scratch per worker, with a state tile
+/// per head of the largest group.
 template <class Acc, class Op, class In>
 void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, const In* g, const float* h0, bool v_first,
-                       Acc* h, float* ht, const std::vector<HeadGroup>& groups,
+                       Acc* h, bool h_v_first, float* ht, const std::vector<HeadGroup>& groups,
                        const std::vector<ChunkScratch<Acc, Op>>& workers) {
   const Index H = s.H, K = s.K, V = s.V;
   const Acc floor = kChunkGateFloor<Acc>;
@@ -92,7 +92,11 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       for (Index j = 0; j < gr.count; ++j) {
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
-        store_tile_rows(S, K, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V + gr.v0, V, h_writes);
+        Acc* const slot = h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+        if (h_v_first)
+          Eigen::Map<RowMat<Acc>>(slot + gr.v0 * K, Wt, K) = Eigen::Map<const RowMat<Acc>>(S, K, Wt).transpose();
+        else
+          store_tile_rows(S, K, Wt, slot + gr.v0, V, h_writes);
         {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
           const bool last = j + 1 == gr.count;
           const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
@@ -164,7 +168,8 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
 
     // Phase 1: the state before every chunk, per head group.
-    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, ht, sweep, pl.workers);
+    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, /*h_v_first=*/false, ht, sweep,
+                      pl.workers);
 
     // Phase 2: every (chunk, head) independently.
     const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());

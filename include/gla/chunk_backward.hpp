@@ -55,10 +55,10 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
   return s;
 }
 
-/// The state before every chunk of one head group (the forward sweep of the in-sweep backward), written in place:
-/// state_at(c, j) is the K×width tile (row stride width) of head gr.h0 + j before chunk c; the first is loaded from
-/// h0 (float, state layout; null = 0) and each next one computed from it by state_update_into. The state after the
-/// last chunk is not needed by the backward and is not formed.
+/// The state before every chunk of one head group (the forward sweep of the in-sweep backward), transposed, written
+/// in place: state_at(c, j) is the width×K tile (row stride K) of head gr.h0 + j's state before chunk c, transposed;
+/// the first is loaded from h0 (float, state layout; null = 0) and each next one computed from it by
+/// state_update_transposed_into. The state after the last chunk is not needed by the backward and is not formed.
 template <class Acc, class Op, class In, class StateAt>
 void group_chunk_states(const OpShape& s, Index BT, const In* k, const In* v, const In* g, const float* h0,
                         bool v_first, const HeadGroup& gr, const ChunkScratch<Acc, Op>& sc, const StateAt& state_at) {
@@ -70,7 +70,7 @@ void group_chunk_states(const OpShape& s, Index BT, const In* k, const In* v, co
   for (Index j = 0; j < gr.count; ++j) {
     Acc* const S0 = state_at(0, j);
     if (h0)
-      load_state_tile(S0, h0 + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
+      load_state_tile_transposed(S0, h0 + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, Wt, v_first);
     else
       std::fill_n(S0, K * Wt, Acc(0));
   }
@@ -91,8 +91,9 @@ void group_chunk_states(const OpShape& s, Index BT, const In* k, const In* v, co
         }
       }
       gate_cumsum(head_rows(g, s, sq, hh, c0, K), L, K, floor, sc.G);
-      state_update_into(static_cast<const Acc*>(state_at(c, j)), state_at(c + 1, j), Wt, head_rows(k, s, sq, hh, c0, K),
-                        head_rows(v, s, sq, hh, c0, V, gr.v0), cg, L, K, Wt, sc);
+      state_update_transposed_into(static_cast<const Acc*>(state_at(c, j)), state_at(c + 1, j),
+                                   head_rows(k, s, sq, hh, c0, K), head_rows(v, s, sq, hh, c0, V, gr.v0), cg, L, K, Wt,
+                                   sc);
     }
   }
 }
@@ -180,8 +181,9 @@ void chunk_grad_sweep(const OpShape& s, Index BT, const In* q, const In* do_, co
 /// and per worker the sweeps' tiles and the per-chunk gradient tiles.
 template <class Acc, class Op>
 struct ChunkBwdPlan {
-  // The states before the chunks: [ΣNT,H,K,V] for the separate pass; with the gradients in the reverse sweep,
-  // per worker the states of one head group, [chunk][head of the group][K×V] (h_per_worker accumulators apart).
+  // The states before the chunks, transposed (V×K each, so that the products with them contract over their
+  // contiguous dimension): [ΣNT,H,V,K] for the separate pass; with the gradients in the reverse sweep, per worker
+  // the states of one head group, [chunk][head of the group][V×K] (h_per_worker accumulators apart).
   Acc* h = nullptr;
   Index h_per_worker = 0;
   Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk (separate pass only)
@@ -264,18 +266,19 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
     const float* dht_p = dht ? dht->data() : nullptr;
     float* dh0_p = dh0 ? dh0->data() : nullptr;
 
-    // One chunk's gradients, from the state before it (S, K×V) and the gradient of the state after it (dH, K×V).
+    // One chunk's gradients, from the state before it (St, transposed: V×K) and the gradient of the state after it
+    // (dH, K×V).
     const Acc floor = kChunkGateFloor<Acc>;
     const OutputWrites qk_writes = OutputWrites::for_tensor<T>(q.size()),
                        v_writes = OutputWrites::for_tensor<T>(v.size());
-    const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* S,
+    const auto chunk_grads = [&](const BwdScratch<Acc, Op>& ws, Index n, Index c, Index hh, const Acc* St,
                                  const Acc* dH) {
       const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
       const Index c0 = c * BT, L = std::min(BT, sq.len - c0);
       const StepOperands<Acc, Op> step =
           chunk_bwd_tile(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K),
                          head_rows(v.data(), s, sq, hh, c0, V), head_rows(g, s, sq, hh, c0, K),
-                         head_rows(do_.data(), s, sq, hh, c0, V), S, dH, scale, L, K, V, BT, floor, ws);
+                         head_rows(do_.data(), s, sq, hh, c0, V), St, dH, scale, L, K, V, BT, floor, ws);
       const Index row = ((sq.b * s.T + sq.t0 + c0) * H + hh);
       store_tile_rows(ws.dq, L, K, dq + row * K, H * K, qk_writes);
       store_tile_rows(ws.dk, L, K, dk + row * K, H * K, qk_writes);
@@ -296,12 +299,18 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
         group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
         grad_sweep_group(
             s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr, sc,
-            [&](Index c, Index j, const Acc* dS) { return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS); });
+            [&](Index c, Index j, const Acc* dS) {
+              {  // the state of the next (chunk, head) in sweep order, from the group's states (out of L2 by now)
+                const bool last = j + 1 == gr.count;
+                if (!last || c > 0) prefetch_rows(Rows<Acc>{last ? state_at(c - 1, 0) : state_at(c, j + 1), K}, V, K);
+              }
+              return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
+            });
       });
       return;
     }
-    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, static_cast<float*>(nullptr), sweep,
-                      pl.sweep);
+    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, /*h_v_first=*/true,
+                      static_cast<float*>(nullptr), sweep, pl.sweep);
     // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
     chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep);
     parallel_for(work, [&](Index w, int worker) {

@@ -124,6 +124,10 @@ void chunk_bwd_dh_impl(const OpShape& s, Index BT, const Acc* q, const Acc* do_,
 template <class Acc, class Op>
 struct BwdScratch {
   static constexpr bool kLowp = !std::is_same_v<Acc, Op>;
+  // Float products take v transposed (vT), formed once per chunk: dA = do_ vᵀ and (dH v_s)ᵀ = dH vᵀ then multiply
+  // plain operands, where each would otherwise transpose one inside (v, and the 128×128 dH at fla's shapes).
+  // bfloat16 operands keep v as it is: their kernels pack every operand anyway.
+  static constexpr bool kValuesTransposed = std::is_same_v<Op, float>;
   double* Gd = nullptr;  // [BT×K] gate cumsum in double
   double* gn = nullptr;  // [K]
   Acc* eg = nullptr;     // [BT×K] e^{G} (factored path) or e^{g} (sub-chunk path)
@@ -142,6 +146,8 @@ struct BwdScratch {
   Acc* dg = nullptr;     // [BT×K]
   Acc* dv = nullptr;     // [BT×V]
   Op* vop = nullptr;     // [BT×V] v as an operand (when converted)
+  Acc* vT = nullptr;     // [V×BT] v transposed (kValuesTransposed)
+  Acc* tmpT = nullptr;   // [K×BT] (dH v_s)ᵀ for s in the chunk, as columns (kValuesTransposed)
   Op* doop = nullptr;    // [BT×V] do as an operand (when converted)
   Op* Sop = nullptr;     // [K×V]
   Op* dHop = nullptr;    // [K×V]
@@ -171,6 +177,8 @@ struct BwdScratch {
     w.dg = a.take<Acc>(BT * K);
     w.dv = a.take<Acc>(BT * V);
     w.vop = a.take<Op>(BT * V);
+    w.vT = a.take<Acc>(kValuesTransposed ? V * BT : 0);
+    w.tmpT = a.take<Acc>(kValuesTransposed ? K * BT : 0);
     w.doop = a.take<Op>(BT * V);
     w.Sop = a.take<Op>(kLowp ? K * V : 0);
     w.dHop = a.take<Op>(kLowp ? K * V : 0);
@@ -225,14 +233,15 @@ struct StepOperands {
 
 /// chunk_bwd_tile's first pass over the chunk's rows, fused, for K a multiple of 16 (kFusesFactoredOperands; false,
 /// with nothing written, otherwise): per row r, 16 columns at a time and while they are in registers, the gate
-/// cumsum G_r = G_{r−1} + floored g_r in double (ws.Gd), its bound check, e^{G_r} (exponentiated in Acc from G
+/// cumsum G_r = G_{r−1} + floored g_r in double (running in ws.gn; the rows are not kept), its bound check, e^{G_r}
+/// (exponentiated in Acc from G
 /// rounded to Acc, ws.eg) and its reciprocal (ws.dec), qg_r = scale q_r ⊙ e^{G_r}, kg_r = k_r ⊙ e^{−G_r} and A's
 /// diagonal scale q_r·k_r (ws.Ad); and q_r, k_r copied into qa, ka where those are not null (the contiguous tiles
 /// rows_in would make). Each value but A's diagonal (summed in another order) is the separate loop's, operation for
 /// operation: against the separate loops, float dq, dk and dg came out bit-identical and dv differed in its last bits
 /// (through A's diagonal); bfloat16 outputs were identical. `bounded`: decay_is_bounded over the whole chunk; when
-/// false, the factored operands are not to be used (their factors may overflow) but G and the copies are right for
-/// the sub-chunk path.
+/// false, the factored operands are not to be used (their factors may overflow) but the copies are right for the
+/// sub-chunk path (which forms G's rows in ws.Gd again).
 template <class Acc, class Op, class In>
 bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc scale, Index L, Index K, Acc* qa, Acc* ka,
                            const BwdScratch<Acc, Op>& ws, bool& bounded) {
@@ -243,8 +252,8 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
     const __m512 vfloor = _mm512_set1_ps(floor), vscale = _mm512_set1_ps(scale);
     const __m512d bound = _mm512_set1_pd(kFactoredDecayBound);
     __mmask8 within = 0xFF;
+    double* const Gr = ws.gn;  // G_{r−1}, then G_r
     for (Index r = 0; r < L; ++r) {
-      double* Gr = ws.Gd + r * K;
       for (const Rows<In>& rows : {g, q, k}) prefetch_row_ahead(rows, r, L, K);
       __m512 diag = _mm512_setzero_ps();
       for (Index j = 0; j < K; j += 16) {
@@ -252,8 +261,8 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
         __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
         __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
         if (r > 0) {
-          lo = _mm512_add_pd(lo, _mm512_loadu_pd(Gr - K + j));
-          hi = _mm512_add_pd(hi, _mm512_loadu_pd(Gr - K + j + 8));
+          lo = _mm512_add_pd(lo, _mm512_loadu_pd(Gr + j));
+          hi = _mm512_add_pd(hi, _mm512_loadu_pd(Gr + j + 8));
         }
         _mm512_storeu_pd(Gr + j, lo);
         _mm512_storeu_pd(Gr + j + 8, hi);
@@ -284,34 +293,57 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
 /// of backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
 /// dgl = e^{Gl} ⊙ rowsum(S⊙dH) on entry (ws.qf, ws.dgl): dq_t ← dq_t ⊙ e^{G_t} scale, dk_t ← dk_t ⊙ e^{−G_t},
 /// decl = e^{−G_t} ⊙ el, kg_t = k_t ⊙ decl (operand), tmp_t ← tmp_t ⊙ decl (dk's inter-chunk term), dg_t = dgl,
-/// dgl += k_t ⊙ tmp_t. kr [L×K] rows in Acc.
+/// dgl += k_t ⊙ tmp_t. kr [L×K] rows in Acc. tmp_t is read from ws.tmp, or when tmpT is given from its columns
+/// (tmpT [K×BT], row stride BT): 16 rows at a time, each 16×16 block transposed in registers; either way the
+/// arithmetic on every element, and the order of dgl's sums, are the same.
 template <class Acc, class Op>
-bool backward_row_scalings(Rows<Acc> kr, Acc scale, Index L, Index K, const BwdScratch<Acc, Op>& ws) {
+bool backward_row_scalings(Rows<Acc> kr, Acc scale, Index L, Index K, const Acc* tmpT, Index BT,
+                           const BwdScratch<Acc, Op>& ws) {
 #if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (kFusesFactoredOperands<Acc, Op>) {
     if (K % 16 != 0) return false;
     const __m512 vscale = _mm512_set1_ps(scale);
-    for (Index t = 0; t < L; ++t) {
-      const Index o = t * K;
+    for (Index t0 = 0; t0 < L; t0 += 16) {
+      const Index rows = std::min<Index>(16, L - t0);
+      const auto in_chunk = static_cast<__mmask16>((1u << rows) - 1u);
       for (Index j = 0; j < K; j += 16) {
-        const __m512 dec = _mm512_loadu_ps(ws.dec + o + j), kv = _mm512_loadu_ps(kr.row(t) + j);
-        _mm512_storeu_ps(ws.dq + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dq + o + j),
-                                                      _mm512_mul_ps(_mm512_loadu_ps(ws.eg + o + j), vscale)));
-        _mm512_storeu_ps(ws.dk + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dk + o + j), dec));
-        const __m512 decl = _mm512_mul_ps(dec, _mm512_loadu_ps(ws.qf + j));
-        store16_operand(ws.kg + o + j, _mm512_mul_ps(kv, decl));
-        const __m512 dki = _mm512_mul_ps(_mm512_loadu_ps(ws.tmp + o + j), decl);
-        _mm512_storeu_ps(ws.tmp + o + j, dki);
-        const __m512 dgl = _mm512_loadu_ps(ws.dgl + j);
-        _mm512_storeu_ps(ws.dg + o + j, dgl);
-        _mm512_storeu_ps(ws.dgl + j, _mm512_add_ps(dgl, _mm512_mul_ps(kv, dki)));
+        __m512 tr[16];  // tmp rows t0.. at columns j.. (from tmpT's columns)
+        if (tmpT) {
+          for (int i = 0; i < 16; ++i) tr[i] = _mm512_maskz_loadu_ps(in_chunk, tmpT + (j + i) * BT + t0);
+          gemm_impl::transpose16_in_registers(tr);
+        }
+        for (Index i = 0; i < rows; ++i) {
+          const Index t = t0 + i, o = t * K;
+          const __m512 dec = _mm512_loadu_ps(ws.dec + o + j), kv = _mm512_loadu_ps(kr.row(t) + j);
+          _mm512_storeu_ps(ws.dq + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dq + o + j),
+                                                        _mm512_mul_ps(_mm512_loadu_ps(ws.eg + o + j), vscale)));
+          _mm512_storeu_ps(ws.dk + o + j, _mm512_mul_ps(_mm512_loadu_ps(ws.dk + o + j), dec));
+          const __m512 decl = _mm512_mul_ps(dec, _mm512_loadu_ps(ws.qf + j));
+          store16_operand(ws.kg + o + j, _mm512_mul_ps(kv, decl));
+          const __m512 dki = _mm512_mul_ps(tmpT ? tr[i] : _mm512_loadu_ps(ws.tmp + o + j), decl);
+          _mm512_storeu_ps(ws.tmp + o + j, dki);
+          const __m512 dgl = _mm512_loadu_ps(ws.dgl + j);
+          _mm512_storeu_ps(ws.dg + o + j, dgl);
+          _mm512_storeu_ps(ws.dgl + j, _mm512_add_ps(dgl, _mm512_mul_ps(kv, dki)));
+        }
       }
     }
     return true;
   }
 #endif
-  (void)kr, (void)scale, (void)L, (void)K, (void)ws;
+  (void)kr, (void)scale, (void)L, (void)K, (void)tmpT, (void)BT, (void)ws;
   return false;
+}
+
+/// Whether backward_row_scalings and backward_row_sums run fused for these scalars and K.
+template <class Acc, class Op>
+constexpr bool fuses_backward_rows(Index K) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  return kFusesFactoredOperands<Acc, Op> && K % 16 == 0;
+#else
+  (void)K;
+  return false;
+#endif
 }
 
 /// The factored path's last row loop of chunk_bwd_tile, where the separate loop runs (after dv's products), for the
@@ -345,10 +377,37 @@ bool backward_row_sums(Rows<Acc> qr, Rows<Acc> kr, Index L, Index K, const BwdSc
   return false;
 }
 
+/// out[a] = Σ_v S[a,v] dH[a,v] (the row sums of S ⊙ dH) for S given transposed: St [V×K], dH [K×V] (contiguous).
+/// With AVX-512 and K, V multiples of 16, dH's 16×16 blocks are transposed in registers and each out[a] is summed
+/// over v in order; otherwise Eigen sums each row its own way.
+template <class Acc>
+void rowsums_of_product(const Acc* St, const Acc* dH, Index K, Index V, Acc* out) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<Acc, float>) {
+    if (K % 16 == 0 && V % 16 == 0) {
+      for (Index a0 = 0; a0 < K; a0 += 16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (Index v0 = 0; v0 < V; v0 += 16) {
+          __m512 r[16];  // rows a0.. of dH's block, then its columns v0..: r[i] = dH[a0..a0+16, v0+i]
+          for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(dH + (a0 + i) * V + v0);
+          gemm_impl::transpose16_in_registers(r);
+          for (int i = 0; i < 16; ++i) acc = _mm512_fmadd_ps(_mm512_loadu_ps(St + (v0 + i) * K + a0), r[i], acc);
+        }
+        _mm512_storeu_ps(out + a0, acc);
+      }
+      return;
+    }
+  }
+#endif
+  const Eigen::Map<const RowMat<Acc>> Stm(St, V, K), dHm(dH, K, V);
+  Eigen::Map<RowVec<Acc>>(out, K) = Stm.transpose().cwiseProduct(dHm).rowwise().sum().transpose();
+}
+
 /// The gradients of one chunk of L tokens of GLA, into ws.dq, ws.dk, ws.dg [L×K] and ws.dv [L×V] (dg = ∂L/∂ the
 /// raw per-step gate):
 ///   q, k, g (raw per-step log gate; absent = no decay) [L×K] and v, do_ [L×V]: input rows;
-///   S [K×V] the state BEFORE the chunk, dH [K×V] = ∂L/∂ the state AFTER the chunk (row stride V).
+///   St [V×K] the state BEFORE the chunk, transposed (row stride K), dH [K×V] = ∂L/∂ the state AFTER the chunk
+///   (row stride V).
 /// With G the chunk-local inclusive cumsum of g, Gl = G[L−1], dA[t,s] = scale do_t·v_s and
 /// A[t,s] = scale Σ q_t k_s e^{G_t−G_s} (s <= t, recomputed here):
 ///   dq_t = Σ_{s<=t} dA[t,s] k_s ⊙ e^{G_t−G_s} + scale e^{G_t} ⊙ (S do_t)
@@ -366,7 +425,7 @@ bool backward_row_sums(Rows<Acc> qr, Rows<Acc> kr, Index L, Index K, const BwdSc
 /// when the factored path ran, ws.qg = scale · q ⊙ e^{G} and ws.eg = e^{G}.
 template <class Acc, class Op, class In>
 StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in, Rows<In> g, Rows<In> do_in,
-                                     const Acc* S, const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT,
+                                     const Acc* St, const Acc* dH, Acc scale, Index L, Index K, Index V, Index BT,
                                      Acc floor, const BwdScratch<Acc, Op>& ws) {
   if (L == 0) return {};
   using MapA = Eigen::Map<RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>;
@@ -391,16 +450,23 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   const auto q = [&](Index r) { return ConstRowArrMap<Acc>(qr.row(r), K); };
   const auto k = [&](Index r) { return ConstRowArrMap<Acc>(kr.row(r), K); };
   const auto row = [K](Acc* base, Index r) { return RowArrMap<Acc>(base + r * K, K); };
-  const Rows<Op> vop = as_operand<Op>(v_in, L, V, ws.vop), doop = as_operand<Op>(do_in, L, V, ws.doop);
+  constexpr bool kVT = BwdScratch<Acc, Op>::kValuesTransposed;
+  const Rows<Op> doop = as_operand<Op>(do_in, L, V, ws.doop);
+  Rows<Op> vop{};  // v as an operand, or (kVT) transposed in ws.vT
+  if constexpr (kVT)
+    gemm_impl::transpose_to_float(v_in.p, v_in.ld, L, V, ws.vT, BT);
+  else
+    vop = as_operand<Op>(v_in, L, V, ws.vop);
 
   // The gate cumsum G in double, row by row (per-step gates below the floor act as the floor, as in the forward;
   // NaN stays NaN; no gate: G = 0). While every row so far is within kFactoredDecayBound, the same loop forms the
   // factored path's operands from the row while it is in L1: e^{G}, e^{−G}, qg = scale · q ⊙ e^{G}, kg = k ⊙ e^{−G}
   // and A's diagonal; a chunk that leaves the bound takes the sub-chunk path, which forms its own.
-  // backward_row_operands did all this in one pass where it runs.
+  // backward_row_operands did all this in one pass where it runs, but kept only the operands: a chunk it found
+  // unbounded forms G's rows here.
   MapD G(ws.Gd, L, K);
   RowArrMap<Acc> gate(ws.f, K);
-  for (Index r = 0; r < L && !fused; ++r) {
+  for (Index r = 0; r < L && !(fused && factored); ++r) {
     if (g.p) {
       floored_gate_row(g, r, K, floor, ws.f);
       if (r == 0)
@@ -433,7 +499,10 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // The factored path's triangular products skip the block above the diagonal: rows [0, h) only meet columns
   // [0, h) (lower_product); the sub-chunk path reads dA in its own blocks and takes the whole product.
   const Index h = factored ? triangular_split<Acc, Op>(L) : 0;
-  lower_product<Op>(h, L, V, doop.p, doop.ld, vop.p, vop.ld, ws.dA, BT);
+  if constexpr (kVT)
+    lower_product_of_transposed<Op>(h, L, V, doop.p, doop.ld, ws.vT, BT, ws.dA, BT);
+  else
+    lower_product<Op>(h, L, V, doop.p, doop.ld, vop.p, vop.ld, ws.dA, BT);
   MapA dA(ws.dA, L, L, sBT);
   if (!factored) dA *= scale;
   for (Index t = 0; t < L; ++t) ws.dAd[t] = factored ? scale * dA(t, t) : dA(t, t);
@@ -456,7 +525,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
     // dq_t = scale e^{G_t} ⊙ (Σ_s dA[t,s] k_s e^{−G_s} + S do_t): the inter-chunk term accumulated into the same
     // product's output; the scaling by scale e^{G_t} comes in the pass below (with dk's by e^{−G_s}).
     lower_times<Op>(h, L, K, dAop, BT, ws.kg, K, false, ws.dq, K);
-    gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, true, ws.dq, K);
+    gemm<Op>(Trans::N, Trans::N, L, K, V, doop.p, doop.ld, ws.state_operand(St, ws.Sop, V, K), K, true, ws.dq, K);
     lower_transposed_times<Op>(h, L, K, dAop, BT, ws.qg, K, ws.dk, K);  // Σ_t dA[t,s] scale q_t e^{G_t}
   } else {
     dq.setZero();
@@ -521,7 +590,7 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
       }
     }
     // dq_t += scale e^{G_t} ⊙ (S do_t), the inter-chunk term (the factored path accumulated it into its product).
-    gemm<Op>(Trans::N, Trans::T, L, K, V, doop.p, doop.ld, ws.state_operand(S, ws.Sop, K, V), V, false, ws.tmp, K);
+    gemm<Op>(Trans::N, Trans::N, L, K, V, doop.p, doop.ld, ws.state_operand(St, ws.Sop, V, K), K, false, ws.tmp, K);
     for (Index t = 0; t < L; ++t) {
       RowArrMap<Acc> e(ws.f, K);
       e = G.row(t).template cast<Acc>().array().exp();
@@ -531,8 +600,17 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
 
   // Inter-chunk terms of dk and dv: decl = e^{Gl−G_s} (<= 1) decays every key row to the chunk's end;
   // dk_inter_s = decl_s ⊙ (dH v_s), dv += (k ⊙ decl) dH.
+  // (dH v_s)ᵀ, decayed below: as columns of dH vᵀ (kVT; the fused row loop reads them so), else as rows.
   const Op* dHop = ws.state_operand(dH, ws.dHop, K, V);
-  gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);  // (dH v_s)ᵀ, decayed below
+  const bool fuses_rows = factored && fuses_backward_rows<Acc, Op>(K);
+  if constexpr (kVT) {
+    gemm<Op>(Trans::N, Trans::N, K, L, V, dHop, V, ws.vT, BT, false, ws.tmpT, BT);
+    if (!fuses_rows)
+      MapA(ws.tmp, L, K, sK) =
+          Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>>(ws.tmpT, K, L, sBT).transpose();
+  } else {
+    gemm<Op>(Trans::N, Trans::T, L, K, V, vop.p, vop.ld, dHop, V, false, ws.tmp, K);
+  }
 
   // dg_t = Σ_{s>=t} ∂L/∂G_s with ∂L/∂G_s = q_s⊙dq_s − k_s⊙dk_s (+ at s = l: e^{Gl}⊙rowsum(S⊙dH) + Σ_s k_s⊙dk_inter_s).
   // Two groups of terms cancel exactly in that sum, and they are left out rather than added and subtracted,
@@ -543,7 +621,6 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
   // Both sums run as row loops that also apply every pending per-row factor, each row's operands in L1.
   RowArrMap<Acc> dgl(ws.dgl, K);
   {
-    const Eigen::Map<const RowMat<Acc>> Sm(S, K, V), dHm(dH, K, V);
     RowArrMap<Acc> el(ws.qf, K);  // e^{Gl}
     if (factored) {
       el = row(ws.eg, L - 1);
@@ -551,10 +628,11 @@ StepOperands<Acc, Op> chunk_bwd_tile(Rows<In> q_in, Rows<In> k_in, Rows<In> v_in
       el = G.row(L - 1).array().template cast<Acc>();
       el = el.exp();
     }
-    dgl = el * Sm.cwiseProduct(dHm).rowwise().sum().transpose().array();
+    rowsums_of_product(St, dH, K, V, ws.dgl);
+    dgl *= el;
   }
-  gn = G.row(L - 1);
-  const bool fused_rows = factored && backward_row_scalings(kr, scale, L, K, ws);
+  if (!factored) gn = G.row(L - 1);
+  const bool fused_rows = fuses_rows && backward_row_scalings(kr, scale, L, K, kVT ? ws.tmpT : nullptr, BT, ws);
   for (Index t = 0; t < L && !fused_rows; ++t) {  // forward: the pending scalings, decl, kg = k ⊙ decl, and Σ_{s<t}
     RowArrMap<Acc> decl = row(ws.dec, t);
     if (factored) {

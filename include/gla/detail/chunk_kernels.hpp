@@ -479,20 +479,21 @@ void state_update(Acc* S, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Ac
   gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/true, S, ldS);
 }
 
-/// The gk-gated state update out of place: S_out = diag(e^{G_l}) S_in + (k ⊙ e^{G_l − G})ᵀ v, with G = gt.gk the
-/// chunk-local cumsum (l the chunk's last row); S_in and S_out K×Vt with row stride ldS, distinct; L >= 1 (its
-/// caller, group_chunk_states, runs it on full chunks only). The product is written first and S_in's decayed rows
-/// added to it in one pass, so S_in is read once and nothing is copied.
+/// The gk-gated state update out of place and transposed: St_out = St_in diag(e^{G_l}) + vᵀ (k ⊙ e^{G_l − G}), i.e.
+/// S_out = diag(e^{G_l}) S_in + (k ⊙ e^{G_l − G})ᵀ v on the transposes, with G = gt.gk the chunk-local cumsum (l the
+/// chunk's last row); St_in and St_out Vt×K (row stride K), distinct; L >= 1 (its caller, group_chunk_states, runs
+/// it on full chunks only). The product is written first and St_in's decayed rows added to it in one pass, so St_in
+/// is read once and nothing is copied. The backward keeps its recomputed states transposed so that its products
+/// with them contract over their contiguous dimension (docs/chunk_backward.md).
 template <class Acc, class Op, class In>
-void state_update_into(const Acc* S_in, Acc* S_out, Index ldS, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt,
-                       Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws) {
+void state_update_transposed_into(const Acc* St_in, Acc* St_out, Rows<In> k, Rows<In> v, const ChunkGates<Acc>& gt,
+                                  Index L, Index K, Index Vt, const ChunkScratch<Acc, Op>& ws) {
   keys_decayed_to_end<kGateGk>(k, gt, L, K, ws);
   const Rows<Op> vop = as_operand<Op>(v, L, Vt, ws.vop);
-  gemm<Op>(Trans::T, Trans::N, K, Vt, L, ws.kd, K, vop.p, vop.ld, /*accumulate=*/false, S_out, ldS);
+  gemm<Op>(Trans::T, Trans::N, Vt, K, L, vop.p, vop.ld, ws.kd, K, /*accumulate=*/false, St_out, K);
   RowArrMap<Acc> el(ws.el, K);
   el = ConstRowArrMap<Acc>(gt.gk + (L - 1) * gt.ldgk, K).exp();
-  for (Index a = 0; a < K; ++a)
-    RowArrMap<Acc>(S_out + a * ldS, Vt) += ConstRowArrMap<Acc>(S_in + a * ldS, Vt) * ws.el[a];
+  for (Index c = 0; c < Vt; ++c) RowArrMap<Acc>(St_out + c * K, K) += ConstRowArrMap<Acc>(St_in + c * K, K) * el;
 }
 
 /// Where a chunk's L rows are split for its lower-triangular L×L products (A, the backward's dA and their
@@ -513,6 +514,15 @@ template <class Op, class Acc>
 void lower_product(Index h, Index L, Index n, const Op* X, Index ldx, const Op* Y, Index ldy, Acc* C, Index ldc) {
   if (h > 0) gemm<Op>(Trans::N, Trans::T, h, h, n, X, ldx, Y, ldy, false, C, ldc);
   gemm<Op>(Trans::N, Trans::T, L - h, L, n, X + h * ldx, ldx, Y, ldy, false, C + h * ldc, ldc);
+}
+
+/// lower_product with Y given transposed: C [L×L] = X Yᵀ from Yt = Yᵀ [n×L] (row stride ldyt), under the same split,
+/// as plain products (no operand is transposed inside them).
+template <class Op, class Acc>
+void lower_product_of_transposed(Index h, Index L, Index n, const Op* X, Index ldx, const Op* Yt, Index ldyt, Acc* C,
+                                 Index ldc) {
+  if (h > 0) gemm<Op>(Trans::N, Trans::N, h, h, n, X, ldx, Yt, ldyt, false, C, ldc);
+  gemm<Op>(Trans::N, Trans::N, L - h, L, n, X + h * ldx, ldx, Yt, ldyt, false, C + h * ldc, ldc);
 }
 
 /// C [L×n] = M Y (or C += M Y) for M [L×L] lower triangular by blocks (M[0:h, h:L] = 0, never read) and Y [L×n].
@@ -672,6 +682,17 @@ void load_state_tile(Acc* S, const float* p, Index K, Index V, Index v0, Index V
     dst = Eigen::Map<const RowMat<float>>(p, V, K).middleRows(v0, Vt).transpose().template cast<Acc>();
   else
     dst = Eigen::Map<const RowMat<float>>(p, K, V).middleCols(v0, Vt).template cast<Acc>();
+}
+
+/// Loads columns [v0, v0+Vt) of a float state [K,V] (or its V-first transpose [V,K]) transposed, into a row-major
+/// Vt×K tile.
+template <class Acc>
+void load_state_tile_transposed(Acc* St, const float* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
+  Eigen::Map<RowMat<Acc>> dst(St, Vt, K);
+  if (v_first)
+    dst = Eigen::Map<const RowMat<float>>(p, V, K).middleRows(v0, Vt).template cast<Acc>();
+  else
+    dst = Eigen::Map<const RowMat<float>>(p, K, V).middleCols(v0, Vt).transpose().template cast<Acc>();
 }
 
 /// Stores a K×Vt tile (row stride ldS) as columns [v0, v0+Vt) of a state [K,V] (or [V,K] when v_first) of Out.

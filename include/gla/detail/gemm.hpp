@@ -233,23 +233,25 @@ void copy_rows_to_float(const In* src, Index lds, Index rows, Index cols, float*
   }
 }
 
-/// dst (cols × rows, contiguous) = the transpose of src (rows × cols, row stride lds), converted to float.
+/// dst (cols × rows, row stride ldd >= rows; contiguous by default) = the transpose of src (rows × cols, row stride
+/// lds), converted to float.
 template <class In>
-void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst) {
+void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst, Index ldd = -1) {
   constexpr Index kb = 16;
+  if (ldd < 0) ldd = rows;
   Index i0 = 0;
 #if GLA_GEMM_AVX512
   for (; i0 + kb <= rows; i0 += kb) {
     Index j0 = 0;
-    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * rows + i0, rows);
+    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
     for (Index j = j0; j < cols; ++j)
-      for (Index i = i0; i < i0 + kb; ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
+      for (Index i = i0; i < i0 + kb; ++i) dst[j * ldd + i] = static_cast<float>(src[i * lds + j]);
   }
 #endif
   for (; i0 < rows; i0 += kb)  // blocks of 16×16, scalar
     for (Index j0 = 0; j0 < cols; j0 += kb)
       for (Index j = j0; j < std::min(cols, j0 + kb); ++j)
-        for (Index i = i0; i < std::min(rows, i0 + kb); ++i) dst[j * rows + i] = static_cast<float>(src[i * lds + j]);
+        for (Index i = i0; i < std::min(rows, i0 + kb); ++i) dst[j * ldd + i] = static_cast<float>(src[i * lds + j]);
 }
 
 /// Products with k == 0: C = 0 (or unchanged when accumulating).

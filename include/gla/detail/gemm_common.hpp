@@ -14,6 +14,12 @@
 #if defined(__AVX512F__) && !defined(GLA_GEMM_NO_INTRINSICS)
 #define GLA_GEMM_AVX512 1
 #include <immintrin.h>
+// For helpers on arrays of registers: a call out of line would pass them through memory.
+#if defined(_MSC_VER) && !defined(__clang__)
+#define GLA_GEMM_ALWAYS_INLINE __forceinline
+#else
+#define GLA_GEMM_ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
 #else
 #define GLA_GEMM_AVX512 0
 #endif
@@ -57,11 +63,9 @@ inline __m512 load16_as_float(const Eigen::half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
-template <class In>
-inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
+/// r[0..16) ← their transpose: 16 registers of 16 floats read as a 16×16 matrix, row i in r[i].
+GLA_GEMM_ALWAYS_INLINE void transpose16_in_registers(__m512 r[16]) {
+  __m512 t[16];
   for (int i = 0; i < 8; ++i) {  // interleave row pairs: 2×2 blocks
     t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -78,9 +82,18 @@ inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
       t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
     }
   for (int j = 0; j < 8; ++j) {  // and 16×16
-    _mm512_storeu_ps(d + j * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
-    _mm512_storeu_ps(d + (8 + j) * ld, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
   }
+}
+
+/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
+template <class In>
+inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
+  transpose16_in_registers(r);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(d + i * ld, r[i]);
 }
 
 #endif  // GLA_GEMM_AVX512
