@@ -10,6 +10,7 @@
 #include "support/golden.hpp"
 #include "support/test_utils.hpp"
 
+#include <array>
 #include <cstdlib>
 #include <iostream>
 
@@ -843,6 +844,30 @@ struct ErrorInputs {
 };
 
 }  // namespace
+
+TEST_CASE("chunk backward: rowsums_of_product of a transposed state and its gradient", "[chunk][backward]") {
+  // out[a] = Σ_v S[a,v] dH[a,v] with S given as St [V×K]: 16×16 register blocks where K and V allow, Eigen else.
+  auto rng = gla::test::rng(11);
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  const std::vector<std::array<Index, 2>> shapes{{16, 16}, {64, 128}, {128, 64}, {60, 100}, {48, 20}, {1, 1}};
+  for (const auto& [K, V] : shapes) {
+    std::vector<float> St(static_cast<std::size_t>(V * K)), dH(static_cast<std::size_t>(K * V)), out(K, -1.f);
+    for (float& x : St) x = unit(rng);
+    for (float& x : dH) x = unit(rng);
+    gla::detail::rowsums_of_product(St.data(), dH.data(), K, V, out.data());
+    INFO("K " << K << " V " << V);
+    for (Index a = 0; a < K; ++a) {
+      double want = 0, bound = 0;
+      for (Index c = 0; c < V; ++c) {
+        const double term = double(St[static_cast<std::size_t>(c * K + a)]) * dH[static_cast<std::size_t>(a * V + c)];
+        want += term;
+        bound += std::abs(term);
+      }
+      // float accumulation in any order: |error| <= V·2^-24·Σ|terms| (with room for the product's rounding)
+      CHECK(std::abs(out[static_cast<std::size_t>(a)] - want) <= (V + 2) * 0x1p-24 * bound);
+    }
+  }
+}
 
 TEST_CASE("chunk backward: validation errors name the function and the argument", "[chunk][backward][errors]") {
   const Op op = GENERATE(Op::Chunk, Op::FusedChunk);

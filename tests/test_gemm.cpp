@@ -22,6 +22,7 @@
 #include "support/test_utils.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -400,6 +401,32 @@ TEST_CASE("gemm: the backend in use", "[gemm]") {
     CHECK_FALSE(gla::detail::gemm_amx(Trans::N, Trans::N, 2, 2, 2, ab.data(), 2, ab.data(), 2, false, cf.data(), 2));
     CHECK(cf == std::vector<float>(4, 5.f));
   }
+}
+
+TEMPLATE_TEST_CASE("gemm: transpose_to_float transposes at any destination stride, padding untouched", "[gemm]", float,
+                   bf16, half) {
+  using In = TestType;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  // 16×16 blocks (the AVX-512 path) with scalar edges, and sizes below one block.
+  const std::vector<std::array<Index, 2>> shapes{{16, 16}, {64, 128}, {33, 20}, {5, 3}, {1, 17}, {48, 64}};
+  for (const auto& [rows, cols] : shapes)
+    for (const Index pad : {Index(0), Index(7)}) {
+      const Index lds = cols + 5, ldd = rows + pad;
+      std::vector<In> src(static_cast<std::size_t>(rows * lds));
+      for (In& x : src) x = static_cast<In>(unit(rng));
+      const float sentinel = -12345.f;
+      std::vector<float> dst(static_cast<std::size_t>(cols * ldd), sentinel);
+      gla::detail::gemm_impl::transpose_to_float(src.data(), lds, rows, cols, dst.data(), pad == 0 ? -1 : ldd);
+      INFO("rows " << rows << " cols " << cols << " ldd " << ldd);
+      bool ok = true;
+      for (Index j = 0; j < cols; ++j)
+        for (Index i = 0; i < ldd; ++i) {
+          const float want = i < rows ? static_cast<float>(src[static_cast<std::size_t>(i * lds + j)]) : sentinel;
+          ok = ok && dst[static_cast<std::size_t>(j * ldd + i)] == want;
+        }
+      CHECK(ok);
+    }
 }
 
 TEST_CASE("gemm: k = 0 zeroes C or leaves it, m = 0 or n = 0 touches nothing", "[gemm]") {
