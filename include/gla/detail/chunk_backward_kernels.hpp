@@ -145,7 +145,7 @@ struct BwdScratch {
   Acc* dk = nullptr;     // [BT×K]
   Acc* dg = nullptr;     // [BT×K]
   Acc* dv = nullptr;     // [BT×V]
-  Op* vop = nullptr;     // [BT×V] v as an operand (when converted)
+  Op* vop = nullptr;     // [BT×V] v as an operand (when converted; unused when kValuesTransposed)
   Acc* vT = nullptr;     // [V×BT] v transposed (kValuesTransposed)
   Acc* tmpT = nullptr;   // [K×BT] (dH v_s)ᵀ for s in the chunk, as columns (kValuesTransposed)
   Op* doop = nullptr;    // [BT×V] do as an operand (when converted)
@@ -176,7 +176,7 @@ struct BwdScratch {
     w.dk = a.take<Acc>(BT * K);
     w.dg = a.take<Acc>(BT * K);
     w.dv = a.take<Acc>(BT * V);
-    w.vop = a.take<Op>(BT * V);
+    w.vop = a.take<Op>(kValuesTransposed ? 0 : BT * V);
     w.vT = a.take<Acc>(kValuesTransposed ? V * BT : 0);
     w.tmpT = a.take<Acc>(kValuesTransposed ? K * BT : 0);
     w.doop = a.take<Op>(BT * V);
@@ -289,6 +289,17 @@ bool backward_row_operands(Rows<In> q, Rows<In> k, Rows<In> g, Acc floor, Acc sc
   return false;
 }
 
+/// Whether backward_row_scalings and backward_row_sums run fused for these scalars and K.
+template <class Acc, class Op>
+constexpr bool fuses_backward_rows(Index K) {
+#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
+  return kFusesFactoredOperands<Acc, Op> && K % 16 == 0;
+#else
+  (void)K;
+  return false;
+#endif
+}
+
 /// The factored path's first row loop of chunk_bwd_tile after its products, fused for K a multiple of 16 (the cases
 /// of backward_row_operands; false, with nothing done, otherwise). In the order of the rows, with el = e^{Gl} and
 /// dgl = e^{Gl} ⊙ rowsum(S⊙dH) on entry (ws.qf, ws.dgl): dq_t ← dq_t ⊙ e^{G_t} scale, dk_t ← dk_t ⊙ e^{−G_t},
@@ -301,7 +312,7 @@ bool backward_row_scalings(Rows<Acc> kr, Acc scale, Index L, Index K, const Acc*
                            const BwdScratch<Acc, Op>& ws) {
 #if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (kFusesFactoredOperands<Acc, Op>) {
-    if (K % 16 != 0) return false;
+    if (!fuses_backward_rows<Acc, Op>(K)) return false;
     const __m512 vscale = _mm512_set1_ps(scale);
     for (Index t0 = 0; t0 < L; t0 += 16) {
       const Index rows = std::min<Index>(16, L - t0);
@@ -335,17 +346,6 @@ bool backward_row_scalings(Rows<Acc> kr, Acc scale, Index L, Index K, const Acc*
   return false;
 }
 
-/// Whether backward_row_scalings and backward_row_sums run fused for these scalars and K.
-template <class Acc, class Op>
-constexpr bool fuses_backward_rows(Index K) {
-#if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
-  return kFusesFactoredOperands<Acc, Op> && K % 16 == 0;
-#else
-  (void)K;
-  return false;
-#endif
-}
-
 /// The factored path's last row loop of chunk_bwd_tile, where the separate loop runs (after dv's products), for the
 /// cases of backward_row_scalings (false, with nothing done, otherwise). Last row first: dgl += q_t⊙dq_t − k_t⊙dk_t,
 /// dg_t += dgl, dq_t += dA[t,t] k_t, dk_t += tmp_t + dA[t,t] q_t. qr, kr [L×K] rows in Acc.
@@ -353,7 +353,7 @@ template <class Acc, class Op>
 bool backward_row_sums(Rows<Acc> qr, Rows<Acc> kr, Index L, Index K, const BwdScratch<Acc, Op>& ws) {
 #if GLA_GEMM_AVX512 && defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (kFusesFactoredOperands<Acc, Op>) {
-    if (K % 16 != 0) return false;
+    if (!fuses_backward_rows<Acc, Op>(K)) return false;
     std::fill_n(ws.dgl, K, Acc(0));
     for (Index t = L - 1; t >= 0; --t) {
       const Index o = t * K;
