@@ -2,8 +2,8 @@
 // 2 threads: prefill and long-context chunked forwards (fp32 and bf16 inputs) against a large f32 GEMM, the
 // one-token decode step against one read-and-write pass over the state, the cases that used to fall off a cliff
 // (one head of one long sequence; one long sequence among short ones), and the backwards next to their
-// forwards; and what writing an operator's output costs with plain and with non-temporal stores.
-// bench/summarize_targets.py turns the JSON into docs/PERFORMANCE.md's table.
+// forwards (chunk_gla_backward also from the states its forward kept); and what writing an operator's output costs with
+// plain and with non-temporal stores. bench/summarize_targets.py turns the JSON into docs/PERFORMANCE.md's table.
 // GLA_BENCH_BUSY=1 starts a process that keeps one core busy for the whole run (the busy-machine target).
 
 #include "bench_common.hpp"
@@ -91,11 +91,25 @@ GLAOptions options_for(const Case& c, const Tensor<float, 4>& h0) {
   return o;
 }
 
-enum class Op { Chunk, FusedChunk, FusedRecurrent, ChunkBackward, FusedRecurrentBackward };
+// ChunkKeepStates: chunk_gla keeping the state before every chunk (a training step's forward); ChunkBackwardFromStates:
+// chunk_gla_backward taking them instead of recomputing them.
+enum class Op {
+  Chunk,
+  FusedChunk,
+  FusedRecurrent,
+  ChunkBackward,
+  FusedRecurrentBackward,
+  ChunkKeepStates,
+  ChunkBackwardFromStates
+};
 const char* op_name(Op op) {
   switch (op) {
     case Op::Chunk:
       return "chunk_gla";
+    case Op::ChunkKeepStates:
+      return "chunk_gla_keep_states";
+    case Op::ChunkBackwardFromStates:
+      return "chunk_gla_backward_from_states";
     case Op::FusedChunk:
       return "fused_chunk_gla";
     case Op::FusedRecurrent:
@@ -127,6 +141,11 @@ void run_op(benchmark::State& st, Op op, const Case& c) {
   const std::optional<View<float, 4>> ht_v = c.decode ? std::optional<View<float, 4>>(ht) : std::nullopt;
   const std::optional<View<float, 4>> dh0_v = c.decode ? std::optional<View<float, 4>>(dh0) : std::nullopt;
   const std::optional<ConstView<float, 4>> dht = c.decode ? std::optional<ConstView<float, 4>>(d.dht) : std::nullopt;
+  Tensor<acc_t<T>, 5> states;  // the forward's states before every chunk (the two ops that keep or take them)
+  if (op == Op::ChunkKeepStates || op == Op::ChunkBackwardFromStates) {
+    states = Tensor<acc_t<T>, 5>(chunk_gla_states_dims(c.B, c.T, c.H, c.K, c.V, opts));
+    chunk_gla_keep_states_into(d.q, d.k, d.v, d.g, opts, o, ht_v, states);
+  }
   const auto call = [&] {
     switch (op) {
       case Op::Chunk:
@@ -138,8 +157,14 @@ void run_op(benchmark::State& st, Op op, const Case& c) {
       case Op::FusedRecurrent:
         fused_recurrent_gla_into(d.q, d.k, d.v, d.g, std::nullopt, opts, o, ht_v);
         break;
+      case Op::ChunkKeepStates:
+        chunk_gla_keep_states_into(d.q, d.k, d.v, d.g, opts, o, ht_v, states);
+        break;
       case Op::ChunkBackward:
         chunk_gla_backward_into(d.q, d.k, d.v, d.g, d.do_, dht, opts, dq, dk, dv, dg, dh0_v);
+        break;
+      case Op::ChunkBackwardFromStates:
+        chunk_gla_backward_from_states_into(d.q, d.k, d.v, d.g, states, d.do_, dht, opts, dq, dk, dv, dg, dh0_v);
         break;
       case Op::FusedRecurrentBackward:
         fused_recurrent_gla_backward_into(d.q, d.k, d.v, d.g, std::nullopt, d.do_, dht, opts, dq, dk, dv, dg,
@@ -153,12 +178,14 @@ void run_op(benchmark::State& st, Op op, const Case& c) {
   switch (op) {
     case Op::Chunk:
     case Op::FusedChunk:
+    case Op::ChunkKeepStates:
       flops = bench::chunk_flops(s);
       break;
     case Op::FusedRecurrent:
       flops = bench::recurrent_flops(s);
       break;
     case Op::ChunkBackward:
+    case Op::ChunkBackwardFromStates:
       flops = bench::chunk_backward_flops(s);
       break;
     case Op::FusedRecurrentBackward:
@@ -314,6 +341,8 @@ int main(int argc, char** argv) {
     register_op<float>(Op::FusedRecurrent, name, "fp32");
   }
   register_op<float>(Op::ChunkBackward, "prefill", "fp32");
+  register_op<float>(Op::ChunkKeepStates, "prefill", "fp32");
+  register_op<float>(Op::ChunkBackwardFromStates, "prefill", "fp32");
   register_op<float>(Op::FusedRecurrentBackward, "prefill", "fp32");
   return bench::run_main(argc, argv);
 }

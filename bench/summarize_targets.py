@@ -79,13 +79,23 @@ def main():
             r = ms(one) / ms(two) if one and two else None
             ok = r is not None and r >= 1.6
             out.append(f"| {op} {case}: 1-thread time ÷ 2-thread time | {fmt(r)} | ≥ 1.6 | {'yes' if ok else 'no'} |")
-    for bwd, fwd, goal in (("chunk_gla_backward", "chunk_gla", 2.5), ("fused_recurrent_gla_backward", "fused_recurrent_gla", 3.0)):
+    for bwd, fwd, goal in (("chunk_gla_backward", "chunk_gla", 2.5),
+                           ("chunk_gla_backward_from_states", "chunk_gla_keep_states", 2.5),
+                           ("fused_recurrent_gla_backward", "fused_recurrent_gla", 3.0)):
         vals = []
         for t in (1, 2):
             b, f = get(rows, f"{bwd}/prefill/fp32/threads:{t}"), get(rows, f"{fwd}/prefill/fp32/threads:{t}")
             vals.append(ms(b) / ms(f) if b and f else None)
         ok = vals[1] is not None and vals[1] <= goal
         out.append(f"| {bwd} ÷ {fwd}, prefill | {fmt(vals[0])} / {fmt(vals[1])} | ≤ {goal} | {'yes' if ok else 'no'} |")
+    # A training step either way: the states kept by the forward and taken by the backward, or recomputed.
+    vals = []
+    for t in (1, 2):
+        parts = [get(rows, f"{n}/prefill/fp32/threads:{t}") for n in
+                 ("chunk_gla_keep_states", "chunk_gla_backward_from_states", "chunk_gla", "chunk_gla_backward")]
+        vals.append((ms(parts[0]) + ms(parts[1])) / (ms(parts[2]) + ms(parts[3])) if all(parts) else None)
+    out.append(f"| chunk_gla forward + backward, prefill: states kept ÷ states recomputed | "
+               f"{fmt(vals[0])} / {fmt(vals[1])} | (no goal) | — |")
     if busy:
         for name in ("chunk_gla/prefill/fp32", "fused_chunk_gla/prefill/fp32", "fused_recurrent_gla/decode/fp32"):
             one, two = get(busy, f"{name}/threads:1"), get(busy, f"{name}/threads:2")

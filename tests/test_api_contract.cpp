@@ -178,6 +178,30 @@ TEST_CASE("workspace sizes: each *_workspace_size is what the call takes, on eve
           [&](const GLAOptions& o) { (void)fused_chunk_gla(in.q, in.k, in.v, in.g, o); });
     check("chunk_gla_backward", chunk_gla_backward_workspace_size<float>(B, T, H, K, V),
           [&](const GLAOptions& o) { (void)chunk_gla_backward(in.q, in.k, in.v, in.g, in.do_, std::nullopt, o); });
+    // The training pair: the forward keeping its states, the backward taking them (K-first: a slot per thread to
+    // transpose each into; V-first: none), in both layouts.
+    for (const bool vf : {false, true}) {
+      GLAOptions layout;
+      layout.state_v_first = vf;
+      const auto with_layout = [vf](GLAOptions o) {
+        o.state_v_first = vf;
+        return o;
+      };
+      const auto fwd = chunk_gla_keep_states(in.q, in.k, in.v, in.g, layout);
+      check(vf ? "chunk_gla_keep_states V-first" : "chunk_gla_keep_states",
+            chunk_gla_workspace_size<float>(B, T, H, K, V, layout),
+            [&](const GLAOptions& o) { (void)chunk_gla_keep_states(in.q, in.k, in.v, in.g, with_layout(o)); });
+      const std::size_t from_states = chunk_gla_backward_from_states_workspace_size<float>(B, T, H, K, V, layout);
+      check(vf ? "chunk_gla_backward_from_states V-first" : "chunk_gla_backward_from_states", from_states,
+            [&](const GLAOptions& o) {
+              (void)chunk_gla_backward_from_states(in.q, in.k, in.v, in.g, view(fwd.h), in.do_, std::nullopt,
+                                                   with_layout(o));
+            });
+      // No states to hold: less scratch wherever the states outweigh the per-thread tiles (the first shape).
+      const std::size_t recompute = chunk_gla_backward_workspace_size<float>(B, T, H, K, V, layout);
+      CHECK(from_states <= recompute);
+      if (T == 130) CHECK(from_states < recompute);
+    }
     check("fused_recurrent_gla", fused_recurrent_gla_workspace_size<float>(B, T, H, K, V),
           [&](const GLAOptions& o) { (void)fused_recurrent_gla(in.q, in.k, in.v, in.g, std::nullopt, o); });
     check("fused_recurrent_gla bf16", fused_recurrent_gla_workspace_size<Eigen::bfloat16>(B, T, H, K, V),
@@ -196,6 +220,10 @@ TEST_CASE("workspace sizes: a bad shape raises gla::Error naming the query", "[a
   two_seqs.cu_seqlens = std::vector<std::int64_t>{0, 4, 10};
   CHECK_GLA_ERROR("chunk_gla_backward_workspace_size: the batch size is 2, expected 1 when cu_seqlens is given",
                   chunk_gla_backward_workspace_size<float>(2, 10, 2, 8, 8, two_seqs));
+  CHECK_GLA_ERROR(
+      "chunk_gla_backward_from_states_workspace_size: the batch size is 2, expected 1 when cu_seqlens "
+      "is given",
+      chunk_gla_backward_from_states_workspace_size<float>(2, 10, 2, 8, 8, two_seqs));
   CHECK_GLA_ERROR("fused_recurrent_gla_workspace_size: cu_seqlens[N] is 10, expected T = 11 (the packed length)",
                   fused_recurrent_gla_workspace_size<float>(1, 11, 2, 8, 8, two_seqs));
   GLAOptions odd_chunk;

@@ -20,9 +20,19 @@ using gla::test::Diff;
 
 namespace {
 
-enum class Op { Chunk, FusedChunk };
+// ChunkSaved: chunk_gla_backward taking the states chunk_gla kept in the forward instead of recomputing them.
+enum class Op { Chunk, FusedChunk, ChunkSaved };
 
-const char* op_name(Op op) { return op == Op::Chunk ? "chunk_gla_backward" : "fused_chunk_gla_backward"; }
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::Chunk:
+      return "chunk_gla_backward";
+    case Op::FusedChunk:
+      return "fused_chunk_gla_backward";
+    default:
+      return "chunk_gla_backward_from_states";
+  }
+}
 
 /// One backward problem; the inputs are generated in double and rounded to the tested scalar.
 struct Case {
@@ -130,12 +140,17 @@ Grads<T> run_op(Op op, const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tenso
   gla::test::fill_nan(r.dh0);
   std::optional<gla::View<float, 4>> dh0;
   if (o.initial_state) dh0 = r.dh0;
-  if (op == Op::Chunk)
+  if (op == Op::Chunk) {
     chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv), mut_view(r.dg),
                             dh0);
-  else
+  } else if (op == Op::ChunkSaved) {
+    const auto fwd = chunk_gla_keep_states(q, k, v, g, o);
+    chunk_gla_backward_from_states_into(q, k, v, g, view(fwd.h), do_, dht, o, mut_view(r.dq), mut_view(r.dk),
+                                        mut_view(r.dv), mut_view(r.dg), dh0);
+  } else {
     fused_chunk_gla_backward_into(q, k, v, g, do_, dht, o, mut_view(r.dq), mut_view(r.dk), mut_view(r.dv),
                                   mut_view(r.dg), dh0);
+  }
   return r;
 }
 
@@ -172,6 +187,7 @@ bool tensors_equal(const Tensor<T, 4>& a, const Tensor<T, 4>& b) {
 }  // namespace
 
 TEST_CASE("chunk backward: float against the float64 backward around chunk boundaries", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const Index T = GENERATE(1, 15, 16, 17, 63, 64, 65, 127, 128, 129);
   const auto [K, V] =
       GENERATE(std::pair<Index, Index>{16, 60}, std::pair<Index, Index>{100, 64}, std::pair<Index, Index>{64, 128});
@@ -184,11 +200,11 @@ TEST_CASE("chunk backward: float against the float64 backward around chunk bound
   c.B = 2;
   c.H = 3;
   c.seed = static_cast<std::uint64_t>(T * 7 + K + norm * 10);
-  const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float T=" + std::to_string(T) + " K=" + std::to_string(K) + " V=" + std::to_string(V) +
-             " norm=" + std::to_string(norm),
+  const GradDiffs d = check_case<float>(op, c);
+  report(std::string(op_name(op)) + " float T=" + std::to_string(T) + " K=" + std::to_string(K) +
+             " V=" + std::to_string(V) + " norm=" + std::to_string(norm),
          d);
-  INFO("T=" << T << " K=" << K << " V=" << V << " norm=" << norm << d.str());
+  INFO(op_name(op) << " T=" << T << " K=" << K << " V=" << V << " norm=" << norm << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
@@ -215,6 +231,7 @@ TEST_CASE("chunk backward: factored and sub-chunk intra-chunk paths in one seque
 }
 
 TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const auto [K, V] = GENERATE(std::pair<Index, Index>{128, 64}, std::pair<Index, Index>{60, 128});
   Case c;
   c.T = 1000;
@@ -222,9 +239,9 @@ TEST_CASE("chunk backward: T=1000 and K, V up to 128", "[chunk][backward]") {
   c.V = V;
   c.H = 1;
   c.gate_norm = 16.0;
-  const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float T=1000 K=" + std::to_string(K) + " V=" + std::to_string(V), d);
-  INFO("K=" << K << " V=" << V << d.str());
+  const GradDiffs d = check_case<float>(op, c);
+  report(std::string(op_name(op)) + " float T=1000 K=" + std::to_string(K) + " V=" + std::to_string(V), d);
+  INFO(op_name(op) << " K=" << K << " V=" << V << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
@@ -256,6 +273,7 @@ TEST_CASE("chunk backward: outputs of 4 MiB and more (non-temporal stores) again
 }
 
 TEST_CASE("chunk backward: strong decay (per-step log gate near -5) stays finite and accurate", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const Index T = GENERATE(16, 64, 65, 300);
   const int chunk = GENERATE(16, 64, 128);
   const Index K = GENERATE(60, 64);  // the separate row loops and the fused passes
@@ -266,14 +284,17 @@ TEST_CASE("chunk backward: strong decay (per-step log gate near -5) stays finite
   c.H = 2;
   c.gate_norm = -1;
   c.chunk_size = chunk;
-  const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float strong T=" + std::to_string(T) + " K=" + std::to_string(K) + " chunk=" + std::to_string(chunk), d);
-  INFO("T=" << T << " K=" << K << " chunk=" << chunk << d.str());
+  const GradDiffs d = check_case<float>(op, c);
+  report(std::string(op_name(op)) + " float strong T=" + std::to_string(T) + " K=" + std::to_string(K) +
+             " chunk=" + std::to_string(chunk),
+         d);
+  INFO(op_name(op) << " T=" << T << " K=" << K << " chunk=" << chunk << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
 TEST_CASE("chunk backward: varlen with zero-length, length-1 and chunk-straddling sequences",
           "[chunk][backward][varlen]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const std::vector<std::int64_t> cu =
       GENERATE(std::vector<std::int64_t>{0, 0, 16}, std::vector<std::int64_t>{0, 1, 1, 65, 200, 201, 330},
                std::vector<std::int64_t>{0, 15, 100, 257, 400}, std::vector<std::int64_t>{0, 0, 0});
@@ -287,15 +308,16 @@ TEST_CASE("chunk backward: varlen with zero-length, length-1 and chunk-straddlin
   c.H = 3;
   c.h0 = h0;
   c.dht = dht;
-  const GradDiffs d = check_case<float>(Op::Chunk, c);
+  const GradDiffs d = check_case<float>(op, c);
   report(
       "float varlen N=" + std::to_string(cu.size() - 1) + " h0=" + std::to_string(h0) + " dht=" + std::to_string(dht),
       d);
-  INFO("cu.size=" << cu.size() << " h0=" << h0 << " dht=" << dht << d.str());
+  INFO(op_name(op) << " cu.size=" << cu.size() << " h0=" << h0 << " dht=" << dht << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
 TEST_CASE("chunk backward: scale, state_v_first, h0/dht on and off, chunk sizes 16 to 128", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const int chunk = GENERATE(16, 32, 64, 128);
   const bool v_first = GENERATE(false, true);
   const bool h0 = GENERATE(true, false);
@@ -311,13 +333,14 @@ TEST_CASE("chunk backward: scale, state_v_first, h0/dht on and off, chunk sizes 
   c.chunk_size = chunk;
   c.h0 = h0;
   c.dht = dht;
-  const GradDiffs d = check_case<float>(Op::Chunk, c);
-  report("float chunk=" + std::to_string(chunk) + " v_first=" + std::to_string(v_first), d);
-  INFO("chunk=" << chunk << " v_first=" << v_first << " h0=" << h0 << " dht=" << dht << d.str());
+  const GradDiffs d = check_case<float>(op, c);
+  report(std::string(op_name(op)) + " float chunk=" + std::to_string(chunk) + " v_first=" + std::to_string(v_first), d);
+  INFO(op_name(op) << " chunk=" << chunk << " v_first=" << v_first << " h0=" << h0 << " dht=" << dht << d.str());
   CHECK(d.ok(kFloatTol, kFloatTol));
 }
 
 TEST_CASE("chunk backward: double within 1e-10", "[chunk][backward][double]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const Index T = GENERATE(1, 17, 63, 65, 129);
   const double norm = GENERATE(0.1, 1.0, 16.0);
   const auto [K, V] = GENERATE(std::pair<Index, Index>{60, 16}, std::pair<Index, Index>{16, 100});
@@ -328,13 +351,14 @@ TEST_CASE("chunk backward: double within 1e-10", "[chunk][backward][double]") {
   c.K = K;
   c.V = V;
   c.gate_norm = norm;
-  const GradDiffs d = check_case<double>(Op::Chunk, c);
-  report("double T=" + std::to_string(T) + " norm=" + std::to_string(norm), d);
-  INFO("T=" << T << " norm=" << norm << " K=" << K << d.str());
+  const GradDiffs d = check_case<double>(op, c);
+  report(std::string(op_name(op)) + " double T=" + std::to_string(T) + " norm=" + std::to_string(norm), d);
+  INFO(op_name(op) << " T=" << T << " norm=" << norm << " K=" << K << d.str());
   CHECK(d.ok(kDoubleTol, kDoubleDh0Tol));
 }
 
 TEST_CASE("chunk backward: double with strong decay, varlen and state_v_first", "[chunk][backward][double]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   Case c;
   c.K = 64;
   c.V = 48;
@@ -355,13 +379,14 @@ TEST_CASE("chunk backward: double with strong decay, varlen and state_v_first", 
     c.dht = false;
     c.chunk_size = 16;
   }
-  const GradDiffs d = check_case<double>(Op::Chunk, c);
-  report("double special", d);
-  INFO(d.str());
+  const GradDiffs d = check_case<double>(op, c);
+  report(std::string(op_name(op)) + " double special", d);
+  INFO(op_name(op) << d.str());
   CHECK(d.ok(kDoubleTol, kDoubleDh0Tol));
 }
 
 TEST_CASE("chunk backward: bf16 and half inputs within 5e-3", "[chunk][backward][lowp]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   const double norm = GENERATE(1.0, 16.0);
   Case c;
   c.T = 130;
@@ -371,15 +396,15 @@ TEST_CASE("chunk backward: bf16 and half inputs within 5e-3", "[chunk][backward]
   c.V = 32;
   c.gate_norm = norm;
   {
-    const GradDiffs d = check_case<Eigen::bfloat16>(Op::Chunk, c);
-    report("bf16 norm=" + std::to_string(norm), d);
-    INFO("bf16 norm=" << norm << d.str());
+    const GradDiffs d = check_case<Eigen::bfloat16>(op, c);
+    report(std::string(op_name(op)) + " bf16 norm=" + std::to_string(norm), d);
+    INFO(op_name(op) << " bf16 norm=" << norm << d.str());
     CHECK(d.ok(kLowpTol, kLowpTol));
   }
   {
-    const GradDiffs d = check_case<Eigen::half>(Op::Chunk, c);
-    report("half norm=" + std::to_string(norm), d);
-    INFO("half norm=" << norm << d.str());
+    const GradDiffs d = check_case<Eigen::half>(op, c);
+    report(std::string(op_name(op)) + " half norm=" + std::to_string(norm), d);
+    INFO(op_name(op) << " half norm=" << norm << d.str());
     CHECK(d.ok(kLowpTol, kLowpTol));
   }
 }
@@ -389,6 +414,7 @@ TEST_CASE("chunk backward: bf16 and half inputs within 5e-3", "[chunk][backward]
 // head dims that are not powers of two, strong decay and a varlen batch.
 TEST_CASE("chunk backward: bf16 within 4e-3 around chunk boundaries, strong decay and varlen",
           "[chunk][backward][lowp]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   Case c;
   c.B = 2;
   c.H = 2;
@@ -411,9 +437,9 @@ TEST_CASE("chunk backward: bf16 within 4e-3 around chunk boundaries, strong deca
     c.K = 100;
     c.V = 60;
   }
-  const GradDiffs d = check_case<Eigen::bfloat16>(Op::Chunk, c);
-  report("bf16 T=" + std::to_string(c.T) + " norm=" + std::to_string(c.gate_norm), d);
-  INFO("bf16 T=" << c.T << " K=" << c.K << " V=" << c.V << " norm=" << c.gate_norm << d.str());
+  const GradDiffs d = check_case<Eigen::bfloat16>(op, c);
+  report(std::string(op_name(op)) + " bf16 T=" + std::to_string(c.T) + " norm=" + std::to_string(c.gate_norm), d);
+  INFO(op_name(op) << " bf16 T=" << c.T << " K=" << c.K << " V=" << c.V << " norm=" << c.gate_norm << d.str());
   CHECK(d.ok(4e-3, 4e-3));
 }
 
@@ -515,6 +541,7 @@ TEST_CASE("chunk backward: varlen equals per-sequence calls", "[chunk][backward]
 }
 
 TEST_CASE("chunk backward: results do not depend on the thread count", "[chunk][backward]") {
+  const Op op = GENERATE(Op::Chunk, Op::ChunkSaved);
   Case c;
   c.T = 300;
   c.B = 2;
@@ -527,9 +554,10 @@ TEST_CASE("chunk backward: results do not depend on the thread count", "[chunk][
                          do_ = in.do_.cast<float>();
   gla::test::ThreadCountGuard guard;
   gla::set_num_threads(1);
-  const auto one = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
+  const auto one = run_op<float>(op, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
   gla::set_num_threads(3);
-  const auto three = run_op<float>(Op::Chunk, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
+  const auto three = run_op<float>(op, q, k, v, g, do_, view(in.dht), o, in.h0.dimensions());
+  INFO(op_name(op));
   CHECK(tensors_equal(one.dq, three.dq));
   CHECK(tensors_equal(one.dk, three.dk));
   CHECK(tensors_equal(one.dv, three.dv));
@@ -971,6 +999,135 @@ TEST_CASE("chunk backward: validation errors name the function and the argument"
     expect_error("cu_seqlens[N] is 19, expected T = 20",
                  [&] { call(q1, k1, v1, g1, do1, dht, bad, dq1, dk1, dv1, dg1, dh01); });
   }
+}
+
+// chunk_gla's forward keeps the state before every chunk (single sweep for >= 4 (sequence, head) pairs, else the
+// two phases); the backward takes them in place (state_v_first) or transposes each (K-first), in the reverse sweep
+// (enough pairs) or in the separate pass over (chunk, head) (a pair split into value tiles).
+TEST_CASE("chunk backward: the forward's states, every forward and backward path and both layouts",
+          "[chunk][backward]") {
+  const bool v_first = GENERATE(false, true);
+  Case c;
+  c.K = 60;
+  c.V = 100;
+  SECTION("one pair: two-phase forward, separate backward pass") { c.T = 300; }
+  SECTION("six pairs: single sweep, backward in the reverse sweep") {
+    c.B = 2;
+    c.H = 3;
+    c.T = 130;
+  }
+  SECTION("varlen, one head: length-1 and chunk-straddling sequences") {
+    c.cu = {0, 1, 66, 67, 200};
+    c.T = 200;
+  }
+  SECTION("varlen, three heads, strong decay, chunk 16") {
+    c.cu = {0, 1, 66, 67, 200};
+    c.T = 200;
+    c.H = 3;
+    c.gate_norm = -1;
+    c.chunk_size = 16;
+  }
+  c.v_first = v_first;
+  const Inputs in = make_inputs(c);
+  const GLAOptions o = [&] {
+    GLAOptions x = options(c, in);
+    x.output_final_state = true;
+    return x;
+  }();
+  const Tensor<float, 4> q = in.q.cast<float>(), k = in.k.cast<float>(), v = in.v.cast<float>(), g = in.g.cast<float>();
+  const GLAResult<float> plain = chunk_gla(q, k, v, g, o);
+  const GLAResultWithStates<float> kept = chunk_gla_keep_states(q, k, v, g, o);
+  INFO("T=" << c.T << " H=" << c.H << " v_first=" << v_first);
+  // The outputs do not change when the states are kept.
+  CHECK(tensors_equal(plain.o, kept.o));
+  CHECK(tensors_equal(*plain.final_state, *kept.final_state));
+  // The states are chunk_fwd_h's for the chunk-local cumsum of g.
+  const std::array<Index, 5> dims = chunk_gla_states_dims(c.B, c.T, c.H, c.K, c.V, o);
+  CHECK(kept.h.dimensions() == Eigen::DSizes<Index, 5>(dims));
+  const Tensor<float, 4> gc = chunk_local_cumsum(view(g), c.chunk_size, false, {}, c.cu);
+  ChunkHGates gates;
+  gates.gk.emplace(view(gc));
+  const ChunkHResult ref = chunk_fwd_h(k, view(v), gates, o);
+  const Diff dh = compare(kept.h, ref.h);
+  INFO("h against chunk_fwd_h: " << dh.str());
+  CHECK(gla::test::ok(dh, 1e-6));
+  // And the backward from them is as accurate as the recomputing one.
+  const GradDiffs d = check_case<float>(Op::ChunkSaved, c);
+  INFO(d.str());
+  CHECK(d.ok(kFloatTol, kFloatTol));
+}
+
+TEST_CASE("chunk backward: the forward's states are validated on both sides", "[chunk][backward][errors]") {
+  ErrorInputs e;
+  GLAOptions o;
+  Tensor<float, 5> h(chunk_gla_states_dims(e.B, e.T, e.H, e.K, e.V, o));
+  CHECK(h.dimensions() == Eigen::DSizes<Index, 5>(2, 1, 2, 8, 6));
+  h.setZero();
+  Tensor<float, 5> bad_h(2, 2, 2, 8, 6), h_vf(2, 1, 2, 6, 8);
+  h_vf.setZero();
+  Tensor<float, 4> o_out(e.B, e.T, e.H, e.V);
+  gla::test::fill_nan(o_out);
+  const auto backward = [&](const GLAOptions& opts, ConstTensorMap<float, 5> hv) {
+    chunk_gla_backward_from_states_into(e.q, e.k, e.v, e.g, hv, e.do_, view(e.dht), opts, mut_view(e.dq),
+                                        mut_view(e.dk), mut_view(e.dv), mut_view(e.dg));
+  };
+  const auto forward = [&](const GLAOptions& opts, TensorMap<float, 5> hv) {
+    chunk_gla_keep_states_into(e.q, e.k, e.v, e.g, opts, mut_view(o_out), std::nullopt, hv);
+  };
+  const auto untouched = [&] {
+    for (Index i = 0; i < o_out.size(); ++i)
+      if (!std::isnan(o_out.data()[i])) return false;
+    return e.untouched();
+  };
+  const auto expect_error = [&](const std::string& what, auto&& f) {
+    REQUIRE_THROWS_AS(f(), gla::Error);
+    CHECK_GLA_ERROR(what, f());
+    CHECK(untouched());
+  };
+  expect_error("chunk_gla_backward_from_states: h is [2,2,2,8,6], expected [B=2,NT=1,H=2,K=8,V=6]",
+               [&] { backward(o, view(bad_h)); });
+  expect_error("chunk_gla_keep_states: h is [2,2,2,8,6], expected [B=2,NT=1,H=2,K=8,V=6]",
+               [&] { forward(o, mut_view(bad_h)); });
+  {
+    GLAOptions vf;
+    vf.state_v_first = true;
+    expect_error("chunk_gla_backward_from_states: h (state_v_first) is [2,1,2,8,6], expected [B=2,NT=1,H=2,V=6,K=8]",
+                 [&] { backward(vf, view(h)); });
+    Tensor<float, 4> dht_vf(e.B, e.H, e.V, e.K);
+    dht_vf.setZero();
+    CHECK_NOTHROW(chunk_gla_backward_from_states_into(e.q, e.k, e.v, e.g, view(h_vf), e.do_, view(dht_vf), vf,
+                                                      mut_view(e.dq), mut_view(e.dk), mut_view(e.dv), mut_view(e.dg)));
+    for (auto* t : {&e.dq, &e.dk, &e.dv, &e.dg}) gla::test::fill_nan(*t);
+  }
+  {
+    GLAOptions packed;
+    packed.cu_seqlens = {0, 5, 19, 20};
+    Tensor<float, 4> q1(1, e.T, e.H, e.K), k1(1, e.T, e.H, e.K), v1(1, e.T, e.H, e.V), g1(1, e.T, e.H, e.K),
+        o1(1, e.T, e.H, e.V);
+    q1.setZero();
+    k1.setZero();
+    v1.setZero();
+    g1.setZero();
+    CHECK(chunk_gla_states_dims(1, e.T, e.H, e.K, e.V, packed) == std::array<Index, 5>{1, 3, 2, 8, 6});
+    Tensor<float, 5> h1(1, 2, 2, 8, 6);
+    CHECK_GLA_ERROR("chunk_gla_keep_states: h is [1,2,2,8,6], expected [1=1,ΣNT=3,H=2,K=8,V=6]",
+                    chunk_gla_keep_states_into(q1, k1, v1, g1, packed, mut_view(o1), std::nullopt, mut_view(h1)));
+  }
+  // The forward's h is an output: it may not overlap an input or another output; the backward's is an input: no
+  // output may overlap it.
+  {
+    TensorMap<float, 5> over_o(o_out.data(), 2, 1, 2, 8, 6);  // o has 2·20·2·6 floats, more than h's 192
+    expect_error("chunk_gla_keep_states: output h overlaps output o", [&] { forward(o, over_o); });
+    TensorMap<float, 5> over_k(e.k.data(), 2, 1, 2, 8, 6);
+    expect_error("chunk_gla_keep_states: output h overlaps input k", [&] { forward(o, over_k); });
+    ConstTensorMap<float, 5> over_dq(e.dq.data(), 2, 1, 2, 8, 6);
+    expect_error("chunk_gla_backward_from_states: output dq overlaps input h", [&] { backward(o, over_dq); });
+  }
+  CHECK_GLA_ERROR("chunk_gla_states_dims: chunk_size is 24", [&] {
+    GLAOptions bad;
+    bad.chunk_size = 24;
+    return chunk_gla_states_dims(1, 8, 1, 4, 4, bad);
+  }());
 }
 
 TEST_CASE("fused_chunk_gla_backward: max_seqlen is validated like its forward", "[chunk][backward][errors]") {

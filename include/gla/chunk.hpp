@@ -25,17 +25,19 @@ OpShape check_chunk_args(const std::string& fn, const ConstView<T, 4>& q, const 
 
 /// Checks the caller's output views of a forward operator: shapes, the output contract and the aliasing rule
 /// (final_state may be the very buffer of opts.initial_state; nothing else may overlap). `inputs` lists the
-/// operator's tensor inputs.
+/// operator's tensor inputs; `kept` is chunk_gla's optional output of per-chunk states (size 0: none).
 template <class T>
 void check_forward_outputs(const std::string& fn, const OpShape& s, const GLAOptions& opts, const View<T, 4>& o,
-                           const std::optional<View<float, 4>>& final_state, std::initializer_list<Buffer> inputs) {
+                           const std::optional<View<float, 4>>& final_state, std::initializer_list<Buffer> inputs,
+                           const Buffer& kept = Buffer{"h", nullptr, 0}) {
   expect_dims(fn, "o", o.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
   expect_output_iff(fn, "final_state", final_state, opts.output_final_state, "output_final_state is true",
                     "output_final_state is false");
   if (final_state) expect_state_dims(fn, "final_state", final_state->dimensions(), s, opts.state_v_first);
   std::vector<Buffer> ins(inputs);
   ins.push_back(buffer("initial_state", opts.initial_state));
-  check_aliasing(fn, ins, {buffer("o", o), buffer("final_state", final_state)}, {{"final_state", "initial_state"}});
+  check_aliasing(fn, ins, {buffer("o", o), buffer("final_state", final_state), kept},
+                 {{"final_state", "initial_state"}});
 }
 
 /// The convenience API's outputs: o shaped like v and, when requested, the final state (sized from the
@@ -92,11 +94,8 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       for (Index j = 0; j < gr.count; ++j) {
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
-        Acc* const slot = h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-        if (h_v_first)
-          Eigen::Map<RowMat<Acc>>(slot + gr.v0 * K, Wt, K) = Eigen::Map<const RowMat<Acc>>(S, K, Wt).transpose();
-        else
-          store_tile_rows(S, K, Wt, slot + gr.v0, V, h_writes);
+        store_chunk_state(S, K, V, gr.v0, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, h_v_first,
+                          h_writes);
         {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
           const bool last = j + 1 == gr.count;
           const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
@@ -142,12 +141,13 @@ ChunkGlaPlan<Acc, Op> plan_chunk_gla(Arena& a, const OpShape& s, Index BT, Index
 inline bool chunk_gla_single_sweep(const OpShape& s) { return s.N * s.H >= 4; }
 
 /// chunk_gla after validation: the single sweep or the two phases (chunk_gla_single_sweep); g may be null (no
-/// decay, plain linear attention).
+/// decay, plain linear attention). h: when not null, the state before every chunk is kept there
+/// (chunk_states_dims layout) for the backward.
 template <class T>
 void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
-                   const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht) {
+                   const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht, acc_t<T>* h_keep = nullptr) {
   if (chunk_gla_single_sweep(s)) {
-    fused_chunk_run(s, q, k, v, g, opts, o, ht, /*token_fallback=*/false);
+    fused_chunk_run(s, q, k, v, g, opts, o, ht, /*token_fallback=*/false, h_keep);
     return;
   }
   using Acc = acc_t<T>;
@@ -167,8 +167,11 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
     });
     const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
 
-    // Phase 1: the state before every chunk, per head group.
-    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, pl.h, /*h_v_first=*/false, ht, sweep,
+    // Phase 1: the state before every chunk, per head group (K-first, as phase 2 multiplies it: straight into the
+    // caller's h when that is K-first too).
+    const bool into_keep = h_keep != nullptr && !opts.state_v_first;
+    Acc* const h = into_keep ? h_keep : pl.h;
+    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0, opts.state_v_first, h, /*h_v_first=*/false, ht, sweep,
                       pl.workers);
 
     // Phase 2: every (chunk, head) independently.
@@ -182,7 +185,9 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
       const ChunkScratch<Acc, Op>& sc = pl.workers[static_cast<std::size_t>(worker)];
       const auto gr = head_rows(g, s, sq, hh, c0, K);
       const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
-      const Acc* S = pl.h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+      const Index slot = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
+      const Acc* S = h + slot;
+      if (h_keep && !into_keep) store_chunk_state(S, K, V, 0, V, h_keep + slot, /*v_first=*/true, {});
       chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
                    scale, L, K, V, sc, BT);
       store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
@@ -240,6 +245,64 @@ void chunk_gla_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstV
       fn, s, opts, o, final_state,
       {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)});
   detail::chunk_gla_run(s, qv, k, v, g.data(), opts, o, final_state ? final_state->data() : nullptr);
+}
+
+/// Shape of the per-chunk states that chunk_gla keeps for chunk_gla_backward (and that chunk_fwd_h returns) for
+/// inputs of these sizes and options: [B,NT,H,K,V] with NT = ⌈T/chunk_size⌉, varlen [1,ΣNT,H,K,V]; K and V swapped
+/// with state_v_first. Bad sizes or options are a gla::Error, as in the operators.
+inline std::array<Index, 5> chunk_gla_states_dims(Index B, Index T, Index H, Index K, Index V,
+                                                  const GLAOptions& opts = {}) {
+  const detail::OpShape s = detail::shape_of("chunk_gla_states_dims", B, T, H, K, V, opts);
+  return detail::chunk_states_dims(s, opts);
+}
+
+/// chunk_gla_into that also keeps, in h, the state before every chunk, for chunk_gla_backward_from_states_into to
+/// take instead of recomputing it (fla's chunk_gla_bwd takes the forward's h the same way): a training step's
+/// forward. h [B,NT,H,K,V] (varlen
+/// [1,ΣNT,H,K,V]; [..,V,K] with state_v_first; chunk_gla_states_dims) in the accumulation scalar (float; double
+/// for double inputs); it may not overlap any input or output. The outputs o and final_state are bit-identical to
+/// chunk_gla_into's. Costs one more write of ΣNT·H·K·V accumulators (67 MB at B1 T4096 H16 K=V=128), which saves
+/// the backward a sweep of the recurrence (docs/PERFORMANCE.md); the values equal chunk_fwd_h's for the chunk-local
+/// cumsum of g, up to rounding.
+template <class Q>
+void chunk_gla_keep_states_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
+                                const GLAOptions& opts, ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state,
+                                View<acc_t<scalar_type_t<Q>>, 5> h) {
+  using T = scalar_type_t<Q>;
+  static_assert(is_supported_scalar_v<T>,
+                "chunk_gla_keep_states: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
+  const std::string fn = "chunk_gla_keep_states";
+  const ConstView<T, 4> qv(q);
+  const detail::OpShape s = detail::check_chunk_args(fn, qv, k, v, g, opts);
+  detail::expect_chunk_states_dims(fn, "h", h.dimensions(), s, opts);
+  detail::check_forward_outputs(
+      fn, s, opts, o, final_state,
+      {detail::buffer("q", qv), detail::buffer("k", k), detail::buffer("v", v), detail::buffer("g", g)},
+      detail::buffer("h", h));
+  detail::chunk_gla_run(s, qv, k, v, g.data(), opts, o, final_state ? final_state->data() : nullptr, h.data());
+}
+
+/// What chunk_gla_keep_states returns: chunk_gla's outputs and the states it keeps for the backward.
+template <class T>
+struct GLAResultWithStates {
+  Tensor<T, 4> o;
+  std::optional<Tensor<float, 4>> final_state;
+  Tensor<acc_t<T>, 5> h;  ///< the state before every chunk (chunk_gla_states_dims)
+};
+
+/// chunk_gla that also returns the state before every chunk, to pass to chunk_gla_backward_from_states (a training
+/// step's forward). See chunk_gla_keep_states_into.
+template <class Q>
+GLAResultWithStates<scalar_type_t<Q>> chunk_gla_keep_states(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v,
+                                                            ConstViewOf<Q, 4> g, const GLAOptions& opts = {}) {
+  const ConstViewOf<Q, 4> qv(q);
+  const detail::OpShape s =
+      detail::check_chunk_args("chunk_gla_keep_states", qv, k, v, g, opts);  // before sizing outputs
+  GLAResult<scalar_type_t<Q>> r = detail::allocate_result(qv, v, opts);
+  GLAResultWithStates<scalar_type_t<Q>> out{std::move(r.o), std::move(r.final_state),
+                                            Tensor<acc_t<scalar_type_t<Q>>, 5>(detail::chunk_states_dims(s, opts))};
+  chunk_gla_keep_states_into(qv, k, v, g, opts, out.o, detail::optional_output(out.final_state), out.h);
+  return out;
 }
 
 /// Chunked GLA forward (fla's chunk_gla): returns o [B,T,H,V] and, with opts.output_final_state, the final

@@ -30,14 +30,16 @@ namespace detail {
 
 /// Checks every argument of chunk_gla_backward_into / fused_chunk_gla_backward_into (shapes, the output
 /// contract — dh0 given iff opts.initial_state — and the aliasing rule: dh0 may be the very buffer of dht);
-/// returns the shape.
+/// returns the shape. h: the forward's saved states, when given (chunk_states_dims).
 template <class T>
 OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
                                   const ConstView<T, 4>& v, const ConstView<T, 4>& g, const ConstView<T, 4>& do_,
                                   const std::optional<ConstView<float, 4>>& dht, const GLAOptions& opts,
                                   const View<T, 4>& dq, const View<T, 4>& dk, const View<T, 4>& dv,
-                                  const View<T, 4>& dg, const std::optional<View<float, 4>>& dh0) {
+                                  const View<T, 4>& dg, const std::optional<View<float, 4>>& dh0,
+                                  const std::optional<ConstView<acc_t<T>, 5>>& h = std::nullopt) {
   const OpShape s = check_chunk_args(fn, q, k, v, g, opts);
+  if (h) expect_chunk_states_dims(fn, "h", h->dimensions(), s, opts);
   expect_dims(fn, "do_", do_.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"V", s.V}});
   if (dht) expect_state_dims(fn, "dht", dht->dimensions(), s, opts.state_v_first);
   expect_dims(fn, "dq", dq.dimensions(), {{"B", s.B}, {"T", s.T}, {"H", s.H}, {"K", s.K}});
@@ -49,7 +51,7 @@ OpShape check_chunk_backward_args(const std::string& fn, const ConstView<T, 4>& 
   if (dh0) expect_state_dims(fn, "dh0", dh0->dimensions(), s, opts.state_v_first);
   check_aliasing(fn,
                  {buffer("q", q), buffer("k", k), buffer("v", v), buffer("g", g), buffer("do_", do_),
-                  buffer("dht", dht), buffer("initial_state", opts.initial_state)},
+                  buffer("dht", dht), buffer("initial_state", opts.initial_state), buffer("h", h)},
                  {buffer("dq", dq), buffer("dk", dk), buffer("dv", dv), buffer("dg", dg), buffer("dh0", dh0)},
                  {{"dh0", "dht"}});
   return s;
@@ -183,7 +185,8 @@ template <class Acc, class Op>
 struct ChunkBwdPlan {
   // The states before the chunks, transposed (V×K each, so that the products with them contract over their
   // contiguous dimension): [ΣNT,H,V,K] for the separate pass; with the gradients in the reverse sweep, per worker
-  // the states of one head group, [chunk][head of the group][V×K] (h_per_worker accumulators apart).
+  // the states of one head group, [chunk][head of the group][V×K] (h_per_worker accumulators apart). With the
+  // forward's states K-first, one V×K slot per worker to transpose each into; V-first, none.
   Acc* h = nullptr;
   Index h_per_worker = 0;
   Acc* dh = nullptr;  // [ΣNT,H,K,V] ∂L/∂ the state after every chunk (separate pass only)
@@ -207,26 +210,42 @@ inline Index max_group_states(const OpShape& s, Index BT, const std::vector<Head
   return m;
 }
 
+/// Where the chunked backward gets the states before the chunks: recomputed, or the forward's (K-first: each
+/// transposed when its chunk comes; V-first: multiplied where they lie).
+enum class StatesFrom { Recompute, ForwardKFirst, ForwardVFirst };
+
+inline StatesFrom states_from(bool saved, bool v_first) {
+  return !saved ? StatesFrom::Recompute : v_first ? StatesFrom::ForwardVFirst : StatesFrom::ForwardKFirst;
+}
+
 /// states: ΣNT (chunks of all sequences); sweep: the head groups of both sweeps; block_items: the (chunk, head)
 /// work items of the separate pass. dh is planned only when the chunks' gradients are a separate pass
-/// (backward_blocks_in_sweep); otherwise each worker keeps the states of the head group it is on.
+/// (backward_blocks_in_sweep); otherwise each worker keeps the states of the head group it is on, unless they come
+/// from the forward (`from`).
 template <class Acc, class Op>
 ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, Index states,
-                                          const std::vector<HeadGroup>& sweep, Index block_items) {
+                                          const std::vector<HeadGroup>& sweep, Index block_items,
+                                          StatesFrom from = StatesFrom::Recompute) {
   ChunkBwdPlan<Acc, Op> p;
   const bool in_sweep = backward_blocks_in_sweep(s, sweep);
   const int sweepers = parallel_workers(static_cast<Index>(sweep.size()));
-  if (in_sweep) {
-    // Each worker's states start Arena::kWorkerGap bytes past the previous worker's (see Arena::worker_plans).
-    p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V + static_cast<Index>(Arena::kWorkerGap / sizeof(Acc));
-    p.h = a.take<Acc>(sweepers * p.h_per_worker);
-  } else {
-    p.h = a.take<Acc>(states * s.H * s.K * s.V);
-    p.dh = a.take<Acc>(states * s.H * s.K * s.V);
+  const int blocks = in_sweep ? sweepers : parallel_workers(block_items);
+  // Each worker's states start Arena::kWorkerGap bytes past the previous worker's (see Arena::worker_plans).
+  const Index gap = static_cast<Index>(Arena::kWorkerGap / sizeof(Acc));
+  if (from == StatesFrom::ForwardKFirst) {
+    p.h_per_worker = s.K * s.V + gap;
+    p.h = a.take<Acc>(blocks * p.h_per_worker);
+  } else if (from == StatesFrom::Recompute) {
+    if (in_sweep) {
+      p.h_per_worker = max_group_states(s, BT, sweep) * s.K * s.V + gap;
+      p.h = a.take<Acc>(sweepers * p.h_per_worker);
+    } else {
+      p.h = a.take<Acc>(states * s.H * s.K * s.V);
+    }
   }
+  if (!in_sweep) p.dh = a.take<Acc>(states * s.H * s.K * s.V);
   p.sweep = plan_workers<Acc, Op>(a, static_cast<Index>(sweep.size()), BT, s.K, max_group_width(sweep),
                                   max_group_heads(sweep));
-  const int blocks = in_sweep ? sweepers : parallel_workers(block_items);
   p.block = a.worker_plans(blocks, [&](Arena& arena) { return BwdScratch<Acc, Op>::plan(arena, BT, s.K, s.V); });
   return p;
 }
@@ -244,12 +263,15 @@ ChunkBwdPlan<Acc, Op> plan_chunk_backward(Arena& a, const OpShape& s, Index BT, 
 /// Scratch (chunk_gla_backward_workspace_size): the states (a head group's per worker, or ΣNT·H·K·V accumulators),
 /// dh on the separate-pass path as many again, and per-thread tiles, from opts.workspace or allocated for the
 /// call; inputs are read in their own scalar. g may be null (no decay; then dg must be null too):
-/// fused_recurrent_gla_backward runs its gk-only cases here.
+/// fused_recurrent_gla_backward runs its gk-only cases here. h_saved: when not null, the forward's states before
+/// every chunk (chunk_states_dims layout, as chunk_gla keeps them), taken instead of recomputed: V-first they are
+/// multiplied where they lie; K-first each is transposed into the worker's slot when its chunk comes. The scratch
+/// then holds no states (plan_chunk_backward).
 template <class T>
 void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T, 4>& k,
                              const ConstView<T, 4>& v, const T* g, const ConstView<T, 4>& do_,
                              const std::optional<ConstView<float, 4>>& dht, const GLAOptions& opts, T* dq, T* dk, T* dv,
-                             T* dg, const std::optional<View<float, 4>>& dh0) {
+                             T* dg, const std::optional<View<float, 4>>& dh0, const acc_t<T>* h_saved = nullptr) {
   using Acc = acc_t<T>;
   with_operand_scalar<T>([&](auto operand) {
     using Op = typename decltype(operand)::type;
@@ -260,8 +282,10 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
     const std::vector<std::array<Index, 2>> chunks = chunk_list(s, off);
     const Index work = static_cast<Index>(chunks.size()) * H;
     Scratch scratch;
-    const ChunkBwdPlan<Acc, Op> pl = scratch.carve(
-        opts.workspace, [&](Arena& a) { return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work); });
+    const StatesFrom from = states_from(h_saved != nullptr, opts.state_v_first);
+    const ChunkBwdPlan<Acc, Op> pl = scratch.carve(opts.workspace, [&](Arena& a) {
+      return plan_chunk_backward<Acc, Op>(a, s, BT, off.back(), sweep, work, from);
+    });
     const float* h0_p = opts.initial_state ? opts.initial_state->data() : nullptr;
     const float* dht_p = dht ? dht->data() : nullptr;
     float* dh0_p = dh0 ? dh0->data() : nullptr;
@@ -295,22 +319,45 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
         const ChunkScratch<Acc, Op>& sc = pl.sweep[static_cast<std::size_t>(w)];
         const BwdScratch<Acc, Op>& ws = pl.block[static_cast<std::size_t>(w)];
         Acc* const hw = pl.h + w * pl.h_per_worker;
-        const auto state_at = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
-        group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, state_at);
+        const auto own_state = [&](Index c, Index j) { return hw + (c * gr.count + j) * K * V; };
+        const auto saved_state = [&](Index c, Index j) {
+          return h_saved + ((off[static_cast<std::size_t>(gr.n)] + c) * H + gr.h0 + j) * K * V;
+        };
+        const bool saved_v_first = from == StatesFrom::ForwardVFirst;  // multiplied where they lie
+        if (from == StatesFrom::Recompute)
+          group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, own_state);
         grad_sweep_group(
             s, BT, q.data(), k.data(), v.data(), do_.data(), g, scale, dht_p, opts.state_v_first, dh0_p, gr, sc,
             [&](Index c, Index j, const Acc* dS) {
-              {  // the state of the next (chunk, head) in sweep order, from the group's states (out of L2 by now)
+              {  // the state of the next (chunk, head) in sweep order (out of L2 by now, or never read yet)
                 const bool last = j + 1 == gr.count;
-                if (!last || c > 0) prefetch_rows(Rows<Acc>{last ? state_at(c - 1, 0) : state_at(c, j + 1), K}, V, K);
+                if (!last || c > 0) {
+                  const Index c1 = last ? c - 1 : c, j1 = last ? 0 : j + 1;
+                  if (from == StatesFrom::Recompute)
+                    prefetch_rows(Rows<Acc>{own_state(c1, j1), K}, V, K);
+                  else if (saved_v_first)
+                    prefetch_rows(Rows<Acc>{saved_state(c1, j1), K}, V, K);
+                  else
+                    prefetch_rows(Rows<Acc>{saved_state(c1, j1), V}, K, V);
+                }
               }
-              return chunk_grads(ws, gr.n, c, gr.h0 + j, state_at(c, j), dS);
+              const Acc* St = nullptr;
+              if (from == StatesFrom::Recompute) {
+                St = own_state(c, j);
+              } else if (saved_v_first) {
+                St = saved_state(c, j);
+              } else {  // transposed into the worker's slot
+                load_state_tile_transposed(hw, saved_state(c, j), K, V, 0, V, /*v_first=*/false);
+                St = hw;
+              }
+              return chunk_grads(ws, gr.n, c, gr.h0 + j, St, dS);
             });
       });
       return;
     }
-    chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, /*h_v_first=*/true,
-                      static_cast<float*>(nullptr), sweep, pl.sweep);
+    if (from == StatesFrom::Recompute)
+      chunk_state_sweep(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, pl.h, /*h_v_first=*/true,
+                        static_cast<float*>(nullptr), sweep, pl.sweep);
     // dh0 may be the very buffer of dht: the reverse sweep reads each dht tile before it writes that dh0 tile.
     chunk_grad_sweep(s, BT, q.data(), do_.data(), g, scale, dht_p, opts.state_v_first, pl.dh, dh0_p, sweep, pl.sweep);
     parallel_for(work, [&](Index w, int worker) {
@@ -318,7 +365,15 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
       const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
       const Index hh = w % H;
       const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-      chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, pl.h + state, pl.dh + state);
+      const Acc* St = pl.h + state;  // recomputed, V-first
+      if (from == StatesFrom::ForwardVFirst) {
+        St = h_saved + state;
+      } else if (from == StatesFrom::ForwardKFirst) {  // transposed into the worker's slot
+        Acc* const slot = pl.h + worker * pl.h_per_worker;
+        load_state_tile_transposed(slot, h_saved + state, K, V, 0, V, /*v_first=*/false);
+        St = slot;
+      }
+      chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, St, pl.dh + state);
     });
   });
 }
@@ -339,23 +394,44 @@ ChunkGLAGrads<T> allocate_grads(const ConstView<T, 4>& q, const ConstView<T, 4>&
 
 }  // namespace detail
 
+namespace detail {
+
+template <class Scalar>
+std::size_t chunk_backward_workspace_bytes(const std::string& fn, Index B, Index T, Index H, Index K, Index V,
+                                           const GLAOptions& opts, StatesFrom from) {
+  const OpShape s = shape_of(fn, B, T, H, K, V, opts);
+  const Index BT = opts.chunk_size;
+  const std::vector<Index> off = chunk_offsets(s, BT);
+  const std::vector<HeadGroup> sweep = sweep_groups<acc_t<Scalar>>(s);
+  const Index work = static_cast<Index>(chunk_list(s, off).size()) * H;
+  return with_operand_scalar<Scalar>([&](auto operand) {
+    using Op = typename decltype(operand)::type;
+    return planned_bytes(
+        [&](Arena& a) { return plan_chunk_backward<acc_t<Scalar>, Op>(a, s, BT, off.back(), sweep, work, from); });
+  });
+}
+
+}  // namespace detail
+
 /// Bytes of scratch chunk_gla_backward (and fused_chunk_gla_backward) needs for inputs of the given scalar and
 /// shape with these options on the current thread count (see Workspace).
 template <class Scalar = float>
 std::size_t chunk_gla_backward_workspace_size(Index B, Index T, Index H, Index K, Index V,
                                               const GLAOptions& opts = {}) {
   static_assert(is_supported_scalar_v<Scalar>, "chunk_gla_backward_workspace_size: unsupported scalar type");
-  const detail::OpShape s = detail::shape_of("chunk_gla_backward_workspace_size", B, T, H, K, V, opts);
-  const Index BT = opts.chunk_size;
-  const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const std::vector<detail::HeadGroup> sweep = detail::sweep_groups<acc_t<Scalar>>(s);
-  const Index work = static_cast<Index>(detail::chunk_list(s, off).size()) * H;
-  return detail::with_operand_scalar<Scalar>([&](auto operand) {
-    using Op = typename decltype(operand)::type;
-    return detail::planned_bytes([&](detail::Arena& a) {
-      return detail::plan_chunk_backward<acc_t<Scalar>, Op>(a, s, BT, off.back(), sweep, work);
-    });
-  });
+  return detail::chunk_backward_workspace_bytes<Scalar>("chunk_gla_backward_workspace_size", B, T, H, K, V, opts,
+                                                        detail::StatesFrom::Recompute);
+}
+
+/// Bytes of scratch chunk_gla_backward_from_states needs (no states: per-thread tiles, a state slot per thread when
+/// the states are K-first, and their gradients when a (sequence, head) pair is split into value tiles).
+template <class Scalar = float>
+std::size_t chunk_gla_backward_from_states_workspace_size(Index B, Index T, Index H, Index K, Index V,
+                                                          const GLAOptions& opts = {}) {
+  static_assert(is_supported_scalar_v<Scalar>,
+                "chunk_gla_backward_from_states_workspace_size: unsupported scalar type");
+  return detail::chunk_backward_workspace_bytes<Scalar>("chunk_gla_backward_from_states_workspace_size", B, T, H, K, V,
+                                                        opts, detail::states_from(true, opts.state_v_first));
 }
 
 /// The gradient of the loss w.r.t. the state after every chunk, for the recurrence of chunk_fwd_h
@@ -385,11 +461,8 @@ ChunkBwdDhResult chunk_bwd_dh(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4>
   if (dht) detail::expect_state_dims(fn, "dht", dht->dimensions(), s, opts.state_v_first);
 
   const Index BT = opts.chunk_size;
-  const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const Index NT = opts.cu_seqlens.empty() ? (s.T + BT - 1) / BT : off.back();
-  const Index B = opts.cu_seqlens.empty() ? s.B : 1;
   ChunkBwdDhResult r;
-  r.dh = opts.state_v_first ? Tensor<float, 5>(B, NT, s.H, s.V, s.K) : Tensor<float, 5>(B, NT, s.H, s.K, s.V);
+  r.dh = Tensor<float, 5>(detail::chunk_states_dims(s, opts));
   // Chunks past the end of a sequence do not exist in a fixed-length batch (all rows have T tokens), so every
   // entry of dh is written by the sweep.
   if (opts.initial_state) r.dh0 = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
@@ -413,9 +486,10 @@ ChunkBwdDhResult chunk_bwd_dh(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4>
 ///   dh0 may be the very buffer of dht; no other output may overlap an input or another output.
 /// Options as chunk_gla (scale, initial_state, state_v_first, cu_seqlens, chunk_size); use the forward's.
 /// Recomputed, as fla does: the gate cumsum and the state before every chunk (A is recomputed too, since
-/// chunk_gla does not return it); nothing but the inputs is saved from the forward. Memory: the states h (ΣNT·H·K·V
-/// accumulators), their gradients dh as many again when a (sequence, head) pair is split into value tiles (the
-/// separate pass; backward_blocks_in_sweep), and per-thread tiles (chunk_gla_backward_workspace_size). Computes in
+/// chunk_gla does not return it); nothing but the inputs is saved from the forward (to take the states from the
+/// forward instead, see chunk_gla_keep_states_into and chunk_gla_backward_from_states_into). Memory: the states h
+/// (ΣNT·H·K·V accumulators), their gradients dh as many again when a (sequence, head) pair is split into value tiles
+/// (the separate pass; backward_blocks_in_sweep), and per-thread tiles (chunk_gla_backward_workspace_size). Computes in
 /// acc_t of the scalar (bf16 inputs: bf16 product operands where AMX runs them, as chunk_gla). Threads: the parallel
 /// engine over groups of consecutive heads of one sequence (and value tiles) for the states and their gradient, then
 /// over (chunk, head); results do not depend on the thread count.
@@ -434,6 +508,30 @@ void chunk_gla_backward_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> 
                                      dh0);
 }
 
+/// chunk_gla_backward_into that takes the states before every chunk from the forward instead of recomputing them
+/// (fla's chunk_gla_bwd takes the forward's h the same way): h as chunk_gla_keep_states_into keeps it (or
+/// chunk_fwd_h returns it, for float states), [B,NT,H,K,V] (varlen [1,ΣNT,H,K,V]; [..,V,K] with state_v_first;
+/// chunk_gla_states_dims), in the accumulation scalar, for the same k, v, g, initial_state and options. It saves the
+/// backward one sweep of the recurrence; with state_v_first the states are multiplied where they lie, otherwise each is
+/// transposed when its chunk comes. h is an input: no output may overlap it. Gradients agree with the recomputing form
+/// to rounding (the forward's states sum in another order than the backward's recompute).
+template <class Q>
+void chunk_gla_backward_from_states_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
+                                         ConstView<acc_t<scalar_type_t<Q>>, 5> h, ConstViewOf<Q, 4> do_,
+                                         std::optional<ConstView<float, 4>> dht, const GLAOptions& opts,
+                                         ViewOf<Q, 4> dq, ViewOf<Q, 4> dk, ViewOf<Q, 4> dv, ViewOf<Q, 4> dg,
+                                         std::optional<View<float, 4>> dh0 = std::nullopt) {
+  using T = scalar_type_t<Q>;
+  static_assert(is_supported_scalar_v<T>,
+                "chunk_gla_backward_from_states: inputs must be float, double, Eigen::bfloat16 or Eigen::half");
+  const std::string fn = "chunk_gla_backward_from_states";
+  const ConstView<T, 4> qv(q);
+  const detail::OpShape s =
+      detail::check_chunk_backward_args(fn, qv, k, v, g, do_, dht, opts, dq, dk, dv, dg, dh0, std::optional(h));
+  detail::chunk_gla_backward_impl<T>(s, qv, k, v, g.data(), do_, dht, opts, dq.data(), dk.data(), dv.data(), dg.data(),
+                                     dh0, h.data());
+}
+
 /// Backward of chunk_gla returning {dq, dk, dv, dg, dh0}; dh0 iff opts.initial_state is set.
 /// See chunk_gla_backward_into for shapes, options, memory and threading.
 template <class Q>
@@ -445,6 +543,20 @@ ChunkGLAGrads<scalar_type_t<Q>> chunk_gla_backward(const Q& q, ConstViewOf<Q, 4>
   detail::check_chunk_args("chunk_gla_backward", qv, k, v, g, opts);  // before sizing the gradients from the inputs
   ChunkGLAGrads<scalar_type_t<Q>> r = detail::allocate_grads(qv, k, v, g, opts);
   chunk_gla_backward_into(qv, k, v, g, do_, dht, opts, r.dq, r.dk, r.dv, r.dg, detail::optional_output(r.dh0));
+  return r;
+}
+
+/// Backward of chunk_gla from the states its forward kept (chunk_gla_keep_states), returning {dq, dk, dv, dg, dh0}.
+/// See chunk_gla_backward_from_states_into.
+template <class Q>
+ChunkGLAGrads<scalar_type_t<Q>> chunk_gla_backward_from_states(
+    const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g, ConstView<acc_t<scalar_type_t<Q>>, 5> h,
+    ConstViewOf<Q, 4> do_, std::optional<ConstView<float, 4>> dht = std::nullopt, const GLAOptions& opts = {}) {
+  const ConstViewOf<Q, 4> qv(q);
+  detail::check_chunk_args("chunk_gla_backward_from_states", qv, k, v, g, opts);  // before sizing the gradients
+  ChunkGLAGrads<scalar_type_t<Q>> r = detail::allocate_grads(qv, k, v, g, opts);
+  chunk_gla_backward_from_states_into(qv, k, v, g, h, do_, dht, opts, r.dq, r.dk, r.dv, r.dg,
+                                      detail::optional_output(r.dh0));
   return r;
 }
 

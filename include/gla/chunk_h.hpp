@@ -79,11 +79,28 @@ struct AccGates {
   AccGates& operator=(const AccGates&) = delete;
 };
 
-/// Index of each sequence's first chunk in the packed chunk list [N+1].
-inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
-  std::vector<Index> off{0};
-  for (const Seq& sq : s.seqs) off.push_back(off.back() + (sq.len + BT - 1) / BT);
-  return off;
+/// Shape of the states before every chunk (chunk_fwd_h's h, and what chunk_gla keeps for its backward):
+/// [B,NT,H,K,V] with NT = ⌈T/chunk_size⌉, varlen [1,ΣNT,H,K,V] (each sequence's chunks from its start); K and V
+/// swapped with state_v_first.
+inline std::array<Index, 5> chunk_states_dims(const OpShape& s, const GLAOptions& opts) {
+  const Index BT = opts.chunk_size;
+  const bool packed = !opts.cu_seqlens.empty();
+  const Index B = packed ? 1 : s.B, NT = packed ? chunk_offsets(s, BT).back() : (s.T + BT - 1) / BT;
+  return opts.state_v_first ? std::array<Index, 5>{B, NT, s.H, s.V, s.K} : std::array<Index, 5>{B, NT, s.H, s.K, s.V};
+}
+
+/// Checks an argument shaped like chunk_states_dims.
+template <class Dims>
+void expect_chunk_states_dims(const std::string& fn, const std::string& name, const Dims& d, const OpShape& s,
+                              const GLAOptions& opts) {
+  const std::array<Index, 5> e = chunk_states_dims(s, opts);
+  const bool packed = !opts.cu_seqlens.empty();
+  const char* b = packed ? "1" : "B";
+  const char* nt = packed ? "ΣNT" : "NT";
+  if (opts.state_v_first)
+    expect_dims(fn, name + " (state_v_first)", d, {{b, e[0]}, {nt, e[1]}, {"H", e[2]}, {"V", e[3]}, {"K", e[4]}});
+  else
+    expect_dims(fn, name, d, {{b, e[0]}, {nt, e[1]}, {"H", e[2]}, {"K", e[3]}, {"V", e[4]}});
 }
 
 /// Rows of one (sequence, head) block of a [B,T,H,D] tensor starting at token t0 + c0, as an Eigen map.
@@ -197,13 +214,8 @@ ChunkHResult chunk_fwd_h(const KT& k, ConstViewOf<KT, 4> v, const ChunkHGates& g
   detail::check_chunk_h_gates(fn, s, gates);
 
   const Index BT = opts.chunk_size;
-  const std::vector<Index> off = detail::chunk_offsets(s, BT);
-  const Index NT = opts.cu_seqlens.empty() ? (s.T + BT - 1) / BT : off.back();
   ChunkHResult r;
-  if (opts.state_v_first)
-    r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.V, s.K);
-  else
-    r.h = Tensor<float, 5>(opts.cu_seqlens.empty() ? s.B : 1, NT, s.H, s.K, s.V);
+  r.h = Tensor<float, 5>(detail::chunk_states_dims(s, opts));
   if (opts.output_final_state) r.final_state = Tensor<float, 4>(detail::state_dims(s, opts.state_v_first));
 
   const detail::AccGates<Acc> acc_gates(gates, s.H);

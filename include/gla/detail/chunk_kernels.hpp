@@ -684,15 +684,21 @@ void load_state_tile(Acc* S, const float* p, Index K, Index V, Index v0, Index V
     dst = Eigen::Map<const RowMat<float>>(p, K, V).middleCols(v0, Vt).template cast<Acc>();
 }
 
-/// Loads columns [v0, v0+Vt) of a float state [K,V] (or its V-first transpose [V,K]) transposed, into a row-major
-/// Vt×K tile.
-template <class Acc>
-void load_state_tile_transposed(Acc* St, const float* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
+/// Loads columns [v0, v0+Vt) of a state [K,V] (or its V-first transpose [V,K]) of float or Acc transposed, into a
+/// row-major Vt×K tile.
+template <class Acc, class Src>
+void load_state_tile_transposed(Acc* St, const Src* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
+  if constexpr (std::is_same_v<Acc, float> && std::is_same_v<Src, float>) {
+    if (!v_first) {  // 16×16 blocks transposed in registers
+      gemm_impl::transpose_to_float(p + v0, V, K, Vt, St);
+      return;
+    }
+  }
   Eigen::Map<RowMat<Acc>> dst(St, Vt, K);
   if (v_first)
-    dst = Eigen::Map<const RowMat<float>>(p, V, K).middleRows(v0, Vt).template cast<Acc>();
+    dst = Eigen::Map<const RowMat<Src>>(p, V, K).middleRows(v0, Vt).template cast<Acc>();
   else
-    dst = Eigen::Map<const RowMat<float>>(p, K, V).middleCols(v0, Vt).transpose().template cast<Acc>();
+    dst = Eigen::Map<const RowMat<Src>>(p, K, V).middleCols(v0, Vt).transpose().template cast<Acc>();
 }
 
 /// Stores a K×Vt tile (row stride ldS) as columns [v0, v0+Vt) of a state [K,V] (or [V,K] when v_first) of Out.
@@ -732,6 +738,24 @@ void store_tile_rows(const Acc* tile, Index L, Index W, T* out, Index ld, Output
   } else {
     for (Index r = 0; r < L; ++r) convert_n(tile + r * W, out + r * ld, W);
   }
+}
+
+/// Index of each sequence's first chunk in the packed chunk list [N+1].
+inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
+  std::vector<Index> off{0};
+  for (const Seq& sq : s.seqs) off.push_back(off.back() + (sq.len + BT - 1) / BT);
+  return off;
+}
+
+/// Stores a K×Wt state tile (row stride Wt) as columns [v0, v0+Wt) of one chunk's state slot, [K,V] (or rows
+/// [v0, v0+Wt) of its V-first transpose [V,K]): the per-chunk states h that chunk_fwd_h returns and the chunked
+/// forwards keep for their backward.
+template <class Acc>
+void store_chunk_state(const Acc* S, Index K, Index V, Index v0, Index Wt, Acc* slot, bool v_first, OutputWrites how) {
+  if (v_first)
+    Eigen::Map<RowMat<Acc>>(slot + v0 * K, Wt, K) = Eigen::Map<const RowMat<Acc>>(S, K, Wt).transpose();
+  else
+    store_tile_rows(S, K, Wt, slot + v0, V, how);
 }
 
 /// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.

@@ -63,10 +63,13 @@ std::size_t fused_chunk_workspace_bytes(const OpShape& s, Index BT) {
 
 /// fused_chunk_gla after validation; g may be null (no decay, plain linear attention). token_fallback: a sequence
 /// no longer than one chunk runs token by token (opts.heuristic_fallback for fused_chunk_gla; chunk_gla, which
-/// runs this sweep for most shapes, never does).
+/// runs this sweep for most shapes, never does). h: when not null, the state before every chunk is also written
+/// there, as chunk_fwd_h lays it out ([ΣNT,H,K,V], or [ΣNT,H,V,K] with opts.state_v_first) — what chunk_gla keeps
+/// for its backward.
 template <class T>
 void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstView<T, 4>& k, const ConstView<T, 4>& v,
-                     const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht, bool token_fallback) {
+                     const T* g, const GLAOptions& opts, const View<T, 4>& o, float* ht, bool token_fallback,
+                     acc_t<T>* h = nullptr) {
   using Acc = acc_t<T>;
   with_operand_scalar<T>([&](auto operand) {
     using Op = typename decltype(operand)::type;
@@ -80,6 +83,8 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
         scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
     const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
     const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
+    const std::vector<Index> off = chunk_offsets(s, BT);
+    const OutputWrites h_writes = OutputWrites::for_tensor<Acc>(off.back() * H * K * V);
     parallel_for(n_groups, [&](Index i, int w) {
       const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
       const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
@@ -87,6 +92,11 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
       const Index n = gr.n, Wt = gr.width;
       const Seq& sq = s.seqs[static_cast<std::size_t>(n)];
       const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
+      const auto keep_state = [&](Index c, Index hh, const Acc* S) {     // into h, as the state before chunk c
+        if (h)
+          store_chunk_state(S, K, V, gr.v0, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V,
+                            opts.state_v_first, h_writes);
+      };
       load_group_states(sc.S, gr, h0, H, K, V, opts.state_v_first);
       T* out = o.data() + gr.v0;
       if (token_fallback && sq.len <= BT) {
@@ -94,6 +104,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
           const Index hh = gr.h0 + j;
           ChunkScratch<Acc, Op> hs = sc;  // recurrent_rows works on hs.S
           hs.S = state_of(j);
+          keep_state(0, hh, hs.S);
           recurrent_rows(head_rows(qv.data(), s, sq, hh, 0, K), head_rows(k.data(), s, sq, hh, 0, K),
                          head_rows(v.data(), s, sq, hh, 0, V, gr.v0), head_rows(g, s, sq, hh, 0, K), scale, sq.len, K,
                          Wt, hs);
@@ -125,6 +136,7 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
                                 /*for_write=*/true);
               }
             }
+            keep_state(c0 / BT, hh, S);
             const Rows<Op> vop = as_operand<Op>(vr, L, Wt, sc.vop);
             const bool factored = chunk_output(head_rows(qv.data(), s, sq, hh, c0, K), kr, gt, floor, vop, S, Wt, scale,
                                                L, K, Wt, sc, BT);
