@@ -258,12 +258,11 @@ inline std::array<Index, 5> chunk_gla_states_dims(Index B, Index T, Index H, Ind
 
 /// chunk_gla_into that also keeps, in h, the state before every chunk, for chunk_gla_backward_from_states_into to
 /// take instead of recomputing it (fla's chunk_gla_bwd takes the forward's h the same way): a training step's
-/// forward. h [B,NT,H,K,V] (varlen
-/// [1,ΣNT,H,K,V]; [..,V,K] with state_v_first; chunk_gla_states_dims) in the accumulation scalar (float; double
-/// for double inputs); it may not overlap any input or output. The outputs o and final_state are bit-identical to
-/// chunk_gla_into's. Costs one more write of ΣNT·H·K·V accumulators (67 MB at B1 T4096 H16 K=V=128), which saves
-/// the backward a sweep of the recurrence (docs/PERFORMANCE.md); the values equal chunk_fwd_h's for the chunk-local
-/// cumsum of g, up to rounding.
+/// forward. h [B,NT,H,K,V] (varlen [1,ΣNT,H,K,V]; [..,V,K] with state_v_first; chunk_gla_states_dims) in the
+/// accumulation scalar (float; double for double inputs); it may not overlap any input or output. The outputs o
+/// and final_state are bit-identical to chunk_gla_into's. Costs one more write of ΣNT·H·K·V accumulators (67 MB at
+/// B1 T4096 H16 K=V=128), which saves the backward a sweep of the recurrence (docs/PERFORMANCE.md); the values
+/// equal chunk_fwd_h's for the chunk-local cumsum of g, up to rounding.
 template <class Q>
 void chunk_gla_keep_states_into(const Q& q, ConstViewOf<Q, 4> k, ConstViewOf<Q, 4> v, ConstViewOf<Q, 4> g,
                                 const GLAOptions& opts, ViewOf<Q, 4> o, std::optional<View<float, 4>> final_state,

@@ -392,10 +392,8 @@ ChunkGLAGrads<T> allocate_grads(const ConstView<T, 4>& q, const ConstView<T, 4>&
   return r;
 }
 
-}  // namespace detail
-
-namespace detail {
-
+/// The bytes plan_chunk_backward carves for inputs of scalar Scalar and these sizes and options, with the states
+/// recomputed or from the forward (`from`); fn names the size query in its errors.
 template <class Scalar>
 std::size_t chunk_backward_workspace_bytes(const std::string& fn, Index B, Index T, Index H, Index K, Index V,
                                            const GLAOptions& opts, StatesFrom from) {
