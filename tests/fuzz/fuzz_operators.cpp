@@ -544,6 +544,19 @@ struct GlaCase {
   Dims qk() const { return {B, T, H, K, 0}; }
   Dims vv() const { return {B, T, H, V, 0}; }
   Dims state() const { return opts.state_v_first ? Dims{N, H, V, K, 0} : Dims{N, H, K, V, 0}; }
+  /// The states before every chunk (chunk_gla_states_dims); any count when chunk_size or cu_seqlens is invalid
+  /// (the call is invalid then anyway).
+  Dims states() const {
+    const Index cs = opts.chunk_size > 0 ? opts.chunk_size : 1;
+    Index nt = 0;
+    const auto& cu = opts.cu_seqlens;
+    if (cu.empty())
+      nt = T > 0 ? (T + cs - 1) / cs : 0;
+    else if (cu_valid(cu, T))  // (before derive(), lens() would difference arbitrary values)
+      for (std::size_t i = 0; i + 1 < cu.size(); ++i) nt += (cu[i + 1] - cu[i] + cs - 1) / cs;
+    const Index b = opts.cu_seqlens.empty() ? B : 1;
+    return opts.state_v_first ? Dims{b, nt, H, V, K} : Dims{b, nt, H, K, V};
+  }
   std::vector<Index> lens() const {
     std::vector<Index> l;
     if (opts.cu_seqlens.empty())
@@ -698,12 +711,20 @@ void op_forward(Input& in, int kind, bool into) {
   const int g = add4(in, L, recurrent ? "gk" : "g", c.qk(), sizeof(T), true, recurrent ? (gates & 1) : true);
   const int gv = add4(in, L, "gv", c.vv(), sizeof(T), true, recurrent && (gates & 2));
   const int h0 = add_initial_state(in, L, c);
-  int o = -1, fs = -1;
+  int o = -1, fs = -1, hk = -1;
+  // chunk_gla_keep_states(_into): chunk_gla that also keeps the state before every chunk.
+  const bool keep = kind == 0 && in.u8() >= 192;
   if (into) {
     o = add4(in, L, "o", c.vv(), sizeof(T), false);
     L.place(in, o);
     fs = add4(in, L, "final_state", c.state(), sizeof(float), false, c.want_final);
     L.place(in, fs, h0);
+    if (keep) {
+      Dims hd = c.states();
+      perturb(in, hd, 5);
+      hk = L.add("h", 5, hd, sizeof(gla::acc_t<T>), false, true);
+      L.place(in, hk);
+    }
   }
   L.allocate();
   L.fill<T>(q, rng, fq, false);
@@ -722,6 +743,7 @@ void op_forward(Input& in, int kind, bool into) {
   if (into) {
     c.expect(L, o, c.vv(), 4);
     c.expect(L, fs, c.state(), 4);
+    c.expect(L, hk, c.states(), 5);
     c.v.bad(c.contract_broken, "final_state given iff output_final_state is broken");
   }
   check_family(c, kind == 0 ? Family::Chunk : kind == 1 ? Family::FusedChunk : Family::Recurrent);
@@ -737,10 +759,19 @@ void op_forward(Input& in, int kind, bool into) {
   const char* names[3][2] = {{"chunk_gla", "chunk_gla_into"},
                              {"fused_chunk_gla", "fused_chunk_gla_into"},
                              {"fused_recurrent_gla", "fused_recurrent_gla_into"}};
-  const char* name = names[kind][into ? 1 : 0];
+  const char* name = keep ? (into ? "chunk_gla_keep_states_into" : "chunk_gla_keep_states") : names[kind][into ? 1 : 0];
   gla::GLAResult<T> res;
+  std::optional<gla::Tensor<gla::acc_t<T>, 5>> kept;
   const Outcome out = call(name, &L, c.v.invalid, c.v.why, !into, [&] {
-    if (!into) {
+    if (keep && !into) {
+      auto r = gla::chunk_gla_keep_states(qv, kv, vv, L.view<const T, 4>(g), c.opts);
+      res.o = std::move(r.o);
+      res.final_state = std::move(r.final_state);
+      kept = std::move(r.h);
+    } else if (keep) {
+      gla::chunk_gla_keep_states_into(qv, kv, vv, L.view<const T, 4>(g), c.opts, L.view<T, 4>(o),
+                                      L.opt_view<float, 4>(fs), L.view<gla::acc_t<T>, 5>(hk));
+    } else if (!into) {
       if (kind == 0)
         res = gla::chunk_gla(qv, kv, vv, L.view<const T, 4>(g), c.opts);
       else if (kind == 1)
@@ -766,7 +797,15 @@ void op_forward(Input& in, int kind, bool into) {
       finding(std::string(name) + ": o has a wrong shape");
     if (res.final_state.has_value() != c.opts.output_final_state)
       finding(std::string(name) + ": final_state present iff output_final_state is broken");
+    if (kept) {
+      const Dims want = c.states();
+      for (int i = 0; i < 5; ++i)
+        if (kept->dimension(i) != want[static_cast<std::size_t>(i)])
+          finding(std::string(name) + ": h has a wrong shape");
+    }
   }
+  if (finite_in && (into ? !all_finite<gla::acc_t<T>>(L, hk) : kept && !tensor_finite(*kept)))
+    finding(std::string(name) + ": non-finite states for finite moderate inputs with gates <= 0");
   if (finite_in) {
     const bool fin = into ? all_finite<T>(L, o) && all_finite<float>(L, fs)
                           : tensor_finite(res.o) && (!res.final_state || tensor_finite(*res.final_state));
@@ -789,6 +828,11 @@ void op_chunk_backward(Input& in, bool fused, bool into) {
   const bool has_dht = in.bit();
   const int dht = add4(in, L, "dht", c.state(), sizeof(float), true, has_dht);
   const int h0 = add_initial_state(in, L, c);
+  // chunk_gla_backward_from_states(_into): the forward's states h as one more input.
+  const bool from_states = !fused && in.u8() >= 192;
+  Dims hd = c.states();
+  if (from_states) perturb(in, hd, 5);
+  const int hs = L.add("h", 5, hd, sizeof(gla::acc_t<T>), true, from_states);
   int dq = -1, dk = -1, dv = -1, dg = -1, dh0 = -1;
   bool contract_broken = false;
   if (into) {
@@ -816,9 +860,11 @@ void op_chunk_backward(Input& in, bool fused, bool into) {
   L.fill<T>(dO, rng, fd, false);
   L.fill<float>(dht, rng, fd, false);
   L.fill<float>(h0, rng, c.state_fill, false);
+  L.fill<gla::acc_t<T>>(hs, rng, fx, false);
   bind_initial_state(c, L, h0);
 
   c.derive(L, q, v);
+  c.expect(L, hs, c.states(), 5);
   for (int i : {k, g, dq, dk, dg}) c.expect(L, i, c.qk(), 4);
   for (int i : {dO, dv}) c.expect(L, i, c.vv(), 4);
   for (int i : {dht, h0, dh0}) c.expect(L, i, c.state(), 4);
@@ -830,12 +876,22 @@ void op_chunk_backward(Input& in, bool fused, bool into) {
   const bool finite_in = finite_type<T>() && c.scale_moderate && fx <= Fill::Zero && fg <= Fill::Zero &&
                          fd <= Fill::Zero && (!L.slot(h0).present || c.state_fill <= Fill::Zero);
   const auto dhtv = has_dht ? std::optional<gla::ConstView<float, 4>>(L.view<const float, 4>(dht)) : std::nullopt;
-  const char* name = fused ? (into ? "fused_chunk_gla_backward_into" : "fused_chunk_gla_backward")
-                           : (into ? "chunk_gla_backward_into" : "chunk_gla_backward");
+  const char* name = fused         ? (into ? "fused_chunk_gla_backward_into" : "fused_chunk_gla_backward")
+                     : from_states ? (into ? "chunk_gla_backward_from_states_into" : "chunk_gla_backward_from_states")
+                                   : (into ? "chunk_gla_backward_into" : "chunk_gla_backward");
   gla::ChunkGLAGrads<T> r;
   const Outcome out = call(name, &L, c.v.invalid, c.v.why, !into, [&] {
     const auto qv = L.view<const T, 4>(q);
-    if (into) {
+    if (from_states) {
+      const auto hv = L.view<const gla::acc_t<T>, 5>(hs);
+      if (into)
+        gla::chunk_gla_backward_from_states_into(
+            qv, L.view<const T, 4>(k), L.view<const T, 4>(v), L.view<const T, 4>(g), hv, L.view<const T, 4>(dO), dhtv,
+            c.opts, L.view<T, 4>(dq), L.view<T, 4>(dk), L.view<T, 4>(dv), L.view<T, 4>(dg), L.opt_view<float, 4>(dh0));
+      else
+        r = gla::chunk_gla_backward_from_states(qv, L.view<const T, 4>(k), L.view<const T, 4>(v), L.view<const T, 4>(g),
+                                                hv, L.view<const T, 4>(dO), dhtv, c.opts);
+    } else if (into) {
       if (fused)
         gla::fused_chunk_gla_backward_into(qv, L.view<const T, 4>(k), L.view<const T, 4>(v), L.view<const T, 4>(g),
                                            L.view<const T, 4>(dO), dhtv, c.opts, L.view<T, 4>(dq), L.view<T, 4>(dk),
