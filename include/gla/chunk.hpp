@@ -94,8 +94,8 @@ void chunk_state_sweep(const OpShape& s, Index BT, const In* k, const In* v, con
       for (Index j = 0; j < gr.count; ++j) {
         const Index hh = gr.h0 + j;
         Acc* const S = state_of(j);
-        store_chunk_state(S, K, V, gr.v0, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, h_v_first,
-                          h_writes);
+        store_state_tile(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Wt, h_v_first,
+                         h_writes);
         {  // the rows of the group's next (chunk, head), fetched while this one computes (see prefetch_rows)
           const bool last = j + 1 == gr.count;
           const Index c1 = last ? c0 + BT : c0, h1 = last ? gr.h0 : hh + 1;
@@ -187,7 +187,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
       const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
       const Index slot = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
       const Acc* S = h + slot;
-      if (h_keep && !into_keep) store_chunk_state(S, K, V, 0, V, h_keep + slot, /*v_first=*/true, {});
+      if (h_keep && !into_keep) store_state_tile(S, h_keep + slot, K, V, 0, V, /*v_first=*/true);
       chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
                    scale, L, K, V, sc, BT);
       store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);

@@ -311,6 +311,14 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
       return step;
     };
 
+    // One of the forward's states, transposed (V×K): where it lies when V-first, else transposed into the worker's
+    // slot (the plan's only states then).
+    const auto forward_state = [&](const Acc* saved, Acc* slot) -> const Acc* {
+      if (from == StatesFrom::ForwardVFirst) return saved;
+      load_state_tile_transposed(slot, saved, K, V, 0, V, /*v_first=*/false);
+      return slot;
+    };
+
     if (backward_blocks_in_sweep(s, sweep)) {
       // dh0 may be the very buffer of dht: a group's reverse sweep reads its dht tiles before it writes those of dh0.
       parallel_for(static_cast<Index>(sweep.size()), [&](Index i, int w) {
@@ -323,7 +331,6 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
         const auto saved_state = [&](Index c, Index j) {
           return h_saved + ((off[static_cast<std::size_t>(gr.n)] + c) * H + gr.h0 + j) * K * V;
         };
-        const bool saved_v_first = from == StatesFrom::ForwardVFirst;  // multiplied where they lie
         if (from == StatesFrom::Recompute)
           group_chunk_states(s, BT, k.data(), v.data(), g, h0_p, opts.state_v_first, gr, sc, own_state);
         grad_sweep_group(
@@ -333,23 +340,12 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
                 const bool last = j + 1 == gr.count;
                 if (!last || c > 0) {
                   const Index c1 = last ? c - 1 : c, j1 = last ? 0 : j + 1;
-                  if (from == StatesFrom::Recompute)
-                    prefetch_rows(Rows<Acc>{own_state(c1, j1), K}, V, K);
-                  else if (saved_v_first)
-                    prefetch_rows(Rows<Acc>{saved_state(c1, j1), K}, V, K);
-                  else
-                    prefetch_rows(Rows<Acc>{saved_state(c1, j1), V}, K, V);
+                  const Index row = from == StatesFrom::ForwardKFirst ? V : K;  // K×V as stored, else V×K
+                  prefetch_rows(Rows<Acc>{from == StatesFrom::Recompute ? own_state(c1, j1) : saved_state(c1, j1), row},
+                                K * V / row, row);
                 }
               }
-              const Acc* St = nullptr;
-              if (from == StatesFrom::Recompute) {
-                St = own_state(c, j);
-              } else if (saved_v_first) {
-                St = saved_state(c, j);
-              } else {  // transposed into the worker's slot
-                load_state_tile_transposed(hw, saved_state(c, j), K, V, 0, V, /*v_first=*/false);
-                St = hw;
-              }
+              const Acc* St = from == StatesFrom::Recompute ? own_state(c, j) : forward_state(saved_state(c, j), hw);
               return chunk_grads(ws, gr.n, c, gr.h0 + j, St, dS);
             });
       });
@@ -365,14 +361,8 @@ void chunk_gla_backward_impl(const OpShape& s, const ConstView<T, 4>& q, const C
       const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
       const Index hh = w % H;
       const Index state = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
-      const Acc* St = pl.h + state;  // recomputed, V-first
-      if (from == StatesFrom::ForwardVFirst) {
-        St = h_saved + state;
-      } else if (from == StatesFrom::ForwardKFirst) {  // transposed into the worker's slot
-        Acc* const slot = pl.h + worker * pl.h_per_worker;
-        load_state_tile_transposed(slot, h_saved + state, K, V, 0, V, /*v_first=*/false);
-        St = slot;
-      }
+      const Acc* St = from == StatesFrom::Recompute ? pl.h + state  // recomputed, V-first
+                                                    : forward_state(h_saved + state, pl.h + worker * pl.h_per_worker);
       chunk_grads(pl.block[static_cast<std::size_t>(worker)], n, c, hh, St, pl.dh + state);
     });
   });

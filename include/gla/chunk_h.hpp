@@ -158,14 +158,14 @@ void chunk_fwd_h_impl(const OpShape& s, Index BT, const In* k, const In* v, cons
         for (Index c0 = 0; c0 < sq.len; c0 += BT, ++c) {
           const Index L = std::min(BT, sq.len - c0);
           if (h)
-            store_state_tile(sc.S, it.width, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0,
-                             it.width, h_v_first);
+            store_state_tile(sc.S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, it.v0, it.width,
+                             h_v_first);
           ChunkGates<Acc> cg = gates.chunk(s, sq, hh, c0);
           if (cg.gv) cg.gv += it.v0;
           state_update<decltype(bits)::value>(sc.S, it.width, head_rows(k, s, sq, hh, c0, K),
                                               head_rows(v, s, sq, hh, c0, V, it.v0), cg, L, K, it.width, sc);
         }
-        if (ht) store_state_tile(sc.S, it.width, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
+        if (ht) store_state_tile(sc.S, ht + it.pair * K * V, K, V, it.v0, it.width, v_first);
       });
     });
   });

@@ -474,7 +474,7 @@ void recurrent_forward_run(const OpShape& s, const ConstView<T, 4>& q, const Con
           Eigen::Map<RowMat<float>>(ht + it.pair * KV, V, K).middleRows(it.v0, Vt) =
               Eigen::Map<const RowMat<Acc>>(w.S, Vt, K).template cast<float>();
         else
-          store_state_tile(w.S, Vt, ht + it.pair * KV, K, V, it.v0, Vt, false);
+          store_state_tile(w.S, ht + it.pair * KV, K, V, it.v0, Vt, false);
       }
     });
   };

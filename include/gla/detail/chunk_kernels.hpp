@@ -701,16 +701,6 @@ void load_state_tile_transposed(Acc* St, const Src* p, Index K, Index V, Index v
     dst = Eigen::Map<const RowMat<Src>>(p, K, V).middleCols(v0, Vt).transpose().template cast<Acc>();
 }
 
-/// Stores a K×Vt tile (row stride ldS) as columns [v0, v0+Vt) of a state [K,V] (or [V,K] when v_first) of Out.
-template <class Acc, class Out>
-void store_state_tile(const Acc* S, Index ldS, Out* p, Index K, Index V, Index v0, Index Vt, bool v_first) {
-  const Eigen::Map<const RowMat<Acc>, Eigen::Unaligned, Eigen::OuterStride<>> src(S, K, Vt, Eigen::OuterStride<>(ldS));
-  if (v_first)
-    Eigen::Map<RowMat<Out>>(p, V, K).middleRows(v0, Vt) = src.transpose().template cast<Out>();
-  else
-    Eigen::Map<RowMat<Out>>(p, K, V).middleCols(v0, Vt) = src.template cast<Out>();
-}
-
 /// Outputs of at least this many bytes are written with non-temporal stores (OutputWrites::streaming): twice a
 /// core's L2 on the machines docs/PERFORMANCE.md reports, so most of such an output has left the cache by the
 /// time anything reads it, and fetching each line before overwriting it (what a plain store does, or the
@@ -747,15 +737,16 @@ inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
   return off;
 }
 
-/// Stores a K×Wt state tile (row stride Wt) as columns [v0, v0+Wt) of one chunk's state slot, [K,V] (or rows
-/// [v0, v0+Wt) of its V-first transpose [V,K]): the per-chunk states h that chunk_fwd_h returns and the chunked
-/// forwards keep for their backward.
-template <class Acc>
-void store_chunk_state(const Acc* S, Index K, Index V, Index v0, Index Wt, Acc* slot, bool v_first, OutputWrites how) {
+/// Stores a contiguous K×Vt tile as columns [v0, v0+Vt) of a state [K,V] of Out (or rows [v0, v0+Vt) of its
+/// V-first transpose [V,K]): a final state, or one chunk's slot of the per-chunk states h that chunk_fwd_h returns
+/// and the chunked forwards keep for their backward. K-first rows are written as store_tile_rows writes them (`how`).
+template <class Acc, class Out>
+void store_state_tile(const Acc* S, Out* p, Index K, Index V, Index v0, Index Vt, bool v_first, OutputWrites how = {}) {
   if (v_first)
-    Eigen::Map<RowMat<Acc>>(slot + v0 * K, Wt, K) = Eigen::Map<const RowMat<Acc>>(S, K, Wt).transpose();
+    Eigen::Map<RowMat<Out>>(p, V, K).middleRows(v0, Vt) =
+        Eigen::Map<const RowMat<Acc>>(S, K, Vt).transpose().template cast<Out>();
   else
-    store_tile_rows(S, K, Wt, slot + v0, V, how);
+    store_tile_rows(S, K, Vt, p + v0, V, how);
 }
 
 /// A (sequence, head) pair and a tile of its value columns [v0, v0 + width): one parallel work item.
@@ -862,8 +853,7 @@ void load_group_states(Acc* S, const HeadGroup& gr, const float* src, Index H, I
 template <class Acc>
 void store_group_states(const Acc* S, const HeadGroup& gr, float* dst, Index H, Index K, Index V, bool v_first) {
   for (Index j = 0; j < gr.count; ++j)
-    store_state_tile(S + j * K * gr.width, gr.width, dst + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, gr.width,
-                     v_first);
+    store_state_tile(S + j * K * gr.width, dst + (gr.n * H + gr.h0 + j) * K * V, K, V, gr.v0, gr.width, v_first);
 }
 
 /// The head groups of the chunked state sweeps (chunk_state_sweep, chunk_grad_sweep): up to 4 value tiles per

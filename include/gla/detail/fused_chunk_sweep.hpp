@@ -83,8 +83,8 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
         scratch.carve(opts.workspace, [&](Arena& a) { return plan_fused_chunk<Acc, Op>(a, s, BT, groups); });
     const float* h0 = opts.initial_state ? opts.initial_state->data() : nullptr;
     const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
-    const std::vector<Index> off = chunk_offsets(s, BT);
-    const OutputWrites h_writes = OutputWrites::for_tensor<Acc>(off.back() * H * K * V);
+    const std::vector<Index> off = h ? chunk_offsets(s, BT) : std::vector<Index>{};  // h's chunk index per sequence
+    const OutputWrites h_writes = OutputWrites::for_tensor<Acc>(h ? off.back() * H * K * V : 0);
     parallel_for(n_groups, [&](Index i, int w) {
       const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
       const HeadGroup& gr = groups[static_cast<std::size_t>(i)];
@@ -94,8 +94,8 @@ void fused_chunk_run(const OpShape& s, const ConstView<T, 4>& qv, const ConstVie
       const auto state_of = [&](Index j) { return sc.S + j * K * Wt; };  // head h0 + j's state tile
       const auto keep_state = [&](Index c, Index hh, const Acc* S) {     // into h, as the state before chunk c
         if (h)
-          store_chunk_state(S, K, V, gr.v0, Wt, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V,
-                            opts.state_v_first, h_writes);
+          store_state_tile(S, h + ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V, K, V, gr.v0, Wt,
+                           opts.state_v_first, h_writes);
       };
       load_group_states(sc.S, gr, h0, H, K, V, opts.state_v_first);
       T* out = o.data() + gr.v0;
