@@ -144,3 +144,53 @@ TEST_CASE("chunk_fwd_h: bad arguments raise gla::Error", "[chunk_h][errors]") {
   o2.chunk_size = 8;
   CHECK_GLA_ERROR("chunk_size is 8", chunk_fwd_h(view(p.k), view(p.v), ChunkHGates{}, o2));
 }
+
+TEST_CASE("store_state_tile: K-first and V-first tiles, streamed or not, at any alignment and width",
+          "[chunk_h][store]") {
+  // The states chunk_fwd_h returns and the chunked forwards keep are written tile by tile through this one
+  // function; V-first float tiles go through 16×16 register transposes, with non-temporal stores where a row
+  // segment starts a cache line, and scalar edges. Every element of the destination is checked, so a block
+  // written to the wrong place, a dropped edge or a store outside the tile's columns shows.
+  auto rng = gla::test::rng(11);
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  const float sentinel = -777.f;
+  struct Shape {
+    Index K, V, v0, Vt;
+  };
+  const std::vector<Shape> shapes{{128, 128, 0, 128}, {128, 128, 64, 64}, {64, 96, 32, 48}, {60, 100, 16, 84},
+                                  {100, 60, 0, 60},   {16, 16, 0, 16},    {5, 7, 2, 3},     {17, 33, 16, 17}};
+  for (const Shape& sh : shapes)
+    for (const bool v_first : {false, true})
+      for (const bool streaming : {false, true})
+        for (const Index offset : {Index(0), Index(1), Index(8)}) {  // floats past a 64-byte boundary
+          std::vector<float> S(static_cast<std::size_t>(sh.K * sh.Vt));
+          for (float& x : S) x = unit(rng);
+          std::vector<float, Eigen::aligned_allocator<float>> buf(static_cast<std::size_t>(sh.K * sh.V + 16), sentinel);
+          float* const p = buf.data() + offset;
+          gla::detail::OutputWrites how;
+          how.streaming = streaming;
+          gla::detail::store_state_tile(S.data(), p, sh.K, sh.V, sh.v0, sh.Vt, v_first, how);
+          INFO("K " << sh.K << " V " << sh.V << " v0 " << sh.v0 << " Vt " << sh.Vt << " v_first " << v_first
+                    << " streaming " << streaming << " offset " << offset);
+          Index wrong = 0;
+          for (Index i = 0; i < static_cast<Index>(buf.size()); ++i) {
+            const Index e = i - offset;  // element of the [K,V] (or [V,K]) state, if inside it
+            float want = sentinel;
+            if (e >= 0 && e < sh.K * sh.V) {
+              const Index a = v_first ? e % sh.K : e / sh.V, c = v_first ? e / sh.K : e % sh.V;
+              if (c >= sh.v0 && c < sh.v0 + sh.Vt) want = S[static_cast<std::size_t>(a * sh.Vt + c - sh.v0)];
+            }
+            wrong += buf[static_cast<std::size_t>(i)] != want;
+          }
+          CHECK(wrong == 0);
+        }
+  // A double tile into float and double states takes the Eigen assignment.
+  std::vector<double> Sd(6 * 5);
+  for (double& x : Sd) x = unit(rng);
+  std::vector<float> pf(6 * 9, sentinel);
+  gla::detail::store_state_tile(Sd.data(), pf.data(), 6, 9, 4, 5, /*v_first=*/true);
+  for (Index j = 0; j < 9; ++j)
+    for (Index a = 0; a < 6; ++a)
+      CHECK(pf[static_cast<std::size_t>(j * 6 + a)] ==
+            (j >= 4 ? static_cast<float>(Sd[static_cast<std::size_t>(a * 5 + j - 4)]) : sentinel));
+}

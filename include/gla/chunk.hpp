@@ -176,6 +176,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
 
     // Phase 2: every (chunk, head) independently.
     const OutputWrites o_writes = OutputWrites::for_tensor<T>(o.size());
+    const OutputWrites keep_writes = OutputWrites::for_tensor<Acc>(h_keep ? off.back() * H * K * V : 0);
     parallel_for(work, [&](Index w, int worker) {
       const AmxTileScope tiles;  // the item's bfloat16 products keep one tile configuration
       const auto [n, c] = chunks[static_cast<std::size_t>(w / H)];
@@ -187,7 +188,7 @@ void chunk_gla_run(const OpShape& s, const ConstView<T, 4>& q, const ConstView<T
       const Rows<Op> vop = as_operand<Op>(head_rows(v.data(), s, sq, hh, c0, V), L, V, sc.vop);
       const Index slot = ((off[static_cast<std::size_t>(n)] + c) * H + hh) * K * V;
       const Acc* S = h + slot;
-      if (h_keep && !into_keep) store_state_tile(S, h_keep + slot, K, V, 0, V, /*v_first=*/true);
+      if (h_keep && !into_keep) store_state_tile(S, h_keep + slot, K, V, 0, V, /*v_first=*/true, keep_writes);
       chunk_output(head_rows(q.data(), s, sq, hh, c0, K), head_rows(k.data(), s, sq, hh, c0, K), gr, floor, vop, S, V,
                    scale, L, K, V, sc, BT);
       store_tile_rows(sc.O, L, V, o.data() + ((sq.b * s.T + sq.t0 + c0) * H + hh) * V, H * V, o_writes);
