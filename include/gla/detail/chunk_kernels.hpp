@@ -737,46 +737,18 @@ inline std::vector<Index> chunk_offsets(const OpShape& s, Index BT) {
   return off;
 }
 
-/// out (W rows of K floats, row stride ld) = the transpose of the contiguous K×W tile S, with non-temporal stores
-/// when `how.streaming` (fenced before returning): 16×16 blocks transposed in registers, each of their rows one
-/// 64-byte segment of an output row, streamed where it starts a cache line. Without this, a V-first state was
-/// written element by element through Eigen's transposed assignment, every line read for ownership first.
-inline void store_tile_transposed(const float* S, Index K, Index W, float* out, Index ld, OutputWrites how) {
-  Index j0 = 0;
-#if GLA_GEMM_AVX512
-  for (; j0 + 16 <= W; j0 += 16) {
-    Index a0 = 0;
-    for (; a0 + 16 <= K; a0 += 16) {
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(S + (a0 + i) * W + j0);
-      gemm_impl::transpose16_in_registers(r);  // r[i]: column j0 + i of S, rows a0 .. a0 + 15
-      for (int i = 0; i < 16; ++i) {
-        float* const d = out + (j0 + i) * ld + a0;
-        if (how.streaming && reinterpret_cast<std::uintptr_t>(d) % 64 == 0)
-          _mm512_stream_ps(d, r[i]);
-        else
-          _mm512_storeu_ps(d, r[i]);
-      }
-    }
-    for (Index j = j0; j < j0 + 16; ++j)
-      for (Index a = a0; a < K; ++a) out[j * ld + a] = S[a * W + j];
-  }
-#endif
-  for (Index j = j0; j < W; ++j)
-    for (Index a = 0; a < K; ++a) out[j * ld + a] = S[a * W + j];
-  if (how.streaming) stream_fence();
-}
-
 /// Stores a contiguous K×Vt tile as columns [v0, v0+Vt) of a state [K,V] of Out (or rows [v0, v0+Vt) of its
 /// V-first transpose [V,K]): a final state, or one chunk's slot of the per-chunk states h that chunk_fwd_h returns
 /// and the chunked forwards keep for their backward. Rows are written with non-temporal stores when
-/// `how.streaming` allows (K-first as store_tile_rows writes them; V-first float ones by store_tile_transposed).
+/// `how.streaming` allows: K-first as store_tile_rows writes them, V-first float ones as 16×16 blocks transposed in
+/// registers (transpose_to_float; Eigen's transposed assignment wrote them element by element, each line read first).
 template <class Acc, class Out>
 void store_state_tile(const Acc* S, Out* p, Index K, Index V, Index v0, Index Vt, bool v_first, OutputWrites how = {}) {
   if (!v_first) {
     store_tile_rows(S, K, Vt, p + v0, V, how);
   } else if constexpr (std::is_same_v<Acc, float> && std::is_same_v<Out, float>) {
-    store_tile_transposed(S, K, Vt, p + v0 * K, K, how);
+    gemm_impl::transpose_to_float(S, Vt, K, Vt, p + v0 * K, K, how.streaming);
+    if (how.streaming) stream_fence();
   } else {
     Eigen::Map<RowMat<Out>>(p, V, K).middleRows(v0, Vt) =
         Eigen::Map<const RowMat<Acc>>(S, K, Vt).transpose().template cast<Out>();

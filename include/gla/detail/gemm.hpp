@@ -234,19 +234,23 @@ void copy_rows_to_float(const In* src, Index lds, Index rows, Index cols, float*
 }
 
 /// dst (cols × rows, row stride ldd >= rows; contiguous by default) = the transpose of src (rows × cols, row stride
-/// lds), converted to float.
+/// lds), converted to float. With `stream`, the 16×16 blocks' rows that start a 64-byte line are written with
+/// non-temporal stores (transpose16x16; the caller fences).
 template <class In>
-void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst, Index ldd = -1) {
+void transpose_to_float(const In* src, Index lds, Index rows, Index cols, float* dst, Index ldd = -1,
+                        bool stream = false) {
   constexpr Index kb = 16;
   if (ldd < 0) ldd = rows;
   Index i0 = 0;
 #if GLA_GEMM_AVX512
   for (; i0 + kb <= rows; i0 += kb) {
     Index j0 = 0;
-    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd);
+    for (; j0 + kb <= cols; j0 += kb) transpose16x16(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd, stream);
     for (Index j = j0; j < cols; ++j)
       for (Index i = i0; i < i0 + kb; ++i) dst[j * ldd + i] = static_cast<float>(src[i * lds + j]);
   }
+#else
+  (void)stream;  // the scalar blocks below use plain stores
 #endif
   for (; i0 < rows; i0 += kb)  // blocks of 16×16, scalar
     for (Index j0 = 0; j0 < cols; j0 += kb)

@@ -87,13 +87,20 @@ GLA_GEMM_ALWAYS_INLINE void transpose16_in_registers(__m512 r[16]) {
   }
 }
 
-/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float.
+/// d (16×16, row stride ld) = transpose of s (16×16, row stride ls), converted to float. With `stream`, each row of
+/// d that starts a 64-byte line is written with a non-temporal store (weakly ordered: the caller fences).
 template <class In>
-inline void transpose16x16(const In* s, Index ls, float* d, Index ld) {
+inline void transpose16x16(const In* s, Index ls, float* d, Index ld, bool stream = false) {
   __m512 r[16];
   for (int i = 0; i < 16; ++i) r[i] = load16_as_float(s + i * ls);
   transpose16_in_registers(r);
-  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(d + i * ld, r[i]);
+  for (int i = 0; i < 16; ++i) {
+    float* const di = d + i * ld;
+    if (stream && reinterpret_cast<std::uintptr_t>(di) % 64 == 0)
+      _mm512_stream_ps(di, r[i]);
+    else
+      _mm512_storeu_ps(di, r[i]);
+  }
 }
 
 #endif  // GLA_GEMM_AVX512
